@@ -1,0 +1,17 @@
+"""facesynth: balanced, labelled, reproducible synthetic face datasets."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load"]
+
+
+def load(dir_or_repo: str, split: str | None = None, **filters):
+    """Load a facesynth dataset, optionally filtered by label names.
+
+    ``facesynth.load("demo", emotion="happy", gender=["female"])``
+    """
+    from .builder import load as _load
+
+    return _load(dir_or_repo, split=split, **filters)

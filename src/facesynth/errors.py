@@ -1,0 +1,31 @@
+"""Exceptions that the CLI turns into one clear line and exit status 2."""
+
+from __future__ import annotations
+
+
+class FacesynthError(Exception):
+    """Base class: the message is shown to the user as one line."""
+
+    exit_code = 2
+
+
+class RecipeError(FacesynthError):
+    """A recipe file is malformed; the message names the file and key path."""
+
+
+class PlanError(FacesynthError):
+    """A plan cannot be built (impossible size, unknown recipe, ...)."""
+
+
+class ModelError(FacesynthError):
+    """A model or CLIP checkpoint cannot be found or loaded."""
+
+
+class OutputError(FacesynthError):
+    """The output folder is unusable, belongs to another run, or is damaged."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for one-line reports."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,220 @@
+"""Best-of-N generation with CLIP reranking.
+
+Several samples x N candidates go through one pipeline call. Every candidate has
+its own CPU ``torch.Generator`` seeded from the plan, and every sample's prompt
+embeddings are computed alone, so a sample's pixels do not depend on what else is
+in its batch (up to floating-point noise of batched kernels). Batches only join
+samples with equal settings and equal conditioning length.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..plan import Sample
+from ..recipe import Recipe
+from ..scoring import ClipScorer
+from .loading import make_scheduler
+from .prompts import PromptEncoder
+
+logger = logging.getLogger(__name__)
+
+RERANK_MODES = ("caption", "prompt")
+VAE_CHUNK = 8
+
+
+@dataclass
+class EngineOptions:
+    """How candidates are made and chosen."""
+
+    candidates: int = 3
+    batch_size: int = 12  # images per pipeline call
+    rerank: str = "caption"  # what CLIP scores against: the attribute caption or the full prompt
+    min_label_confidence: float | None = None
+    max_attempts: int = 3
+    overrides: dict[str, Any] = field(default_factory=dict)  # settings that beat the recipe's
+
+
+@dataclass
+class Winner:
+    """The kept candidate of one sample."""
+
+    sample: Sample
+    pixels: np.ndarray  # (H, W, 3) uint8
+    seed: int
+    candidate_index: int
+    candidate_scores: list[float]
+    clip_score: float
+    label_confidence: float
+    attempt: int
+    settings: dict[str, Any]
+    embedding: np.ndarray  # unit-norm CLIP image embedding
+
+
+class Timings:
+    """Wall seconds per stage; CUDA work is synchronised so time lands in the right stage."""
+
+    def __init__(self, device: torch.device):
+        self.sync = device.type == "cuda"
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def stage(self, name: str):
+        if self.sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync:
+                torch.cuda.synchronize()
+            self.seconds[name] += time.perf_counter() - start
+
+
+class Engine:
+    """Turns planned samples into winners."""
+
+    def __init__(self, pipe, scorer: ClipScorer, recipe: Recipe, options: EngineOptions):
+        if options.rerank not in RERANK_MODES:
+            raise ValueError(f"rerank must be one of {RERANK_MODES}")
+        self.pipe = pipe
+        self.scorer = scorer
+        self.recipe = recipe
+        self.options = options
+        self.encoder = PromptEncoder(pipe)
+        self.device = pipe.device
+        self.timings = Timings(self.device)
+        self._base_scheduler = pipe.scheduler
+        self._schedulers: dict[str, Any] = {}
+        primary = recipe.attributes[recipe.primary]
+        self.label_values = list(primary.values)
+        self.label_texts = [primary.label_prompt.format(primary.caption(v)) for v in self.label_values]
+
+    def settings_for(self, sample: Sample) -> dict[str, Any]:
+        return {**sample.settings, **self.options.overrides}
+
+    def rerank_text(self, sample: Sample) -> str:
+        return sample.caption if self.options.rerank == "caption" else sample.prompt
+
+    # Batching ---------------------------------------------------------------------------
+    def run(self, samples: Sequence[Sample], batch_size: int | None = None) -> Iterator[Winner]:
+        """Winners in input order; consecutive samples that can share a call are batched."""
+        per_call = max(1, (batch_size or self.options.batch_size) // self.options.candidates)
+        batch: list[Sample] = []
+        batch_key = None
+        for sample in samples:
+            key = self._batch_key(sample)
+            if batch and (key != batch_key or len(batch) >= per_call):
+                yield from self.run_batch(batch)
+                batch = []
+            batch.append(sample)
+            batch_key = key
+        if batch:
+            yield from self.run_batch(batch)
+
+    def _batch_key(self, sample: Sample) -> tuple:
+        with self.timings.stage("text"):
+            cond = self.encoder.encode(sample.prompt, sample.negative_prompt)
+        return tuple(sorted(self.settings_for(sample).items())), cond.length
+
+    def run_batch(self, samples: Sequence[Sample]) -> list[Winner]:
+        """One batch, with label-confidence retries; returns winners in input order."""
+        opts = self.options
+        best: dict[str, Winner] = {}
+        todo = list(samples)
+        attempt = 0
+        while todo:
+            retry = []
+            for sample, win in zip(todo, self._generate(todo, attempt)):
+                kept = best.get(sample.sample_id)
+                if kept is None or win.label_confidence > kept.label_confidence:
+                    best[sample.sample_id] = win
+                low = opts.min_label_confidence is not None and win.label_confidence < opts.min_label_confidence
+                if low and attempt + 1 < opts.max_attempts:
+                    retry.append(sample)
+            if retry:
+                logger.debug("retrying %d samples below label confidence (attempt %d)", len(retry), attempt + 1)
+            todo = retry
+            attempt += 1
+        return [best[s.sample_id] for s in samples]
+
+    # One pipeline call ------------------------------------------------------------------
+    def _scheduler(self, name: str):
+        if name == "default":
+            return self._base_scheduler
+        if name not in self._schedulers:
+            self._schedulers[name] = make_scheduler(name, self._base_scheduler.config)
+        return self._schedulers[name]
+
+    @torch.inference_mode()
+    def _generate(self, samples: Sequence[Sample], attempt: int) -> list[Winner]:
+        n = self.options.candidates
+        settings = self.settings_for(samples[0])
+        conds = [self.encoder.encode(s.prompt, s.negative_prompt) for s in samples]
+        seeds = [s.candidate_seeds(n, attempt) for s in samples]
+        kwargs: dict[str, Any] = {
+            "prompt_embeds": torch.cat([c.embeds.expand(n, -1, -1) for c in conds]),
+            "negative_prompt_embeds": torch.cat([c.negative.expand(n, -1, -1) for c in conds]),
+        }
+        if conds[0].pooled is not None:
+            kwargs["pooled_prompt_embeds"] = torch.cat([c.pooled.expand(n, -1) for c in conds])
+            kwargs["negative_pooled_prompt_embeds"] = torch.cat([c.negative_pooled.expand(n, -1) for c in conds])
+        generators = [torch.Generator("cpu").manual_seed(seed) for row in seeds for seed in row]
+        self.pipe.scheduler = self._scheduler(settings["scheduler"])
+        with self.timings.stage("unet"):
+            latents = self.pipe(
+                **kwargs, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
+                width=settings["width"], height=settings["height"], generator=generators, output_type="latent",
+            ).images
+        with self.timings.stage("vae"):
+            images = self.decode(latents)
+        with self.timings.stage("clip"):
+            img_emb = self.scorer.image_embeddings(images)
+            text_emb = self.scorer.text_embeddings([self.rerank_text(s) for s in samples]).repeat_interleave(n, 0)
+            scores = self.scorer.similarity(img_emb, text_emb).view(len(samples), n)
+            probs = self.scorer.label_probabilities(img_emb, self.label_texts)
+            wanted = torch.tensor(
+                [self.label_values.index(s.labels[self.recipe.primary]) for s in samples], device=probs.device
+            ).repeat_interleave(n)
+            confidence = probs.gather(1, wanted[:, None]).view(len(samples), n)
+            pick = scores.argmax(dim=1)  # the first maximum wins ties
+            rows = torch.arange(len(samples), device=pick.device) * n + pick
+            pixels = (images[rows] * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            scores_cpu, conf_cpu, pick_cpu = scores.cpu(), confidence.cpu(), pick.cpu()
+            emb_cpu = img_emb[rows].cpu().numpy()
+        out = []
+        for i, sample in enumerate(samples):
+            k = int(pick_cpu[i])
+            out.append(Winner(
+                sample=sample, pixels=pixels[i], seed=seeds[i][k], candidate_index=k,
+                candidate_scores=[float(x) for x in scores_cpu[i]],
+                clip_score=float(self.scorer.clip_score(scores_cpu[i, k])),
+                label_confidence=float(conf_cpu[i, k]), attempt=attempt, settings=settings, embedding=emb_cpu[i],
+            ))
+        return out
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode in chunks to float images in [0, 1], upcasting where the VAE asks for it."""
+        vae = self.pipe.vae
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        dtype = torch.float32 if upcast else vae.dtype
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            parts = [
+                vae.decode(chunk.to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
+                for chunk in latents.split(VAE_CHUNK)
+            ]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return (torch.cat(parts).float() / 2 + 0.5).clamp(0, 1)

@@ -1,0 +1,141 @@
+"""Load a text-to-image pipeline: the tiny preset, a Hub repo, a local folder or one file.
+
+Safetensors only: ``use_safetensors=True`` everywhere, and single files must end in
+``.safetensors``. Remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelError, first_line
+from ..recipe import SCHEDULER_NAMES
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+# name -> (diffusers scheduler class name, extra config)
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpm++_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+
+@dataclass
+class ModelInfo:
+    """What the manifest records about the diffusion model."""
+
+    name: str
+    kind: str  # tiny | hub | folder | file
+    revision: str | None = None
+    commit: str | None = None
+    architecture: str = "sd"  # sd | sdxl
+    preset_settings: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"--device: '{device}' is not a device (use auto, cpu, cuda, cuda:N or mps)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device: CUDA was asked for, but no CUDA GPU is available")
+    return dev
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """fp16 on CUDA and fp32 elsewhere unless asked otherwise."""
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def make_scheduler(name: str, base_config: dict):
+    """A scheduler instance by facesynth name, configured from the model's own config."""
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise ModelError(f"--scheduler: '{name}' is not one of {', '.join(SCHEDULER_NAMES)}")
+    cls_name, extra = SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(base_config, **extra)
+
+
+def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu"):
+    """Return ``(pipeline, ModelInfo)`` for ``tiny``, a Hub id, a local folder or a .safetensors file."""
+    if model == "tiny":
+        from .. import tiny
+
+        pipe = tiny.build_pipeline()
+        info = ModelInfo("tiny", "tiny", preset_settings=dict(tiny.TINY_SETTINGS))
+    else:
+        pipe, info = _load_real(model, revision, dtype)
+    pipe = pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    info.architecture = "sdxl" if type(pipe).__name__.startswith("StableDiffusionXL") else "sd"
+    return pipe, info
+
+
+def _load_real(model: str, revision: str | None, dtype: torch.dtype):
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+
+    path = Path(model)
+    common = {"torch_dtype": dtype, "use_safetensors": True}
+    try:
+        if path.is_file():
+            return _load_single_file(path, dtype), ModelInfo(str(path), "file")
+        if path.is_dir():
+            pipe = AutoPipelineForText2Image.from_pretrained(str(path), **common, **_no_safety(path))
+            return pipe, ModelInfo(str(path), "folder")
+        if model.endswith((".ckpt", ".bin", ".pt", ".pth")):
+            raise ModelError(f"--model: '{model}': only .safetensors checkpoints are loaded, never pickle files")
+        folder = DiffusionPipeline.download(model, revision=revision, use_safetensors=True)
+        pipe = AutoPipelineForText2Image.from_pretrained(folder, **common, **_no_safety(Path(folder)))
+        return pipe, ModelInfo(model, "hub", revision=revision, commit=Path(folder).name)
+    except ModelError:
+        raise
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ModelError(
+            f"--model: cannot load '{model}' ({first_line(exc)}); "
+            "use --model tiny, a local diffusers folder or a .safetensors file"
+        ) from exc
+
+
+def _no_safety(folder: Path) -> dict:
+    """Skip SD 1.x's bundled safety checker; facesynth's own gates decide what is kept."""
+    return {"safety_checker": None, "requires_safety_checker": False} if (folder / "safety_checker").exists() else {}
+
+
+def _load_single_file(path: Path, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    if path.suffix != ".safetensors":
+        raise ModelError(f"--model: '{path}': only .safetensors checkpoints are loaded, never pickle files")
+    with safe_open(str(path), framework="pt") as f:
+        keys = f.keys()
+        is_xl = any(k.startswith("conditioner.embedders.1") for k in keys)
+    cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
+    kwargs = {} if is_xl else {"safety_checker": None, "requires_safety_checker": False}
+    return cls.from_single_file(str(path), torch_dtype=dtype, **kwargs)
+

@@ -1,0 +1,109 @@
+"""Prompts: A1111 weight syntax converted to compel's, and long prompts encoded in chunks.
+
+Recipes use the A1111 syntax people know: ``(text:1.2)`` weights text by 1.2,
+``(text)`` by 1.1 and ``[text]`` by 1/1.1; ``\\(`` is a literal parenthesis.
+compel writes weights as ``(text)1.2`` and encodes prompts longer than CLIP's
+77 tokens as several 77-token chunks, for the prompt and the negative prompt alike.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+_WEIGHT = re.compile(r":\s*([0-9]*\.?[0-9]+)\s*$")
+
+
+def a1111_to_compel(text: str) -> str:
+    """Convert A1111 prompt weights to compel syntax."""
+    out, _ = _convert(text, 0, closer=None)
+    return out
+
+
+def _convert(text: str, i: int, closer: str | None) -> tuple[str, int]:
+    parts: list[str] = []
+    plain: list[str] = []
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            plain.append(text[i: i + 2])
+            i += 2
+            continue
+        if ch in "([":
+            inner, j = _convert(text, i + 1, ")" if ch == "(" else "]")
+            if j is None:  # unbalanced: keep the bracket as a literal
+                plain.append("\\" + ch)
+                i += 1
+                continue
+            parts.append("".join(plain))
+            plain = []
+            parts.append(_group(inner, ch))
+            i = j
+            continue
+        if closer and ch == closer:
+            parts.append("".join(plain))
+            return "".join(parts), i + 1
+        if ch in ")]":
+            plain.append("\\" + ch)
+        else:
+            plain.append(ch)
+        i += 1
+    parts.append("".join(plain))
+    if closer:
+        return "".join(parts), None  # type: ignore[return-value]
+    return "".join(parts), i
+
+
+def _group(inner: str, bracket: str) -> str:
+    weight = 1.1 if bracket == "(" else 1 / 1.1
+    if bracket == "(":
+        m = _WEIGHT.search(inner)
+        if m:
+            weight = float(m.group(1))
+            inner = inner[: m.start()]
+    inner = inner.strip()
+    if not inner:
+        return ""
+    return f"({inner}){weight:.4g}"
+
+
+@dataclass
+class Conditioning:
+    """Prompt and negative embeddings of one sample, padded to the same length."""
+
+    embeds: torch.Tensor
+    negative: torch.Tensor
+    pooled: torch.Tensor | None = None
+    negative_pooled: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return int(self.embeds.shape[1])
+
+
+class PromptEncoder:
+    """Encodes one sample's prompt pair at a time, so its embeddings never depend on its batch."""
+
+    def __init__(self, pipe, cache_size: int = 4096):
+        from compel import CompelForSD, CompelForSDXL
+
+        self.is_xl = hasattr(pipe, "text_encoder_2")
+        self.compel = CompelForSDXL(pipe) if self.is_xl else CompelForSD(pipe)
+        self._cache: OrderedDict[tuple[str, str], Conditioning] = OrderedDict()
+        self.cache_size = cache_size
+
+    @torch.inference_mode()
+    def encode(self, prompt: str, negative: str) -> Conditioning:
+        key = (prompt, negative)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        cond = self.compel([a1111_to_compel(prompt)], negative_prompt=[a1111_to_compel(negative)])
+        result = Conditioning(cond.embeds, cond.negative_embeds, cond.pooled_embeds, cond.negative_pooled_embeds)
+        self._cache[key] = result
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return result

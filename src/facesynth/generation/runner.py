@@ -1,0 +1,393 @@
+"""``generate``: recipe -> plan -> candidates -> CLIP rerank -> shards + manifest -> card.
+
+The shard is the unit of work and of resume. Shards are laid out from the plan
+alone (split, then plan order, a fixed number of rows each), so a re-run knows
+which shards exist, skips the finished ones and regenerates the rest exactly.
+Inside a shard, rows are ordered by primary label, so each row group holds one
+label and filtering by it reads only matching row groups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .. import __version__
+from ..errors import OutputError, PlanError
+from ..plan import Plan, Sample
+from ..recipe import Recipe, load_recipe, resolve
+from ..schema import features as build_features
+from ..writer import (
+    MANIFEST, ROW_GROUP_ROWS, WORK_DIR, Manifest, ShardWriter, rows_per_shard, shard_name,
+)
+from .engine import Engine, EngineOptions, Winner
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+OWNED = ("data", "assets", WORK_DIR, MANIFEST, "README.md")
+
+
+@dataclass
+class GenerateConfig:
+    """Everything ``facesynth generate`` takes."""
+
+    recipe: str
+    out: Path
+    num_samples: int | None = None
+    seed: int | None = None
+    model: str | None = None
+    revision: str | None = None
+    clip_model: str | None = None
+    candidates: int = 3
+    batch_size: int = 12
+    device: str = "auto"
+    dtype: str | None = None
+    scheduler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    rerank: str = "caption"
+    min_label_confidence: float | None = None
+    max_attempts: int = 3
+    rows_per_shard: int | None = None
+    overwrite: bool = False
+    quiet: bool = False
+    write_card: bool = True
+
+
+@dataclass
+class ShardTask:
+    """One shard of the layout and the samples it holds, in write order."""
+
+    name: str
+    split: str
+    samples: list[Sample] = field(default_factory=list)
+
+
+@dataclass
+class GenerateResult:
+    out: Path
+    rows: int
+    shards_written: int
+    shards_skipped: int
+    timings: dict[str, float]
+
+
+def layout(plan: Plan, per_shard: int) -> list[ShardTask]:
+    """Shards of every split: plan order cut into ``per_shard`` rows, then sorted by primary label."""
+    recipe = plan.recipe
+    order = {v: i for i, v in enumerate(recipe.attributes[recipe.primary].values)}
+    tasks = []
+    for split, samples in plan.by_split().items():
+        total = -(-len(samples) // per_shard)
+        for i in range(total):
+            chunk = samples[i * per_shard: (i + 1) * per_shard]
+            chunk.sort(key=lambda s: (order[s.labels[recipe.primary]], sorted(s.settings.items()), s.index))
+            tasks.append(ShardTask(shard_name(split, i, total), split, chunk))
+    return tasks
+
+
+def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
+    """Preset settings (the tiny model's size and steps), then the command line's."""
+    out: dict[str, Any] = {}
+    if model == "tiny":
+        from ..tiny import TINY_SETTINGS
+
+        out.update(TINY_SETTINGS)
+    for key in ("scheduler", "steps", "guidance", "width", "height"):
+        value = getattr(cfg, key)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def run_parameters(cfg: GenerateConfig, recipe: Recipe, plan: Plan, model: str, clip_model: str,
+                   overrides: dict[str, Any], per_shard: int) -> dict[str, Any]:
+    """What decides the dataset's content; resuming requires it unchanged."""
+    return {
+        "recipe": recipe.fingerprint(),
+        "num_samples": plan.num_samples,
+        "seed": plan.seed,
+        "candidates": cfg.candidates,
+        "model": model,
+        "revision": cfg.revision,
+        "clip_model": clip_model,
+        "rerank": cfg.rerank,
+        "min_label_confidence": cfg.min_label_confidence,
+        "max_attempts": cfg.max_attempts,
+        "dtype": cfg.dtype,
+        "overrides": overrides,
+        "rows_per_shard": per_shard,
+    }
+
+
+def fingerprint(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_output(out: Path, params: dict[str, Any], overwrite: bool) -> Manifest | None:
+    """Check the folder: empty, ours with the same parameters, or cleared by --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out: '{out}' exists and is not a folder")
+    manifest = Manifest.load(out) if out.exists() else None
+    if manifest is not None and manifest.get("fingerprint") == fingerprint(params) and not overwrite:
+        return manifest
+    if overwrite:
+        for name in OWNED:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return None
+    if manifest is not None:
+        old = manifest.get("parameters", {})
+        changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+        raise OutputError(
+            f"--out: '{out}' holds a dataset made with different {', '.join(changed) or 'parameters'}; "
+            "use another folder, or --overwrite to replace it"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise OutputError(f"--out: '{out}' is not empty and holds no facesynth manifest; use an empty folder")
+    return None
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "facesynth": __version__}
+    for pkg in ("torch", "diffusers", "transformers", "datasets", "compel", "huggingface_hub", "pyarrow", "pillow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def shard_is_done(root: Path, manifest: Manifest, task: ShardTask) -> bool:
+    record = manifest.shards.get(task.name)
+    path = root / task.name
+    return bool(record) and path.exists() and path.stat().st_size == record["bytes"]
+
+
+def encode_png(pixels) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ShardSink:
+    """Encodes winners to PNG and writes row groups on one background thread.
+
+    At most ``max_pending`` rows wait in memory; the generator blocks past that,
+    so memory stays flat however large the dataset grows.
+    """
+
+    def __init__(self, root: Path, recipe: Recipe, manifest: Manifest, max_pending: int = 64):
+        self.root = root
+        self.recipe = recipe
+        self.manifest = manifest
+        self.features = build_features(recipe)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facesynth-writer")
+        self.pending: deque[Future] = deque()
+        self.max_pending = max_pending
+        self.writer: ShardWriter | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.label_ids = {a: {v: i for i, v in enumerate(attr.values)} for a, attr in recipe.attributes.items()}
+
+    def _submit(self, fn, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        while len(self.pending) > self.max_pending:
+            self.pending.popleft().result()
+        while self.pending and self.pending[0].done():
+            self.pending.popleft().result()
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def start(self, task: ShardTask) -> None:
+        self._submit(self._start, task)
+
+    def add(self, winner: Winner) -> None:
+        self._submit(self._add, winner)
+
+    def finish(self) -> None:
+        self._submit(self._finish)
+
+    def abort(self) -> None:
+        """Drop the shard in progress; finished shards stay."""
+        for fut in self.pending:
+            fut.cancel()
+        self.pending.clear()
+        self.pool.submit(self._abort).result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    # Run on the writer thread ---------------------------------------------------------
+    def _start(self, task: ShardTask) -> None:
+        self.writer = ShardWriter(self.root, task.name, task.split, self.features)
+        self.rows = []
+
+    def _add(self, winner: Winner) -> None:
+        primary = self.recipe.primary
+        if self.rows and (len(self.rows) >= ROW_GROUP_ROWS or self.rows[-1][primary] != self._row(winner)[primary]):
+            self._flush()
+        self.rows.append(self._row(winner))
+
+    def _row(self, w: Winner) -> dict[str, Any]:
+        if getattr(w, "_row", None) is None:
+            s = w.sample
+            row = {"sample_id": s.sample_id, "image": {"bytes": encode_png(w.pixels), "path": None}}
+            row.update({a: self.label_ids[a][v] for a, v in s.labels.items()})
+            row.update(
+                prompt=s.prompt, negative_prompt=s.negative_prompt, caption=s.caption, seed=w.seed,
+                clip_score=w.clip_score, candidate_scores=w.candidate_scores, candidate_index=w.candidate_index,
+                label_confidence=w.label_confidence, attempt=w.attempt,
+                steps=w.settings["steps"], guidance=w.settings["guidance"], scheduler=w.settings["scheduler"],
+                width=w.settings["width"], height=w.settings["height"],
+            )
+            w._row = row  # type: ignore[attr-defined]
+        return w._row  # type: ignore[attr-defined]
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.writer.write_row_group({k: [r[k] for r in self.rows] for k in self.rows[0]})
+            self.rows = []
+
+    def _finish(self) -> None:
+        self._flush()
+        record = self.writer.commit()
+        self.manifest.add_shard(self.writer.name, record)
+        self.manifest.save(self.root)
+        logger.info("wrote %s (%d rows)", self.writer.name, record.rows)
+        self.writer = None
+
+    def _abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+        self.rows = []
+
+
+def generate(cfg: GenerateConfig) -> GenerateResult:
+    """Generate (or resume) a dataset folder."""
+    from tqdm.auto import tqdm
+
+    recipe = load_recipe(cfg.recipe)
+    model = cfg.model or recipe.model
+    if not model:
+        raise PlanError(f"recipe '{recipe.name}' names no model: give --model")
+    clip_model = cfg.clip_model or ("tiny" if model == "tiny" else None)
+    if clip_model is None:
+        from ..scoring import DEFAULT_CLIP
+
+        clip_model = DEFAULT_CLIP
+    if cfg.min_label_confidence is not None and not 0 <= cfg.min_label_confidence <= 1:
+        raise PlanError("--min-label-confidence: must be between 0 and 1")
+    if cfg.max_attempts < 1:
+        raise PlanError("--max-attempts: must be at least 1")
+    if cfg.batch_size < 1:
+        raise PlanError("--batch-size: must be at least 1")
+    plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
+    overrides = settings_overrides(cfg, model)
+    sizes = [{**s.settings, **overrides} for s in plan.samples]
+    per_shard = cfg.rows_per_shard or rows_per_shard(max(s["width"] for s in sizes), max(s["height"] for s in sizes))
+    params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard)
+
+    out = Path(cfg.out)
+    manifest = prepare_output(out, params, cfg.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / WORK_DIR / "tmp", ignore_errors=True)
+    tasks = layout(plan, per_shard)
+    if manifest is None:
+        source, text = resolve(cfg.recipe)
+        manifest = Manifest({
+            "format": FORMAT_VERSION,
+            "fingerprint": fingerprint(params),
+            "parameters": params,
+            "recipe": {"name": recipe.name, "source": source, "yaml": text, "fingerprint": recipe.fingerprint()},
+            "plan": {"num_samples": plan.num_samples, "seed": plan.seed, "candidates": cfg.candidates,
+                     "splits": plan.split_sizes(), "rows_per_shard": per_shard},
+            "layout": [t.name for t in tasks],
+            "complete": False,
+        })
+    todo = [t for t in tasks if not shard_is_done(out, manifest, t)]
+    done_rows = sum(len(t.samples) for t in tasks if t not in todo)
+    engine = None
+    if todo:
+        engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest)
+        manifest.save(out)
+        _run(engine, todo, out, recipe, manifest, plan, done_rows, cfg.quiet, tqdm)
+    manifest.data["complete"] = True
+    manifest.save(out)
+    if cfg.write_card:
+        from ..dataset_card import write_card
+
+        write_card(out)
+    return GenerateResult(out, plan.num_samples, len(todo), len(tasks) - len(todo),
+                          dict(engine.timings.seconds) if engine else {})
+
+
+def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest) -> Engine:
+    from ..scoring import ClipScorer
+    from .loading import load_pipeline, resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    pinned = (manifest.get("model") or {}).get("commit") if (manifest.get("model") or {}).get("kind") == "hub" else None
+    pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device)
+    if pinned:
+        info.revision = cfg.revision
+    scorer = ClipScorer.load(clip_model, device=device, dtype=dtype)
+    manifest.data["model"] = {k: v for k, v in asdict(info).items() if k != "preset_settings"}
+    manifest.data["clip_model"] = asdict(scorer.info)
+    manifest.data["runtime"] = {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                                "batch_size": cfg.batch_size}
+    manifest.data["versions"] = library_versions()
+    manifest.data["generation"] = {"rerank": cfg.rerank, "overrides": overrides,
+                                   "min_label_confidence": cfg.min_label_confidence,
+                                   "max_attempts": cfg.max_attempts}
+    options = EngineOptions(candidates=cfg.candidates, batch_size=cfg.batch_size, rerank=cfg.rerank,
+                            min_label_confidence=cfg.min_label_confidence, max_attempts=cfg.max_attempts,
+                            overrides=overrides)
+    return Engine(pipe, scorer, recipe, options)
+
+
+def _run(engine: Engine, todo: list[ShardTask], out: Path, recipe: Recipe, manifest: Manifest, plan: Plan,
+         done_rows: int, quiet: bool, tqdm) -> None:
+    sink = ShardSink(out, recipe, manifest)
+    bar = tqdm(total=plan.num_samples, initial=done_rows, unit="img", desc="generating", disable=quiet,
+               dynamic_ncols=True)
+    total_score, kept = 0.0, 0
+    try:
+        for task in todo:
+            sink.start(task)
+            for winner in engine.run(task.samples):
+                sink.add(winner)
+                total_score += winner.clip_score
+                kept += 1
+                bar.update(1)
+                bar.set_postfix(clip=f"{total_score / kept:.2f}", refresh=False)
+            sink.finish()
+        sink.drain()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        sink.close()
+        bar.close()

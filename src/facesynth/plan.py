@@ -1,0 +1,255 @@
+"""The plan: recipe + size + master seed -> exactly balanced samples.
+
+Pure Python, no torch. Properties the tests check:
+
+- exact quotas: strata counts are met exactly; cross-product cells stay within 1
+  of each other for any size;
+- prefix stability: sample ``i`` never depends on the requested size, so a larger
+  plan keeps every earlier sample unchanged, and every prefix is balanced;
+- independent seeds: each candidate seed is a hash of (master seed, sample_id,
+  candidate, attempt), so any sample can be regenerated alone;
+- splits are deterministic and stratified per label cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import PlanError
+from .recipe import Recipe
+
+SEED_BITS = 63
+
+
+def derive_seed(master_seed: int, sample_id: str, candidate: int, attempt: int = 0) -> int:
+    """A 63-bit seed for one candidate, independent of every other candidate."""
+    key = f"facesynth/v1/{master_seed}/{sample_id}/{candidate}/{attempt}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> (64 - SEED_BITS)
+
+
+def _hash_int(*parts: Any) -> int:
+    key = "/".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One planned row: labels, chosen phrasings, prompts, settings, seeds and split."""
+
+    index: int
+    sample_id: str
+    labels: dict[str, str]
+    phrases: dict[str, str]
+    prompt: str
+    negative_prompt: str
+    caption: str
+    settings: dict[str, Any]
+    split: str
+    seeds: tuple[int, ...]
+    master_seed: int = field(repr=False, default=0)
+
+    @property
+    def cell(self) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted(self.labels.items()))
+
+    def candidate_seeds(self, num_candidates: int, attempt: int = 0) -> list[int]:
+        """Seeds for ``num_candidates`` candidates of a given attempt."""
+        return [derive_seed(self.master_seed, self.sample_id, c, attempt) for c in range(num_candidates)]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["seeds"] = list(self.seeds)
+        return data
+
+
+def smooth_sequence(weights: Sequence[float], length: int) -> list[int]:
+    """Indices ``0..len(weights)-1`` so that every prefix is proportional to ``weights``.
+
+    At each step the index with the largest deficit ``n * p_i - c_i`` is taken
+    (ties go to the lower index), which keeps every count within one of its exact
+    share for every prefix.
+    """
+    total = float(sum(weights))
+    shares = [w / total for w in weights]
+    counts = [0] * len(weights)
+    out = []
+    for n in range(1, length + 1):
+        best = max(range(len(weights)), key=lambda i: (n * shares[i] - counts[i], -i))
+        counts[best] += 1
+        out.append(best)
+    return out
+
+
+def _strata_sequence(counts: Sequence[int], length: int) -> list[int]:
+    """Like smooth_sequence, but never exceeds any count (exact quotas)."""
+    total = sum(counts)
+    remaining = list(counts)
+    used = [0] * len(counts)
+    out = []
+    for n in range(1, length + 1):
+        live = [i for i in range(len(counts)) if remaining[i] > 0]
+        best = max(live, key=lambda i: (n * counts[i] / total - used[i], -i))
+        used[best] += 1
+        remaining[best] -= 1
+        out.append(best)
+    return out
+
+
+class _SplitSequence:
+    """The per-cell split pattern, extended lazily (prefix-stable)."""
+
+    def __init__(self, ratios: dict[str, float]):
+        self.names = list(ratios)
+        self.weights = [ratios[n] for n in self.names]
+        self.counts = [0] * len(self.names)
+        self.seq: list[str] = []
+
+    def __getitem__(self, k: int) -> str:
+        total = sum(self.weights)
+        while len(self.seq) <= k:
+            n = len(self.seq) + 1
+            best = max(
+                range(len(self.names)), key=lambda i: (n * self.weights[i] / total - self.counts[i], -i)
+            )
+            self.counts[best] += 1
+            self.seq.append(self.names[best])
+        return self.seq[k]
+
+
+SPLIT_PHASES = 97  # cells start the split pattern at different places, so small plans fill every split
+
+
+class Plan:
+    """The deterministic plan of a recipe for a size and master seed."""
+
+    def __init__(self, recipe: Recipe, num_samples: int | None = None, seed: int | None = None,
+                 num_candidates: int = 3):
+        self.recipe = recipe
+        self.seed = recipe.seed if seed is None else seed
+        self.num_candidates = num_candidates
+        if num_candidates < 1:
+            raise PlanError(f"--candidates: must be at least 1 (got {num_candidates})")
+        if not 0 <= self.seed < 2**63:
+            raise PlanError(f"--seed: must be between 0 and 2**63-1 (got {self.seed})")
+        self.capacity = sum(s.count for s in recipe.strata) if recipe.balance.strata else None
+        if num_samples is None:
+            if self.capacity is None:
+                raise PlanError(f"recipe '{recipe.name}' balances a cross product: give --num-samples")
+            num_samples = self.capacity
+        if num_samples < 1:
+            raise PlanError(f"--num-samples: must be at least 1 (got {num_samples})")
+        if self.capacity is not None and num_samples > self.capacity:
+            raise PlanError(
+                f"--num-samples: {num_samples} exceeds the {self.capacity} samples that the strata of "
+                f"recipe '{recipe.name}' add up to"
+            )
+        self.num_samples = num_samples
+        self._samples: list[Sample] | None = None
+
+    # Cell order -----------------------------------------------------------------------
+    def _cells(self) -> list[dict[str, str]]:
+        """The label cell of each sample index, in plan order."""
+        r = self.recipe
+        if r.balance.cross is not None:
+            # the primary axis varies fastest, so even small prefixes balance it
+            axes = sorted(r.balance.cross, key=lambda a: a != r.primary)
+            grids = [list(r.attributes[a].values) for a in axes]
+            # itertools.product varies its last iterable fastest: feed the axes reversed
+            product = [dict(zip(reversed(axes), combo)) for combo in itertools.product(*reversed(grids))]
+            return [product[i % len(product)] for i in range(self.num_samples)]
+        strata = [s for s in r.strata if s.count > 0]
+        order = _strata_sequence([s.count for s in strata], self.num_samples)
+        return [dict(strata[i].labels) for i in order]
+
+    # Samples --------------------------------------------------------------------------
+    @property
+    def samples(self) -> list[Sample]:
+        if self._samples is None:
+            self._samples = list(self._build())
+        return self._samples
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _build(self) -> Iterator[Sample]:
+        r = self.recipe
+        occurrences: Counter = Counter()
+        split_seq = _SplitSequence(r.splits)
+        for index, cell in enumerate(self._cells()):
+            key = tuple(sorted(cell.items()))
+            k = occurrences[key]
+            occurrences[key] += 1
+            labels = {}
+            for name, attr in r.attributes.items():
+                if name in cell:
+                    labels[name] = cell[name]
+                else:  # a free attribute: cycle its values inside the cell, from a per-cell offset
+                    values = list(attr.values)
+                    offset = _hash_int("free", name, key) % len(values)
+                    labels[name] = values[(k + offset) % len(values)]
+            yield self._sample(index, labels, split_seq[k + _hash_int("split", key) % SPLIT_PHASES])
+
+    def _sample(self, index: int, labels: dict[str, str], split: str) -> Sample:
+        r = self.recipe
+        sample_id = f"{r.name}-{index:07d}"
+        phrases = {}
+        settings = dict(r.settings)
+        for name, attr in r.attributes.items():
+            value = attr.values[labels[name]]
+            phrases[name] = value.phrases[_hash_int("phrase", self.seed, sample_id, name) % len(value.phrases)]
+            settings.update(value.generation.overrides())
+        captions = {name: attr.caption(labels[name]) for name, attr in r.attributes.items()}
+        return Sample(
+            index=index,
+            sample_id=sample_id,
+            labels=labels,
+            phrases=phrases,
+            prompt=r.template.format(**phrases),
+            negative_prompt=r.negative_prompt,
+            caption=r.caption_template.format(**captions),
+            settings=settings,
+            split=split,
+            seeds=tuple(derive_seed(self.seed, sample_id, c) for c in range(self.num_candidates)),
+            master_seed=self.seed,
+        )
+
+    # Summaries ------------------------------------------------------------------------
+    def counts(self) -> dict[str, dict[str, Counter]]:
+        """attribute -> value -> Counter of split (plus '_total')."""
+        out: dict[str, dict[str, Counter]] = {
+            a: {v: Counter() for v in attr.values} for a, attr in self.recipe.attributes.items()
+        }
+        for s in self.samples:
+            for a, v in s.labels.items():
+                out[a][v][s.split] += 1
+                out[a][v]["_total"] += 1
+        return out
+
+    def split_sizes(self) -> dict[str, int]:
+        sizes = Counter(s.split for s in self.samples)
+        return {name: sizes.get(name, 0) for name in self.recipe.splits}
+
+    def by_split(self) -> dict[str, list[Sample]]:
+        out: dict[str, list[Sample]] = {name: [] for name in self.recipe.splits}
+        for s in self.samples:
+            out[s.split].append(s)
+        return out
+
+    def write_jsonl(self, path: str | Path) -> None:
+        """Write the plan, one sample per line (written to a temp file, then renamed)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for s in self.samples:
+                f.write(json.dumps(s.to_json(), sort_keys=True) + "\n")
+        tmp.replace(path)

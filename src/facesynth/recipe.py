@@ -1,0 +1,391 @@
+"""Recipe schema and validation.
+
+A recipe is a YAML file that declares label axes (attributes), their prompt
+phrasings, the prompt template, the negative prompt, generation settings and
+how many samples of each label cell to make. Every problem is reported as one
+line naming the file, the key path and what is wrong, for example
+``recipes/x.yaml: attributes.emotion.values: must not be empty``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+
+SPLITS = ("train", "validation", "test")
+DEFAULT_SETTINGS = {"steps": 25, "guidance": 7.5, "scheduler": "default", "width": 512, "height": 512}
+NAME_CHARS = set(string.ascii_lowercase + string.digits + "_")
+SCHEDULER_NAMES = ("default", "ddim", "pndm", "euler", "euler_a", "dpm++_2m", "dpm++_2m_karras", "unipc")
+
+
+class Settings(BaseModel):
+    """Generation settings; any field left out inherits from the level above."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int | None = Field(None, ge=1, le=1000)
+    guidance: float | None = Field(None, ge=0, le=50)
+    scheduler: str | None = None
+    width: int | None = Field(None, ge=8, le=4096, multiple_of=8)
+    height: int | None = Field(None, ge=8, le=4096, multiple_of=8)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, name: str | None) -> str | None:
+        if name is not None and name not in SCHEDULER_NAMES:
+            raise ValueError(f"unknown scheduler '{name}' (use {', '.join(SCHEDULER_NAMES)})")
+        return name
+
+    def overrides(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class Value(BaseModel):
+    """One value of an attribute: its prompt phrasings, caption and settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    phrases: list[str] = Field(min_length=1)
+    caption: str | None = None
+    generation: Settings = Settings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        # `happy: [smiling, joyful]`, `happy: smiling`, or `happy:` (the name is the phrase)
+        if data is None:
+            return {"phrases": []}
+        if isinstance(data, str):
+            return {"phrases": [data]}
+        if isinstance(data, list):
+            return {"phrases": data}
+        return data
+
+    @field_validator("phrases")
+    @classmethod
+    def _phrases(cls, phrases: list[str]) -> list[str]:
+        for phrase in phrases:
+            if not phrase.strip():
+                raise ValueError("a phrase must not be blank")
+        return phrases
+
+
+class Attribute(BaseModel):
+    """A label axis such as emotion or gender."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    values: dict[str, Value]
+    label_prompt: str = "a photo of {}"
+    description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_phrases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("values"), dict):
+            values = {}
+            for name, spec in data["values"].items():
+                if spec is None or spec == [] or (isinstance(spec, dict) and not spec.get("phrases")):
+                    spec = dict(spec or {}) if isinstance(spec, dict) else {}
+                    spec["phrases"] = [str(name).replace("_", " ")]
+                values[name] = spec
+            data = {**data, "values": values}
+        return data
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, values: dict[str, Value]) -> dict[str, Value]:
+        if not values:
+            raise ValueError("must not be empty")
+        for name in values:
+            _check_name(name)
+        return values
+
+    @field_validator("label_prompt")
+    @classmethod
+    def _label_prompt(cls, text: str) -> str:
+        if text.count("{}") != 1:
+            raise ValueError("must contain '{}' exactly once")
+        return text
+
+    def caption(self, value: str) -> str:
+        return self.values[value].caption or value.replace("_", " ")
+
+
+class Balance(BaseModel):
+    """Either a full cross product over named axes, or explicit strata with counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cross: list[str] | None = None
+    strata: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "Balance":
+        if (self.cross is None) == (self.strata is None):
+            raise ValueError("give exactly one of 'cross' or 'strata'")
+        if self.cross is not None and not self.cross:
+            raise ValueError("cross: must not be empty")
+        if self.strata is not None and not self.strata:
+            raise ValueError("strata: must not be empty")
+        return self
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """A label cell with an exact count."""
+
+    labels: tuple[tuple[str, str], ...]
+    count: int
+
+
+class Recipe(BaseModel):
+    """A validated recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    license: str | None = None
+    model: str | None = None
+    seed: int = Field(0, ge=0, lt=2**63)
+    primary: str
+    attributes: dict[str, Attribute]
+    template: str
+    negative_prompt: str = ""
+    caption: str | None = None
+    generation: Settings = Settings()
+    balance: Balance
+    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        _check_name(name)
+        return name
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, attributes: dict[str, Attribute]) -> dict[str, Attribute]:
+        if not attributes:
+            raise ValueError("must not be empty")
+        for name in attributes:
+            _check_name(name)
+        return attributes
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, splits: dict[str, float]) -> dict[str, float]:
+        for name, ratio in splits.items():
+            if name not in SPLITS:
+                raise ValueError(f"unknown split '{name}' (use {', '.join(SPLITS)})")
+            if ratio < 0:
+                raise ValueError(f"ratio for '{name}' must be >= 0")
+        if abs(sum(splits.values()) - 1.0) > 1e-6:
+            raise ValueError(f"ratios must sum to 1 (they sum to {sum(splits.values()):g})")
+        if splits.get("train", 0) <= 0:
+            raise ValueError("'train' must have a ratio above 0")
+        return {name: splits[name] for name in SPLITS if splits.get(name, 0) > 0}
+
+    # Resolved views -----------------------------------------------------------------
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Recipe-wide generation settings with defaults filled in."""
+        return {**DEFAULT_SETTINGS, **self.generation.overrides()}
+
+    @property
+    def caption_template(self) -> str:
+        """Template of the attribute caption used for CLIP reranking."""
+        if self.caption:
+            return self.caption
+        return "a photo of a person, " + ", ".join("{" + a + "}" for a in self.attributes)
+
+    @property
+    def strata(self) -> list[Stratum]:
+        """Expanded strata (empty for cross-product recipes)."""
+        return _expand_strata(self.balance.strata or [])
+
+    def fingerprint(self) -> str:
+        """A sha256 of the recipe's canonical JSON form."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS or name[0] == "_":
+        raise ValueError(f"name '{name}' must use lowercase letters, digits and '_' only")
+
+
+def _expand_strata(rows: list[dict[str, Any]]) -> list[Stratum]:
+    out = []
+    for row in rows:
+        row = dict(row)
+        count = row.pop("count", None)
+        split_keys = [k for k, v in row.items() if isinstance(v, dict)]
+        if count is not None:
+            out.append(Stratum(tuple(row.items()), count))
+        else:
+            key = split_keys[0]
+            for value, n in row[key].items():
+                labels = {**row, key: value}
+                out.append(Stratum(tuple(labels.items()), n))
+    return out
+
+
+# Loading ----------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses duplicate keys instead of keeping the last."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise RecipeError(f"line {mark.line + 1}: duplicate key '{key}'")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes that ship with facesynth."""
+    folder = resources.files("facesynth") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve(name_or_path: str | Path) -> tuple[str, str]:
+    """Return (source label, YAML text) for a shipped recipe name or a file path."""
+    path = Path(name_or_path)
+    if path.is_file():
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{path}: cannot read: {exc}") from exc
+    name = str(name_or_path)
+    if name in shipped_recipes():
+        text = (resources.files("facesynth") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8")
+        return f"recipes/{name}.yaml", text
+    raise RecipeError(f"{name}: no such recipe file, and not a shipped recipe ({', '.join(shipped_recipes())})")
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load and validate a recipe by shipped name or by path."""
+    source, text = resolve(name_or_path)
+    return parse_recipe(text, source)
+
+
+def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
+    """Parse YAML text into a validated Recipe; errors name ``source``."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecipeError as exc:
+        raise RecipeError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{source}: YAML syntax error: {where}{problem}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: the recipe must be a YAML mapping of keys to values")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(f"{source}: {_first_error(exc)}") from None
+    problem = _cross_check(recipe)
+    if problem:
+        raise RecipeError(f"{source}: {problem}")
+    return recipe
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _placeholders(template: str) -> list[str]:
+    try:
+        fields = [f for _, f, spec, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"bad placeholder syntax ({exc})") from None
+    return fields
+
+
+def _cross_check(recipe: Recipe) -> str | None:
+    """Checks that span several keys; returns the first problem or None."""
+    attrs = recipe.attributes
+    if recipe.primary not in attrs:
+        return f"primary: '{recipe.primary}' is not an attribute ({', '.join(attrs)})"
+    for key in ("template", "caption"):
+        text = getattr(recipe, key)
+        if text is None:
+            continue
+        try:
+            fields = _placeholders(text)
+        except ValueError as exc:
+            return f"{key}: {exc}"
+        for field in fields:
+            if field not in attrs:
+                return f"{key}: placeholder '{{{field}}}' names no attribute"
+    if recipe.balance.cross is not None:
+        seen = set()
+        for i, axis in enumerate(recipe.balance.cross):
+            if axis not in attrs:
+                return f"balance.cross.{i}: '{axis}' is not an attribute"
+            if axis in seen:
+                return f"balance.cross.{i}: '{axis}' is listed twice"
+            seen.add(axis)
+        return None
+    return _check_strata(recipe)
+
+
+def _check_strata(recipe: Recipe) -> str | None:
+    attrs = recipe.attributes
+    cells = set()
+    for i, row in enumerate(recipe.balance.strata or []):
+        where = f"balance.strata.{i}"
+        if not isinstance(row, dict) or not row:
+            return f"{where}: must be a mapping of attribute values and a count"
+        keyed = [k for k, v in row.items() if isinstance(v, dict)]
+        if "count" in row and keyed:
+            return f"{where}: give either 'count' or one attribute with per-value counts, not both"
+        if "count" not in row and len(keyed) != 1:
+            return f"{where}: needs 'count', or exactly one attribute with per-value counts"
+        for key, value in row.items():
+            if key == "count":
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    return f"{where}.count: must be a whole number >= 0"
+                continue
+            if key not in attrs:
+                return f"{where}.{key}: not an attribute"
+            choices = value if isinstance(value, dict) else {value: 1}
+            for name, n in choices.items():
+                if name not in attrs[key].values:
+                    return f"{where}.{key}: unknown value '{name}'"
+                if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                    return f"{where}.{key}.{name}: count must be a whole number >= 0"
+    for stratum in _expand_strata(recipe.balance.strata or []):
+        key = tuple(sorted(stratum.labels))
+        if key in cells:
+            return f"balance.strata: the cell {dict(key)} is listed twice"
+        cells.add(key)
+    if sum(s.count for s in _expand_strata(recipe.balance.strata or [])) == 0:
+        return "balance.strata: counts add up to 0"
+    return None

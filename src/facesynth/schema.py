@@ -1,0 +1,48 @@
+"""The one place where the dataset's ``datasets.Features`` are built."""
+
+from __future__ import annotations
+
+from datasets import ClassLabel, Features, Image, List, Value
+
+from .recipe import Recipe
+
+SETTING_COLUMNS = ("steps", "guidance", "scheduler", "width", "height")
+
+
+def features(recipe: Recipe) -> Features:
+    """Columns of a facesynth dataset: id, image, one ClassLabel per attribute, provenance."""
+    cols: dict = {"sample_id": Value("string"), "image": Image()}
+    for name, attr in recipe.attributes.items():
+        cols[name] = ClassLabel(names=list(attr.values))
+    cols.update(
+        prompt=Value("string"),
+        negative_prompt=Value("string"),
+        caption=Value("string"),
+        seed=Value("int64"),
+        clip_score=Value("float32"),
+        candidate_scores=List(Value("float32")),
+        candidate_index=Value("int32"),
+        label_confidence=Value("float32"),
+        attempt=Value("int32"),
+        steps=Value("int32"),
+        guidance=Value("float32"),
+        scheduler=Value("string"),
+        width=Value("int32"),
+        height=Value("int32"),
+    )
+    return Features(cols)
+
+
+def label_ids(recipe: Recipe, filters: dict[str, str | list[str]]) -> dict[str, list[int]]:
+    """Map label names to ClassLabel ids, e.g. ``{"emotion": "happy"} -> {"emotion": [0]}``."""
+    out = {}
+    for attr, wanted in filters.items():
+        if attr not in recipe.attributes:
+            raise KeyError(f"'{attr}' is not an attribute ({', '.join(recipe.attributes)})")
+        names = list(recipe.attributes[attr].values)
+        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+        for value in wanted:
+            if value not in names:
+                raise KeyError(f"'{value}' is not a value of '{attr}' ({', '.join(names)})")
+        out[attr] = [names.index(v) for v in wanted]
+    return out

@@ -1,0 +1,121 @@
+"""CLIP scoring: rerank candidates and check labels, on the device, from tensors.
+
+``clip_score = max(100 * cos(image, text), 0)``, as torchmetrics defines CLIPScore.
+Images come straight from the pipeline as float tensors in [0, 1]; they are resized
+(bicubic, antialiased), centre-cropped and normalised on the device, so no PNG or
+PIL round trip happens before scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ModelError, first_line
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+
+
+@dataclass
+class ClipInfo:
+    """What the manifest records about the CLIP model."""
+
+    name: str
+    commit: str | None = None
+
+
+class ClipScorer:
+    """Scores images against texts with a transformers CLIPModel."""
+
+    def __init__(self, model, tokenizer, preprocess: dict, info: ClipInfo,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = model.to(self.device, dtype).eval()
+        self.tokenizer = tokenizer
+        self.size = int(preprocess["size"])
+        self.crop = int(preprocess["crop"])
+        self.mean = torch.tensor(preprocess["mean"], device=self.device, dtype=dtype).view(1, 3, 1, 1)
+        self.std = torch.tensor(preprocess["std"], device=self.device, dtype=dtype).view(1, 3, 1, 1)
+        self.info = info
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def load(cls, name: str = DEFAULT_CLIP, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32, revision: str | None = None) -> "ClipScorer":
+        """Load ``tiny``, a Hub id or a local folder (safetensors weights only)."""
+        if name == "tiny":
+            from . import tiny
+
+            model, tokenizer, preprocess = tiny.build_clip()
+            return cls(model, tokenizer, preprocess, ClipInfo("tiny"), device, dtype)
+        from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+
+        try:
+            model = CLIPModel.from_pretrained(name, revision=revision, use_safetensors=True, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+            proc = CLIPImageProcessorPil.from_pretrained(name, revision=revision)
+        except (OSError, ValueError) as exc:
+            raise ModelError(
+                f"--clip-model: cannot load '{name}' ({first_line(exc)}); "
+                "use --clip-model tiny or a local folder with safetensors weights"
+            ) from exc
+        size = proc.size.get("shortest_edge") or min(proc.size.values())
+        crop = proc.crop_size.get("height") if proc.crop_size else size
+        preprocess = {"size": size, "crop": crop, "mean": proc.image_mean, "std": proc.image_std}
+        commit = getattr(model.config, "_commit_hash", None)
+        return cls(model, tokenizer, preprocess, ClipInfo(name, commit), device, dtype)
+
+    # Embeddings -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings of images shaped (B, 3, H, W) with values in [0, 1]."""
+        x = images.to(self.device, self.dtype)
+        h, w = x.shape[-2:]
+        scale = self.size / min(h, w)
+        new = (max(self.crop, round(h * scale)), max(self.crop, round(w * scale)))
+        if new != (h, w):
+            x = F.interpolate(x, size=new, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        top, left = (new[0] - self.crop) // 2, (new[1] - self.crop) // 2
+        x = x[..., top: top + self.crop, left: left + self.crop]
+        x = (x - self.mean) / self.std
+        emb = self.model.get_image_features(pixel_values=x).pooler_output
+        return F.normalize(emb.float(), dim=-1)
+
+    @torch.inference_mode()
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm embeddings of texts (cached; truncated to CLIP's 77 tokens)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(missing, padding="max_length", truncation=True,
+                                    max_length=self.tokenizer.model_max_length, return_tensors="pt")
+            emb = self.model.get_text_features(
+                input_ids=tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device)
+            ).pooler_output
+            for text, row in zip(missing, F.normalize(emb.float(), dim=-1)):
+                self._text_cache[text] = row
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    # Scores -----------------------------------------------------------------------------
+    @staticmethod
+    def similarity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Row-wise ``100 * cos`` of matching image and text embeddings (what candidates are ranked by)."""
+        return 100 * (image_emb * text_emb).sum(-1)
+
+    @staticmethod
+    def clip_score(similarity: torch.Tensor) -> torch.Tensor:
+        """torchmetrics' CLIPScore: ``max(100 * cos, 0)``."""
+        return similarity.clamp(min=0)
+
+    def label_probabilities(self, image_emb: torch.Tensor, label_texts: Sequence[str]) -> torch.Tensor:
+        """Zero-shot probabilities (B, len(label_texts)) with CLIP's learned temperature."""
+        text = self.text_embeddings(label_texts)
+        logit_scale = self.model.logit_scale.exp().float()
+        return (logit_scale * image_emb @ text.T).softmax(dim=-1)
+

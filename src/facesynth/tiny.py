@@ -1,0 +1,105 @@
+"""The ``tiny`` model preset: random-weight models built in memory, offline, in seconds.
+
+Built the way diffusers' fast pipeline tests build their dummy components: small
+UNet, VAE and CLIP text encoder configs with ``torch.manual_seed(0)`` before each,
+plus a byte-level CLIP tokenizer made here from a local vocabulary (no download).
+The images are noise-like, but deterministic for a seed, so the whole pipeline
+(prompts, batching, reranking, shards, loading) runs and can be tested on a CPU.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+TINY_SIZE = 64  # pixels; the tiny VAE downsamples by 2, the tiny UNet works on 32x32 latents
+TINY_SETTINGS = {"width": TINY_SIZE, "height": TINY_SIZE, "steps": 4}
+TEXT_DIM = 32
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable-unicode table (as in the OpenAI CLIP tokenizer)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+@lru_cache(maxsize=1)
+def _vocab() -> dict[str, int]:
+    chars = list(_bytes_to_unicode().values())
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    return {tok: i for i, tok in enumerate(tokens)}
+
+
+def build_tokenizer():
+    """A character-level CLIP tokenizer with a local vocabulary (514 tokens, no merges)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=dict(_vocab()), merges=[], model_max_length=77)
+
+
+def _text_config(vocab_size: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=TEXT_DIM, intermediate_size=37,
+        layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size,
+        projection_dim=TEXT_DIM, max_position_embeddings=77,
+    )
+
+
+def build_pipeline():
+    """A random-weight StableDiffusionPipeline (UNet, VAE, CLIP text encoder, tokenizer, DDIM)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=TINY_SIZE // 2, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM, norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1,
+        set_alpha_to_one=False,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"], latent_channels=4, norm_num_groups=8,
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
+    return StableDiffusionPipeline(
+        unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, image_encoder=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_clip():
+    """A random-weight CLIPModel and its tokenizer, plus the image preprocessing it expects."""
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    tokenizer = build_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=TEXT_DIM, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        image_size=32, patch_size=4, projection_dim=TEXT_DIM,
+    )
+    config = CLIPConfig(
+        text_config=_text_config(len(tokenizer)).to_dict(), vision_config=vision.to_dict(), projection_dim=TEXT_DIM
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    preprocess = {"size": 32, "crop": 32, "mean": [0.48145466, 0.4578275, 0.40821073],
+                  "std": [0.26862954, 0.26130258, 0.27577711]}
+    return model, tokenizer, preprocess

@@ -1,0 +1,151 @@
+"""Shards and manifest.
+
+A shard is written to ``.facesynth/tmp/`` and renamed into ``data/`` only when it
+is complete, so ``data/`` never holds a partial file. The files are written with
+``datasets.arrow_writer.ParquetWriter`` and the dataset's Features, which gives the
+same schema metadata, per-column compression and encodings, page index and
+content-defined chunking as ``Dataset.push_to_hub``. The manifest records each
+finished shard's row count and sha256, and is itself replaced atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datasets import Features
+from datasets.arrow_writer import ParquetWriter
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+WORK_DIR = ".facesynth"
+MAX_SHARD_BYTES = 500 * 10**6  # like push_to_hub's default max_shard_size
+ROW_GROUP_ROWS = 100
+
+
+def shard_name(split: str, index: int, total: int) -> str:
+    return f"data/{split}-{index:05d}-of-{total:05d}.parquet"
+
+
+def rows_per_shard(width: int, height: int) -> int:
+    """Rows that surely fit in 500 MB: an RGB PNG is at most its raw size plus a little."""
+    worst_row = width * height * 3 + height + 4096
+    return max(1, MAX_SHARD_BYTES // worst_row)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file, fsync it, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class ShardRecord:
+    """What the manifest keeps about one finished shard."""
+
+    split: str
+    rows: int
+    bytes: int
+    sha256: str
+    row_groups: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class ShardWriter:
+    """Writes one shard, one row group per ``write_row_group`` call."""
+
+    def __init__(self, root: Path, name: str, split: str, features: Features):
+        self.root = root
+        self.name = name
+        self.split = split
+        tmp_dir = root / WORK_DIR / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp_dir / Path(name).name
+        self.tmp.unlink(missing_ok=True)
+        self._writer = ParquetWriter(path=str(self.tmp), features=features)
+        self.rows = 0
+        self.row_groups = 0
+
+    def write_row_group(self, columns: dict[str, list]) -> None:
+        n = len(next(iter(columns.values())))
+        if n:
+            self._writer.write_batch(columns, writer_batch_size=n)
+            self.rows += n
+            self.row_groups += 1
+
+    def commit(self) -> ShardRecord:
+        """Finish the file, fsync it and move it into ``data/``."""
+        self._writer.finalize()
+        with open(self.tmp, "rb") as f:
+            os.fsync(f.fileno())
+        final = self.root / self.name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        record = ShardRecord(self.split, self.rows, self.tmp.stat().st_size, sha256_file(self.tmp), self.row_groups)
+        os.replace(self.tmp, final)
+        return record
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        try:
+            self._writer.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+class Manifest:
+    """The dataset folder's manifest.json: run parameters plus finished shards."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.data = data
+        self.data.setdefault("shards", {})
+
+    @staticmethod
+    def path(root: Path) -> Path:
+        return Path(root) / MANIFEST
+
+    @classmethod
+    def load(cls, root: Path) -> "Manifest | None":
+        path = cls.path(root)
+        if not path.exists():
+            return None
+        with open(path, encoding="utf-8") as f:
+            return cls(json.load(f))
+
+    def save(self, root: Path) -> None:
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_json_atomic(self.path(root), self.data)
+
+    @property
+    def shards(self) -> dict[str, dict[str, Any]]:
+        return self.data["shards"]
+
+    def add_shard(self, name: str, record: ShardRecord) -> None:
+        self.shards[name] = record.to_json()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
