@@ -1,5 +1,222 @@
-"""Placeholder replaced below."""
+"""The dataset card: README.md YAML (configs, dataset_info) and body, built from the data itself.
+
+Counts, split sizes and score statistics are read from the shards (label columns
+only, one row group at a time), never typed by hand. A sample grid with one row
+per primary label is written to ``assets/samples.png`` and shown in the card.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from huggingface_hub import DatasetCard, DatasetCardData
+from PIL import Image, ImageDraw, ImageFont
+
+from .builder import read_manifest
+from .recipe import Recipe, parse_recipe
+from .schema import features as build_features
+from .writer import Manifest
+
+logger = logging.getLogger(__name__)
+
+GRID_COLUMNS = 6
+GRID_CELL = 128
+TAGS = ["synthetic", "faces", "emotion", "facesynth", "stable-diffusion"]
 
 
-def write_card(root):
-    return None
+@dataclass
+class Summary:
+    """What the card says about the data, all counted from the shards."""
+
+    recipe: Recipe
+    manifest: Manifest
+    split_sizes: Counter = field(default_factory=Counter)
+    split_bytes: Counter = field(default_factory=Counter)
+    # attribute -> value -> Counter over (split or gender value)
+    counts: dict[str, dict[str, Counter]] = field(default_factory=dict)
+    primary_split: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    clip: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    confidence: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def total(self) -> int:
+        return sum(self.split_sizes.values())
+
+
+def summarize(root: str | Path) -> Summary:
+    """Count labels per split and gather scores, streaming the label columns of every shard."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
+    summary = Summary(recipe, manifest)
+    names = {a: list(attr.values) for a, attr in recipe.attributes.items()}
+    summary.counts = {a: {v: Counter() for v in values} for a, values in names.items()}
+    by = "gender" if "gender" in names else None
+    cols = [*names, "clip_score", "label_confidence"]
+    for name, rec in sorted(manifest.shards.items()):
+        split = rec["split"]
+        summary.split_bytes[split] += rec["bytes"]
+        pf = pq.ParquetFile(root / name)
+        for i in range(pf.num_row_groups):
+            table = pf.read_row_group(i, columns=cols).to_pydict()
+            labels = {a: [names[a][x] for x in table[a]] for a in names}
+            for r in range(len(table["clip_score"])):
+                summary.split_sizes[split] += 1
+                primary = labels[recipe.primary][r]
+                summary.primary_split[primary][split] += 1
+                summary.clip[primary].append(table["clip_score"][r])
+                summary.confidence[primary].append(table["label_confidence"][r])
+                for a in names:
+                    c = summary.counts[a][labels[a][r]]
+                    c["_total"] += 1
+                    if by and a != by:
+                        c[labels[by][r]] += 1
+    return summary
+
+
+def sample_grid(root: str | Path, summary: Summary, columns: int = GRID_COLUMNS) -> Path:
+    """Write ``assets/samples.png``: one row per primary label, its best-scoring images."""
+    root = Path(root)
+    recipe = summary.recipe
+    values = list(recipe.attributes[recipe.primary].values)
+    files = [str(root / n) for n in sorted(summary.manifest.shards)]
+    dataset = pads.dataset(files, format="parquet")
+    scores = dataset.to_table(columns=["sample_id", recipe.primary, "clip_score"]).to_pydict()
+    chosen: dict[int, list[str]] = defaultdict(list)
+    ranked = sorted(zip(scores["clip_score"], scores["sample_id"], scores[recipe.primary]), key=lambda t: (-t[0], t[1]))
+    for _, sid, label in ranked:
+        if len(chosen[label]) < columns:
+            chosen[label].append(sid)
+    wanted = [sid for ids in chosen.values() for sid in ids]
+    images = {}
+    table = dataset.to_table(columns=["sample_id", "image"], filter=pads.field("sample_id").isin(wanted))
+    for sid, img in zip(table["sample_id"].to_pylist(), table["image"].to_pylist()):
+        images[sid] = Image.open(io.BytesIO(img["bytes"])).convert("RGB")
+    label_w = 150
+    grid = Image.new("RGB", (label_w + columns * GRID_CELL, len(values) * GRID_CELL), "white")
+    draw = ImageDraw.Draw(grid)
+    font = _font(18)
+    for row, value in enumerate(values):
+        draw.text((8, row * GRID_CELL + GRID_CELL // 2 - 10), value, fill="black", font=font)
+        for col, sid in enumerate(chosen.get(row, [])):
+            tile = images[sid].resize((GRID_CELL, GRID_CELL), Image.Resampling.LANCZOS)
+            grid.paste(tile, (label_w + col * GRID_CELL, row * GRID_CELL))
+    path = root / "assets" / "samples.png"
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(".samples.png.tmp")
+    grid.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType sizes
+        return ImageFont.load_default()
+
+
+def size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+def configs_and_infos(summary: Summary) -> tuple[list[dict], list[dict]]:
+    """The README YAML: a default config with every split, plus one config per primary label."""
+    recipe = summary.recipe
+    splits = [s for s in recipe.splits if summary.split_sizes.get(s)]
+    features_yaml = build_features(recipe)._to_yaml_list()
+    files = [{"split": s, "path": f"data/{s}-*"} for s in splits]
+    configs = [{"config_name": "default", "default": True, "data_files": files}]
+    infos = [_info("default", features_yaml, {s: summary.split_sizes[s] for s in splits}, summary)]
+    for label_id, value in enumerate(recipe.attributes[recipe.primary].values):
+        sizes = {s: summary.primary_split[value][s] for s in splits if summary.primary_split[value][s]}
+        if not sizes:
+            continue
+        configs.append({
+            "config_name": value,
+            "data_files": [{"split": s, "path": f"data/{s}-*"} for s in sizes],
+            "filters": [[recipe.primary, "==", label_id]],
+        })
+        infos.append(_info(value, features_yaml, sizes, summary))
+    return configs, infos
+
+
+def _info(name: str, features_yaml: list, sizes: dict[str, int], summary: Summary) -> dict[str, Any]:
+    per_row = {s: summary.split_bytes[s] / max(1, summary.split_sizes[s]) for s in sizes}
+    split_list = [{"name": s, "num_bytes": int(per_row[s] * n), "num_examples": n} for s, n in sizes.items()]
+    return {
+        "config_name": name,
+        "features": features_yaml,
+        "splits": split_list,
+        "download_size": int(sum(summary.split_bytes.values())),
+        "dataset_size": int(sum(x["num_bytes"] for x in split_list)),
+    }
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "min": min(values),
+            "max": max(values)}
+
+
+def build_card(root: str | Path, repo_id: str | None = None) -> DatasetCard:
+    """Build the card for a dataset folder (and refresh its sample grid)."""
+    root = Path(root)
+    summary = summarize(root)
+    grid = sample_grid(root, summary)
+    recipe, manifest = summary.recipe, summary.manifest
+    configs, infos = configs_and_infos(summary)
+    pretty = f"facesynth {recipe.name}"
+    data = DatasetCardData(
+        license=recipe.license or "other",
+        task_categories=["image-classification"],
+        tags=TAGS,
+        size_categories=[size_category(summary.total)],
+        pretty_name=pretty,
+        configs=configs,
+        dataset_info=infos,
+    )
+    by = "gender" if "gender" in recipe.attributes else None
+    by_values = list(recipe.attributes[by].values) if by else []
+    template = resources.files("facesynth") / "templates" / "card.md"
+    return DatasetCard.from_template(
+        data,
+        template_str=template.read_text(encoding="utf-8"),
+        repo_id=repo_id or str(root),
+        recipe=recipe,
+        manifest=manifest.data,
+        summary=summary,
+        splits=[s for s in recipe.splits if summary.split_sizes.get(s)],
+        by=by,
+        by_values=by_values,
+        clip_stats={v: _stats(summary.clip[v]) for v in recipe.attributes[recipe.primary].values},
+        confidence_stats={v: _stats(summary.confidence[v]) for v in recipe.attributes[recipe.primary].values},
+        grid_path=grid.relative_to(root).as_posix(),
+        primary_values=list(recipe.attributes[recipe.primary].values),
+        pretty_name=pretty,
+    )
+
+
+def write_card(root: str | Path, repo_id: str | None = None) -> Path:
+    """Write ``README.md`` (atomically) for a dataset folder and return its path."""
+    root = Path(root)
+    card = build_card(root, repo_id)
+    path = root / "README.md"
+    tmp = root / ".README.md.tmp"
+    tmp.write_text(str(card), encoding="utf-8")
+    tmp.replace(path)
+    return path

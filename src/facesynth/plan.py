@@ -102,6 +102,33 @@ def _strata_sequence(counts: Sequence[int], length: int) -> list[int]:
     return out
 
 
+def _round_order(grids: list[list[str]]) -> list[tuple[str, ...]]:
+    """One round through every cell of a cross product, ordered so each prefix balances every axis.
+
+    Greedy: next comes the unused cell whose values are least used so far, the first
+    axis (the primary label) weighing most. After a full round every count is equal
+    again, so the same order repeats round after round and prefixes stay balanced.
+    """
+    cells = list(itertools.product(*grids))
+    used = [Counter() for _ in grids]
+    left = list(range(len(cells)))
+    order = []
+    while left:
+        best = min(left, key=lambda c: (used[0][cells[c][0]], sum(used[k][cells[c][k]] for k in range(1, len(grids))), c))
+        left.remove(best)
+        for k, value in enumerate(cells[best]):
+            used[k][value] += 1
+        order.append(cells[best])
+    return order
+
+
+def _free_value(values: list[str], attr: str, cell: tuple, k: int) -> str:
+    """The k-th value of a free attribute in a cell: a hashed permutation per block of values."""
+    block, pos = divmod(k, len(values))
+    order = sorted(range(len(values)), key=lambda i: _hash_int("free", attr, cell, block, i))
+    return values[order[pos]]
+
+
 class _SplitSequence:
     """The per-cell split pattern, extended lazily (prefix-stable)."""
 
@@ -158,12 +185,9 @@ class Plan:
         """The label cell of each sample index, in plan order."""
         r = self.recipe
         if r.balance.cross is not None:
-            # the primary axis varies fastest, so even small prefixes balance it
             axes = sorted(r.balance.cross, key=lambda a: a != r.primary)
-            grids = [list(r.attributes[a].values) for a in axes]
-            # itertools.product varies its last iterable fastest: feed the axes reversed
-            product = [dict(zip(reversed(axes), combo)) for combo in itertools.product(*reversed(grids))]
-            return [product[i % len(product)] for i in range(self.num_samples)]
+            cells = _round_order([list(r.attributes[a].values) for a in axes])
+            return [dict(zip(axes, cells[i % len(cells)])) for i in range(self.num_samples)]
         strata = [s for s in r.strata if s.count > 0]
         order = _strata_sequence([s.count for s in strata], self.num_samples)
         return [dict(strata[i].labels) for i in order]
@@ -193,10 +217,8 @@ class Plan:
             for name, attr in r.attributes.items():
                 if name in cell:
                     labels[name] = cell[name]
-                else:  # a free attribute: cycle its values inside the cell, from a per-cell offset
-                    values = list(attr.values)
-                    offset = _hash_int("free", name, key) % len(values)
-                    labels[name] = values[(k + offset) % len(values)]
+                else:  # a free attribute: each block of len(values) occurrences uses every value once
+                    labels[name] = _free_value(list(attr.values), name, key, k)
             yield self._sample(index, labels, split_seq[k + _hash_int("split", key) % SPLIT_PHASES])
 
     def _sample(self, index: int, labels: dict[str, str], split: str) -> Sample:
@@ -253,3 +275,29 @@ class Plan:
             for s in self.samples:
                 f.write(json.dumps(s.to_json(), sort_keys=True) + "\n")
         tmp.replace(path)
+
+
+def format_counts(plan: Plan, by: str | None = "gender") -> str:
+    """A text table per attribute: value, total, one column per split and per value of ``by``."""
+    counts = plan.counts()
+    splits = list(plan.recipe.splits)
+    by_values = list(plan.recipe.attributes[by].values) if by else []
+    by_counts: dict[str, dict[str, Counter]] = {a: {} for a in plan.recipe.attributes}
+    if by:
+        for s in plan.samples:
+            for a, v in s.labels.items():
+                by_counts[a].setdefault(v, Counter())[s.labels[by]] += 1
+    lines = [f"recipe {plan.recipe.name}: {plan.num_samples} samples, seed {plan.seed}, "
+             f"{plan.num_candidates} candidates each; splits "
+             + ", ".join(f"{k} {v}" for k, v in plan.split_sizes().items())]
+    for attr, values in counts.items():
+        extra = by_values if by and attr != by else []
+        header = [attr, "total", *splits, *extra]
+        rows = [[v, c["_total"], *(c[s] for s in splits), *(by_counts[attr].get(v, Counter())[b] for b in extra)]
+                for v, c in values.items()]
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+        lines.append("")
+        for row in [header, *rows]:
+            lines.append("  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w)
+                                   for i, (x, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""A ``datasets`` builder for facesynth folders, with label filters by name.
+
+    >>> from facesynth.builder import Facesynth
+    >>> b = Facesynth(data_dir="demo", filters={"emotion": "happy", "gender": ["female"]})
+    >>> b.download_and_prepare()
+    >>> ds = b.as_dataset(split="train")
+
+Filters by name become Parquet pushdown filters on ClassLabel ids, so row groups
+of other labels are skipped unread. The cache is keyed by the manifest's content
+fingerprint (the sha256 of every shard), so regenerated data is never served stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+from datasets.builder import Key
+from datasets.naming import camelcase_to_snakecase
+
+from .errors import OutputError
+from .recipe import parse_recipe
+from .schema import features as build_features
+from .schema import label_ids
+from .writer import Manifest
+
+logger = logging.getLogger(__name__)
+
+
+def content_fingerprint(manifest: Manifest) -> str:
+    """A hash of every shard's name and sha256: changes whenever the data does."""
+    blob = "\n".join(f"{name} {rec['sha256']}" for name, rec in sorted(manifest.shards.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_manifest(root: str | Path) -> Manifest:
+    manifest = Manifest.load(Path(root))
+    if manifest is None:
+        raise OutputError(f"'{root}': no manifest.json; is this a facesynth dataset folder?")
+    return manifest
+
+
+def filter_expression(recipe, filters: dict[str, Any] | None) -> pads.Expression | None:
+    """``{"emotion": "happy", "gender": ["female"]}`` -> a pyarrow expression on label ids."""
+    if not filters:
+        return None
+    try:
+        ids = label_ids(recipe, filters)
+    except KeyError as exc:
+        raise OutputError(f"filters: {exc.args[0]}") from None
+    expr = None
+    for attr, values in ids.items():
+        term = pads.field(attr).isin(values)
+        expr = term if expr is None else expr & term
+    return expr
+
+
+@dataclass
+class FacesynthConfig(datasets.BuilderConfig):
+    """BuilderConfig for a facesynth folder.
+
+    Args:
+        filters: label filters by name, e.g. ``{"emotion": "happy", "gender": ["female"]}``.
+        columns: columns to load; all by default.
+    """
+
+    filters: dict[str, Any] | None = None
+    columns: list[str] | None = None
+
+
+class Facesynth(datasets.ArrowBasedBuilder):
+    """Builds a facesynth dataset folder (``data/*.parquet`` + ``manifest.json``)."""
+
+    BUILDER_CONFIG_CLASS = FacesynthConfig
+
+    def __init__(self, *args, data_dir: str | None = None, **kwargs):
+        if not data_dir:
+            raise OutputError("data_dir: give the dataset folder")
+        self.root = Path(data_dir)
+        self.manifest = read_manifest(self.root)
+        self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
+        kwargs.setdefault("dataset_name", f"facesynth_{camelcase_to_snakecase(type(self).__name__)}")
+        kwargs.setdefault("hash", content_fingerprint(self.manifest))
+        super().__init__(*args, data_dir=str(self.root), **kwargs)
+
+    def _info(self) -> datasets.DatasetInfo:
+        features = build_features(self.recipe)
+        if self.config.columns is not None:
+            unknown = [c for c in self.config.columns if c not in features]
+            if unknown:
+                raise OutputError(f"columns: unknown column(s) {', '.join(unknown)}")
+            features = datasets.Features({c: features[c] for c in self.config.columns})
+        return datasets.DatasetInfo(description=self.recipe.description, features=features)
+
+    def _split_generators(self, dl_manager):
+        if not self.manifest.get("complete"):
+            logger.warning("%s is not complete yet; loading the shards finished so far", self.root)
+        by_split: dict[str, list[str]] = {}
+        for name in sorted(self.manifest.shards):
+            by_split.setdefault(self.manifest.shards[name]["split"], []).append(str(self.root / name))
+        expr = filter_expression(self.recipe, self.config.filters)
+        if expr is not None:  # a split with no matching row cannot be materialised: leave it out
+            by_split = {k: v for k, v in by_split.items() if pads.dataset(v, format="parquet").count_rows(filter=expr)}
+        return [datasets.SplitGenerator(name=split, gen_kwargs={"files": files}) for split, files in by_split.items()]
+
+    def _generate_tables(self, files: list[str]):
+        expr = filter_expression(self.recipe, self.config.filters)
+        fmt = pads.ParquetFileFormat()
+        local = pafs.LocalFileSystem()
+        for file_idx, file in enumerate(files):
+            fragment = fmt.make_fragment(file, filesystem=local)
+            if expr is not None:  # skip row groups whose statistics exclude the labels
+                fragment = fragment.subset(filter=expr)
+            if not fragment.row_groups:
+                continue
+            batches = fragment.to_batches(columns=self.config.columns, filter=expr, batch_readahead=0,
+                                          fragment_readahead=0)
+            for batch_idx, batch in enumerate(batches):
+                if batch.num_rows:
+                    yield Key(file_idx, batch_idx), pa.Table.from_batches([batch])
+
+
+def load(dir_or_repo: str, split: str | None = None, streaming: bool = False, revision: str | None = None,
+         columns: list[str] | None = None, **filters):
+    """Load a local folder or a Hub dataset repo made by facesynth, filtered by label names."""
+    root = Path(dir_or_repo)
+    if not root.is_dir():
+        from huggingface_hub import snapshot_download
+
+        root = Path(snapshot_download(dir_or_repo, repo_type="dataset", revision=revision,
+                                      allow_patterns=["manifest.json", "data/*.parquet"]))
+    builder = Facesynth(data_dir=str(root), filters=filters or None, columns=columns)
+    if streaming:
+        return builder.as_streaming_dataset(split=split)
+    builder.download_and_prepare()
+    return builder.as_dataset(split=split)
+
+
+__all__ = ["Facesynth", "FacesynthConfig", "content_fingerprint", "filter_expression", "load"]

@@ -1,0 +1,188 @@
+"""The ``facesynth`` command line. Thin: parse options, call the library, map errors to one line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import FacesynthError
+from .recipe import SCHEDULER_NAMES
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+def _message(exc: BaseException) -> tuple[str, int]:
+    """The central map from exception to (one-line message, exit status)."""
+    if isinstance(exc, FacesynthError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, click.ClickException):
+        return exc.format_message().replace("\n", " "), EXIT_USAGE
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted: finished shards are kept; run the same command again to resume", EXIT_INTERRUPTED
+    if isinstance(exc, PermissionError):
+        return f"cannot write '{exc.filename}': permission denied", EXIT_USAGE
+    if isinstance(exc, OSError) and exc.filename:
+        return f"'{exc.filename}': {exc.strerror or exc}", EXIT_FAILURE
+    from .errors import first_line
+
+    return f"unexpected {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)", EXIT_FAILURE
+
+
+class FacesynthGroup(click.Group):
+    """A group that reports every error as one line, with a traceback only under --debug."""
+
+    def main(self, args=None, prog_name=None, **kwargs):  # type: ignore[override]
+        args = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in args
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Error: aborted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BaseException as exc:  # noqa: BLE001 - this is the one place errors become messages
+            if isinstance(exc, SystemExit):
+                raise
+            if debug:
+                raise
+            message, code = _message(exc)
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _setup_logging(verbose: int, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        import os
+
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        for name in ("transformers", "diffusers", "datasets", "huggingface_hub"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@click.group(cls=FacesynthGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="facesynth")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("-v", "--verbose", count=True, help="More logging.")
+def main(debug: bool, verbose: int) -> None:
+    """Build balanced, labelled, reproducible synthetic face datasets.
+
+    \b
+    Examples:
+      facesynth plan emotions --num-samples 1000
+      facesynth generate emotions --model tiny --num-samples 32 --out demo
+      facesynth card demo
+    """
+    _setup_logging(verbose, debug)
+
+
+@main.command("recipes")
+def recipes_cmd() -> None:
+    """List the shipped recipes."""
+    from .recipe import load_recipe, shipped_recipes
+
+    for name in shipped_recipes():
+        r = load_recipe(name)
+        click.echo(f"{name:10s} {r.description}")
+
+
+@main.command("plan")
+@click.argument("recipe")
+@click.option("--num-samples", "-n", type=int, help="Samples to plan (default: all strata of a strata recipe).")
+@click.option("--seed", type=int, help="Master seed (default: the recipe's).")
+@click.option("--candidates", type=int, default=3, show_default=True, help="Candidates per sample.")
+@click.option("--by", default="gender", show_default=True, help="Attribute to break counts down by.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan as JSONL.")
+def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates: int, by: str,
+             output: Path | None) -> None:
+    """Print the counts a recipe plans, per attribute value and split.
+
+    \b
+    Examples:
+      facesynth plan agfd
+      facesynth plan emotions --num-samples 1000 --seed 7 -o plan.jsonl
+      facesynth plan my_recipe.yaml -n 200
+    """
+    from .plan import Plan, format_counts
+    from .recipe import load_recipe
+
+    r = load_recipe(recipe)
+    plan = Plan(r, num_samples, seed, candidates)
+    if by not in r.attributes:
+        raise click.BadParameter(f"'{by}' is not an attribute ({', '.join(r.attributes)})", param_hint="--by")
+    click.echo(format_counts(plan, by))
+    if output:
+        plan.write_jsonl(output)
+        click.echo(f"wrote {len(plan)} samples to {output}")
+
+
+@main.command("generate")
+@click.argument("recipe")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Dataset folder.")
+@click.option("--num-samples", "-n", type=int, help="Rows to make (default: all strata of a strata recipe).")
+@click.option("--seed", type=int, help="Master seed (default: the recipe's).")
+@click.option("--model", help="'tiny', a Hub repo id, a local diffusers folder or a .safetensors file.")
+@click.option("--revision", help="Hub branch, tag or commit of --model.")
+@click.option("--clip-model", help="CLIP for reranking (default: openai/clip-vit-base-patch32; tiny with --model tiny).")
+@click.option("--candidates", type=int, default=3, show_default=True, help="Candidates per sample (best-of-N).")
+@click.option("--batch-size", type=int, default=12, show_default=True, help="Images per pipeline call.")
+@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N, mps or cpu.")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Default: fp16 on CUDA, fp32 elsewhere.")
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Override the recipe's scheduler.")
+@click.option("--steps", type=click.IntRange(1, 1000), help="Override the recipe's steps.")
+@click.option("--guidance", type=click.FloatRange(0, 50), help="Override the recipe's guidance scale.")
+@click.option("--width", type=click.IntRange(8, 4096), help="Override the recipe's width.")
+@click.option("--height", type=click.IntRange(8, 4096), help="Override the recipe's height.")
+@click.option("--rerank", type=click.Choice(["caption", "prompt"]), default="caption", show_default=True,
+              help="Score candidates against the attribute caption or the full prompt.")
+@click.option("--min-label-confidence", type=click.FloatRange(0, 1),
+              help="Retry a sample with fresh seeds while CLIP's zero-shot probability of its label is lower.")
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="Attempts per sample under --min-label-confidence.")
+@click.option("--rows-per-shard", type=click.IntRange(1), help="Rows per Parquet shard (default: what fits 500 MB).")
+@click.option("--overwrite", is_flag=True, help="Replace a dataset made with other parameters.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def generate_cmd(recipe: str, out: Path, **options) -> None:
+    """Generate a dataset folder (re-run the same command to resume).
+
+    \b
+    Examples:
+      facesynth generate emotions --model tiny --num-samples 32 --out demo
+      facesynth generate emotions -n 10000 --out emotions-10k --batch-size 24
+      facesynth generate agfd --model ./realisticVisionV20.safetensors --out agfd
+    """
+    from .generation import GenerateConfig, generate
+
+    result = generate(GenerateConfig(recipe=recipe, out=out, **options))
+    click.echo(
+        f"{result.out}: {result.rows} rows ({result.shards_written} shards written, "
+        f"{result.shards_skipped} already done). Load it with datasets.load_dataset('{result.out}')"
+    )
+
+
+@main.command("card")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def card_cmd(directory: Path) -> None:
+    """Regenerate a dataset folder's README.md card and sample grid from its data.
+
+    \b
+    Example:
+      facesynth card demo
+    """
+    from .dataset_card import write_card
+
+    path = write_card(directory)
+    click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
