@@ -1,0 +1,78 @@
+"""Shared fixtures. Every test runs offline: the Hub is unreachable and any socket to a
+non-loopback address fails the test."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1") or host.startswith("/")):
+        return _real_connect(self, address)
+    raise RuntimeError(f"test tried to reach the network: {address!r}")
+
+
+socket.socket.connect = _guarded_connect
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each session gets its own datasets cache, so no test is served another's data."""
+    cache = tmp_path_factory.getbasetemp() / "hf_datasets_cache"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from facesynth.generation import load_pipeline
+
+    pipe, _ = load_pipeline("tiny")
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer():
+    from facesynth.scoring import ClipScorer
+
+    return ClipScorer.load("tiny")
+
+
+@pytest.fixture(scope="session")
+def emotions():
+    from facesynth.recipe import load_recipe
+
+    return load_recipe("emotions")
+
+
+def make_engine(pipe, scorer, recipe, **options):
+    from facesynth.generation import Engine, EngineOptions
+    from facesynth.tiny import TINY_SETTINGS
+
+    opts = EngineOptions(overrides=dict(TINY_SETTINGS), **options)
+    return Engine(pipe, scorer, recipe, opts)
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory):
+    """A real tiny dataset made once per session: 24 emotions samples, 3 candidates, several shards."""
+    from facesynth.generation import GenerateConfig, generate
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    generate(GenerateConfig(recipe="emotions", out=out, num_samples=24, model="tiny", quiet=True,
+                            rows_per_shard=8, batch_size=12))
+    return out

@@ -1,0 +1,194 @@
+"""The engine and the runner, on the tiny preset, offline, on CPU."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import make_engine
+from facesynth.errors import ModelError, OutputError
+from facesynth.generation import GenerateConfig, generate
+from facesynth.generation.loading import SCHEDULERS, load_pipeline, make_scheduler
+from facesynth.plan import Plan
+from facesynth.recipe import SCHEDULER_NAMES
+from facesynth.schema import features
+
+
+def test_deterministic(tiny_pipe, tiny_scorer, emotions):
+    samples = Plan(emotions, 3).samples
+    a = make_engine(tiny_pipe, tiny_scorer, emotions).run_batch(samples)
+    b = make_engine(tiny_pipe, tiny_scorer, emotions).run_batch(samples)
+    for x, y in zip(a, b):
+        assert np.array_equal(x.pixels, y.pixels)
+        assert x.seed == y.seed and x.candidate_scores == y.candidate_scores
+
+
+def test_batch_invariance(tiny_pipe, tiny_scorer, emotions):
+    samples = Plan(emotions, 4).samples
+    engine = make_engine(tiny_pipe, tiny_scorer, emotions)
+    together = engine.run_batch(samples)
+    for sample, win in zip(samples, together):
+        alone = engine.run_batch([sample])[0]
+        assert alone.candidate_index == win.candidate_index and alone.seed == win.seed
+        diff = np.abs(alone.pixels.astype(int) - win.pixels.astype(int))
+        assert diff.max() <= 2, diff.max()
+        assert np.allclose(alone.candidate_scores, win.candidate_scores, atol=1e-3)
+
+
+def test_rerank_keeps_the_argmax_of_independent_clip_scores(tiny_pipe, tiny_scorer, emotions):
+    sample = Plan(emotions, 1).samples[0]
+    engine = make_engine(tiny_pipe, tiny_scorer, emotions)
+    win = engine.run_batch([sample])[0]
+    # score every candidate again, one pipeline call each, outside the engine
+    scores = []
+    cond = engine.encoder.encode(sample.prompt, sample.negative_prompt)
+    for seed in sample.candidate_seeds(3):
+        latents = tiny_pipe(prompt_embeds=cond.embeds, negative_prompt_embeds=cond.negative, num_inference_steps=4,
+                            width=64, height=64, guidance_scale=7.5, output_type="latent",
+                            generator=torch.Generator("cpu").manual_seed(seed)).images
+        img = engine.decode(latents)
+        sim = tiny_scorer.similarity(tiny_scorer.image_embeddings(img), tiny_scorer.text_embeddings([sample.caption]))
+        scores.append(float(sim[0]))
+    assert np.allclose(scores, win.candidate_scores, atol=1e-3)
+    assert win.candidate_index == int(np.argmax(scores))
+    assert win.seed == sample.candidate_seeds(3)[win.candidate_index]
+    assert win.clip_score == pytest.approx(max(0.0, max(scores)), abs=1e-3)
+
+
+def test_label_confidence_retries_with_fresh_seeds(tiny_pipe, tiny_scorer, emotions):
+    samples = Plan(emotions, 2).samples
+    strict = make_engine(tiny_pipe, tiny_scorer, emotions, min_label_confidence=0.99, max_attempts=3)
+    wins = strict.run_batch(samples)
+    per_attempt = [make_engine(tiny_pipe, tiny_scorer, emotions)._generate(samples, a) for a in range(3)]
+    for i, win in enumerate(wins):
+        confidences = [per_attempt[a][i].label_confidence for a in range(3)]
+        assert win.attempt == int(np.argmax(confidences))  # the best attempt is kept, the quota stays full
+        assert win.seed in win.sample.candidate_seeds(3, win.attempt)
+    lenient = make_engine(tiny_pipe, tiny_scorer, emotions, min_label_confidence=0.0)
+    assert all(w.attempt == 0 for w in lenient.run_batch(samples))
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEDULER_NAMES if n != "default"])
+def test_every_named_scheduler_runs(name, tiny_pipe, tiny_scorer, emotions):
+    assert set(SCHEDULERS) == set(SCHEDULER_NAMES) - {"default"}
+    engine = make_engine(tiny_pipe, tiny_scorer, emotions)
+    engine.options.overrides.update(scheduler=name, steps=2)
+    win = engine.run_batch(Plan(emotions, 1).samples)[0]
+    assert win.pixels.shape == (64, 64, 3) and win.settings["scheduler"] == name
+    assert type(make_scheduler(name, tiny_pipe.scheduler.config)).__name__ == SCHEDULERS[name][0]
+
+
+def test_missing_model_is_one_clear_line():
+    with pytest.raises(ModelError) as err:
+        load_pipeline("nobody/no-such-model")
+    msg = str(err.value)
+    assert msg.startswith("--model: cannot load 'nobody/no-such-model'") and "--model tiny" in msg
+    assert "\n" not in msg
+
+
+def test_pickle_checkpoints_are_refused(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"not really")
+    with pytest.raises(ModelError, match="only .safetensors checkpoints"):
+        load_pipeline(str(ckpt))
+
+
+# Runner ------------------------------------------------------------------------------
+def test_dataset_schema_features_and_row_groups(demo_dataset, emotions):
+    manifest = json.loads((demo_dataset / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["plan"]["num_samples"] == 24
+    assert manifest["model"]["name"] == "tiny" and manifest["clip_model"]["name"] == "tiny"
+    assert {"torch", "diffusers", "transformers", "datasets"} <= set(manifest["versions"])
+    files = sorted((demo_dataset / "data").glob("*.parquet"))
+    assert [f.name for f in files] == sorted(n.split("/")[1] for n in manifest["shards"])
+    expected = features(emotions)
+    for f in files:
+        pf = pq.ParquetFile(f)
+        from datasets import Features
+        assert Features.from_arrow_schema(pf.schema_arrow) == expected
+        assert b"content_defined_chunking" in pf.metadata.metadata
+        labels = pq.read_table(f, columns=["emotion"])["emotion"].to_pylist()
+        start = 0
+        for i in range(pf.metadata.num_row_groups):  # each row group holds one primary label
+            n = pf.metadata.row_group(i).num_rows
+            assert len(set(labels[start:start + n])) == 1
+            start += n
+        import hashlib
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == manifest["shards"][f"data/{f.name}"]["sha256"]
+    assert not list((demo_dataset / ".facesynth" / "tmp").glob("*"))
+
+
+def test_rows_match_the_plan(demo_dataset, emotions):
+    import datasets
+
+    ds = datasets.concatenate_datasets(list(datasets.load_dataset(str(demo_dataset)).values()))
+    plan = {s.sample_id: s for s in Plan(emotions, 24, num_candidates=3).samples}
+    assert sorted(ds["sample_id"]) == sorted(plan)
+    names = ds.features["emotion"].names
+    for row in ds.select_columns(["sample_id", "emotion", "prompt", "seed", "candidate_index", "steps", "width"]):
+        s = plan[row["sample_id"]]
+        assert names[row["emotion"]] == s.labels["emotion"] and row["prompt"] == s.prompt
+        assert row["seed"] == s.seeds[row["candidate_index"]]
+        assert row["steps"] == 4 and row["width"] == 64
+
+
+def _rows(out):
+    import datasets
+
+    ds = datasets.load_dataset(str(out))
+    return {split: sorted(((r["sample_id"], r["image"].tobytes(), r["clip_score"]) for r in d), key=lambda t: t[0])
+            for split, d in ds.items()}
+
+
+def test_resume_after_a_crash_gives_the_same_dataset(tmp_path, demo_dataset, monkeypatch):
+    from facesynth.generation import runner
+
+    out = tmp_path / "crashy"
+    cfg = GenerateConfig(recipe="emotions", out=out, num_samples=24, model="tiny", quiet=True, rows_per_shard=8,
+                         write_card=False)
+    real_finish, calls = runner.ShardSink._finish, {"n": 0}
+
+    def crash_on_second_shard(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("power cut")
+        return real_finish(self)
+
+    monkeypatch.setattr(runner.ShardSink, "_finish", crash_on_second_shard)
+    with pytest.raises(RuntimeError, match="power cut"):
+        generate(cfg)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 1 and not manifest["complete"]
+    assert len(list((out / "data").glob("*.parquet"))) == 1  # no partial shard in data/
+    monkeypatch.setattr(runner.ShardSink, "_finish", real_finish)
+    result = generate(cfg)
+    assert result.shards_skipped == 1 and result.shards_written == len(manifest["layout"]) - 1 >= 2
+    assert _rows(out) == _rows(demo_dataset)
+
+
+def test_other_parameters_against_an_existing_folder_are_refused(demo_dataset, tmp_path):
+    with pytest.raises(OutputError, match="holds a dataset made with different seed"):
+        generate(GenerateConfig(recipe="emotions", out=demo_dataset, num_samples=24, model="tiny", seed=99,
+                                rows_per_shard=8, quiet=True))
+    (tmp_path / "stuff.txt").write_text("mine")
+    with pytest.raises(OutputError, match="is not empty and holds no facesynth manifest"):
+        generate(GenerateConfig(recipe="emotions", out=tmp_path, num_samples=4, model="tiny", quiet=True))
+
+
+def test_overwrite_replaces(tmp_path):
+    out = tmp_path / "ds"
+    generate(GenerateConfig(recipe="emotions", out=out, num_samples=4, model="tiny", quiet=True, write_card=False))
+    r = generate(GenerateConfig(recipe="emotions", out=out, num_samples=4, model="tiny", seed=5, quiet=True,
+                                overwrite=True, write_card=False))
+    assert r.shards_written >= 1
+    assert json.loads((out / "manifest.json").read_text())["plan"]["seed"] == 5
+
+
+def test_rerun_of_a_finished_dataset_does_nothing(demo_dataset):
+    before = {p: p.stat().st_mtime_ns for p in (demo_dataset / "data").glob("*.parquet")}
+    r = generate(GenerateConfig(recipe="emotions", out=demo_dataset, num_samples=24, model="tiny", quiet=True,
+                                rows_per_shard=8, write_card=False))
+    assert r.shards_written == 0 and r.shards_skipped == len(before)
+    assert before == {p: p.stat().st_mtime_ns for p in (demo_dataset / "data").glob("*.parquet")}

@@ -1,0 +1,160 @@
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from facesynth.errors import PlanError
+from facesynth.plan import Plan, derive_seed, smooth_sequence
+from facesynth.recipe import load_recipe, parse_recipe
+
+EMOTIONS = load_recipe("emotions")
+AGFD = load_recipe("agfd")
+
+
+def strata_recipe(counts: list[int]):
+    rows = "\n".join(f"    - {{kind: k{i}, count: {n}}}" for i, n in enumerate(counts))
+    values = "\n".join(f"      k{i}: [thing {i}]" for i in range(len(counts)))
+    return parse_recipe(f"""
+name: prop
+primary: kind
+attributes:
+  kind:
+    values:
+{values}
+  mood:
+    values: {{calm: [calm], wild: [wild], odd: [odd]}}
+template: "a {{kind}}, {{mood}}"
+balance:
+  strata:
+{rows}
+""")
+
+
+def cell_counts(samples, axes):
+    return Counter(tuple(s.labels[a] for a in axes) for s in samples)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 700))
+def test_cross_product_cells_within_one_and_marginals_balanced(n):
+    samples = Plan(EMOTIONS, n).samples
+    cells = cell_counts(samples, EMOTIONS.balance.cross)
+    all_cells = 4 * 2 * 7
+    counts = [cells.get(c, 0) for c in set(cells)] + [0] * (all_cells - len(cells))
+    assert max(counts) - min(counts) <= 1
+    emotion = Counter(s.labels["emotion"] for s in samples)
+    assert max(emotion.values()) - min(emotion.get(v, 0) for v in EMOTIONS.attributes["emotion"].values) <= 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(small=st.integers(1, 300), extra=st.integers(0, 300))
+def test_prefix_stable(small, extra):
+    a = Plan(EMOTIONS, small).samples
+    b = Plan(EMOTIONS, small + extra).samples
+    assert a == b[:small]
+
+
+@settings(max_examples=30, deadline=None)
+@given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=8).filter(lambda c: sum(c) > 0),
+       frac=st.floats(0.01, 1.0))
+def test_strata_quotas_exact_and_prefixes_proportional(counts, frac):
+    recipe = strata_recipe(counts)
+    full = Plan(recipe).samples
+    got = Counter(s.labels["kind"] for s in full)
+    assert all(got.get(f"k{i}", 0) == n for i, n in enumerate(counts))
+    n = max(1, int(frac * sum(counts)))
+    prefix = Plan(recipe, n).samples
+    assert prefix == full[:n]
+    got = Counter(s.labels["kind"] for s in prefix)
+    total = sum(counts)
+    for i, c in enumerate(counts):
+        assert abs(got.get(f"k{i}", 0) - n * c / total) < 1 + 1e-9
+
+
+@settings(max_examples=30, deadline=None)
+@given(weights=st.lists(st.integers(1, 30), min_size=1, max_size=6), length=st.integers(1, 400))
+def test_smooth_sequence_prefixes_within_one(weights, length):
+    seq = smooth_sequence(weights, length)
+    total = sum(weights)
+    counts = [0] * len(weights)
+    for n, i in enumerate(seq, 1):
+        counts[i] += 1
+        assert all(abs(counts[k] - n * w / total) < 1 + 1e-9 for k, w in enumerate(weights))
+
+
+def test_agfd_counts_match_the_table():
+    plan = Plan(AGFD)
+    assert plan.num_samples == 28400
+    cells = cell_counts(plan.samples, ["feature", "gender"])
+    table = {s.labels: s.count for s in AGFD.strata}
+    for labels, count in table.items():
+        d = dict(labels)
+        assert cells[(d["feature"], d["gender"])] == count
+    assert cells[("left_right", "male")] == 2000 and cells[("child", "female")] == 300
+    assert {s.settings["guidance"] for s in plan.samples if s.labels["feature"] == "open_mouth"} == {15.0}
+    assert {s.settings["guidance"] for s in plan.samples if s.labels["feature"] != "open_mouth"} == {7.0}
+
+
+def test_emotions_1000_balanced_and_deterministic():
+    a, b = Plan(EMOTIONS, 1000), Plan(EMOTIONS, 1000)
+    assert a.samples == b.samples
+    emotion = Counter(s.labels["emotion"] for s in a.samples)
+    assert set(emotion.values()) == {250}
+    assert Counter(s.labels["gender"] for s in a.samples) == {"male": 500, "female": 500}
+
+
+def test_splits_stratified_per_cell_and_deterministic():
+    plan = Plan(EMOTIONS, 5600)  # 100 per cell
+    per_cell = {}
+    for s in plan.samples:
+        per_cell.setdefault(s.cell, Counter())[s.split] += 1
+    for c in per_cell.values():
+        assert abs(c["train"] - 80) <= 2 and abs(c["validation"] - 10) <= 2 and abs(c["test"] - 10) <= 2
+    sizes = plan.split_sizes()
+    assert abs(sizes["train"] - 4480) <= 56 and sum(sizes.values()) == 5600
+
+
+def test_seeds_are_independent_hashes():
+    plan = Plan(EMOTIONS, 50, seed=7, num_candidates=3)
+    s = plan.samples[17]
+    assert list(s.seeds) == [derive_seed(7, s.sample_id, c, 0) for c in range(3)]
+    assert s.candidate_seeds(3, attempt=1) != list(s.seeds)
+    seeds = [x for smp in plan.samples for x in smp.seeds]
+    assert len(set(seeds)) == len(seeds)
+    assert all(0 <= x < 2**63 for x in seeds)
+    other = Plan(EMOTIONS, 50, seed=8).samples[17]
+    assert other.labels == s.labels and other.seeds != s.seeds
+
+
+def test_phrasings_vary_and_prompt_uses_them():
+    samples = Plan(EMOTIONS, 400).samples
+    happy = {s.phrases["emotion"] for s in samples if s.labels["emotion"] == "happy"}
+    assert happy == {"smiling", "joyful", "delighted"}
+    s = samples[0]
+    assert s.phrases["ethnicity"] in s.prompt and s.phrases["emotion"] in s.prompt
+    assert s.caption.startswith("a photo of a ")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_samples": 0}, "--num-samples: must be at least 1"),
+    ({"num_samples": 28401}, "--num-samples: 28401 exceeds the 28400 samples"),
+    ({"num_samples": 5, "num_candidates": 0}, "--candidates: must be at least 1"),
+    ({"num_samples": 5, "seed": -1}, "--seed: must be between 0 and 2**63-1"),
+])
+def test_impossible_plans(kwargs, message):
+    with pytest.raises(PlanError, match=message.replace("*", r"\*")):
+        Plan(AGFD, **kwargs)
+
+
+def test_cross_recipe_needs_a_size():
+    with pytest.raises(PlanError, match="give --num-samples"):
+        Plan(EMOTIONS)
+
+
+def test_write_jsonl(tmp_path):
+    import json
+
+    Plan(EMOTIONS, 10).write_jsonl(tmp_path / "plan.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "plan.jsonl").read_text().splitlines()]
+    assert len(rows) == 10 and rows[3]["sample_id"] == "emotions-0000003" and len(rows[3]["seeds"]) == 3

@@ -1,0 +1,102 @@
+import textwrap
+
+import pytest
+
+from facesynth.errors import RecipeError
+from facesynth.recipe import load_recipe, parse_recipe, shipped_recipes
+
+GOOD = textwrap.dedent("""\
+    name: mini
+    primary: emotion
+    attributes:
+      emotion:
+        values:
+          happy: [smiling, joyful]
+          sad: frowning
+      gender:
+        values:
+          male:
+          female: {phrases: [woman], generation: {guidance: 9}}
+    template: "photo of a {gender}, {emotion}"
+    negative_prompt: "(blurry:1.3)"
+    generation: {steps: 10}
+    balance:
+      cross: [emotion, gender]
+    splits: {train: 0.5, validation: 0.25, test: 0.25}
+""")
+
+
+def test_shipped_recipes_load():
+    assert shipped_recipes() == ["agfd", "emotions"]
+    emotions = load_recipe("emotions")
+    assert list(emotions.attributes["emotion"].values) == ["happy", "sad", "angry", "surprised"]
+    assert emotions.primary == "emotion" and emotions.balance.cross
+    agfd = load_recipe("agfd")
+    assert len(agfd.strata) == 62  # 31 table rows x 2 genders
+    assert agfd.attributes["feature"].values["open_mouth"].generation.guidance == 15
+
+
+def test_good_recipe_and_shorthands():
+    r = parse_recipe(GOOD, "mini.yaml")
+    assert r.attributes["emotion"].values["sad"].phrases == ["frowning"]
+    assert r.attributes["gender"].values["male"].phrases == ["male"]  # the name is the phrase
+    assert r.settings == {"steps": 10, "guidance": 7.5, "scheduler": "default", "width": 512, "height": 512}
+    assert r.splits == {"train": 0.5, "validation": 0.25, "test": 0.25}
+
+
+def test_recipe_by_path(tmp_path):
+    path = tmp_path / "mini.yaml"
+    path.write_text(GOOD)
+    assert load_recipe(path).name == "mini"
+
+
+BAD = [
+    ("name: [unclosed", "x.yaml: YAML syntax error: line 1"),
+    (GOOD + "colour: red\n", "x.yaml: colour: unknown key"),
+    (GOOD.replace("  gender:\n    values:\n      male:\n      female: {phrases: [woman], generation: {guidance: 9}}\n",
+                  "  gender:\n    values: {}\n"), "x.yaml: attributes.gender.values: must not be empty"),
+    (GOOD.replace("      sad: frowning\n", "      sad: frowning\n      happy: [grinning]\n"),
+     "x.yaml: line 8: duplicate key 'happy'"),
+    (GOOD.replace("{gender}, {emotion}", "{gender}, {mood}"), "x.yaml: template: placeholder '{mood}' names no attribute"),
+    (GOOD.replace("splits: {train: 0.5, validation: 0.25, test: 0.25}", "splits: {train: 0.5, holdout: 0.5}"),
+     "x.yaml: splits: unknown split 'holdout' (use train, validation, test)"),
+    (GOOD.replace("test: 0.25}", "test: 0.5}"), "x.yaml: splits: ratios must sum to 1 (they sum to 1.25)"),
+    (GOOD.replace("cross: [emotion, gender]", "strata: [{emotion: happy, gender: male, count: -3}]"),
+     "x.yaml: balance.strata.0.count: must be a whole number >= 0"),
+    (GOOD.replace("cross: [emotion, gender]", "strata: [{emotion: happy, gender: {male: 2, female: x}}]"),
+     "x.yaml: balance.strata.0.gender.female: count must be a whole number >= 0"),
+    (GOOD.replace("cross: [emotion, gender]", "strata: [{emotion: glum, count: 2}]"),
+     "x.yaml: balance.strata.0.emotion: unknown value 'glum'"),
+    (GOOD.replace("cross: [emotion, gender]", "strata: [{emotion: happy, count: 0}]"),
+     "x.yaml: balance.strata: counts add up to 0"),
+    (GOOD.replace("cross: [emotion, gender]", "cross: [emotion, age]"), "x.yaml: balance.cross.1: 'age' is not an attribute"),
+    (GOOD.replace("primary: emotion", "primary: age"), "x.yaml: primary: 'age' is not an attribute (emotion, gender)"),
+    (GOOD.replace("generation: {steps: 10}", "generation: {steps: 0}"),
+     "x.yaml: generation.steps: Input should be greater than or equal to 1"),
+    (GOOD.replace("generation: {steps: 10}", "generation: {scheduler: fast}"),
+     "x.yaml: generation.scheduler: unknown scheduler 'fast'"),
+    (GOOD.replace("      happy: [smiling, joyful]", "      Happy!: [smiling]"),
+     "x.yaml: attributes.emotion.values: name 'Happy!' must use lowercase letters"),
+    ("- a\n- b\n", "x.yaml: the recipe must be a YAML mapping"),
+    (GOOD.replace("name: mini\n", ""), "x.yaml: name: required key is missing"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[m.split(": ", 1)[1][:40] for _, m in BAD])
+def test_bad_recipes_name_file_key_and_problem(text, message):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(text, "x.yaml")
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_recipe_name():
+    with pytest.raises(RecipeError, match="nope: no such recipe file, and not a shipped recipe"):
+        load_recipe("nope")
+
+
+def test_fingerprint_changes_with_content():
+    a = parse_recipe(GOOD)
+    b = parse_recipe(GOOD.replace("steps: 10", "steps: 11"))
+    assert a.fingerprint() == parse_recipe(GOOD).fingerprint()
+    assert a.fingerprint() != b.fingerprint()
