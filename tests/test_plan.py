@@ -158,3 +158,14 @@ def test_write_jsonl(tmp_path):
     Plan(EMOTIONS, 10).write_jsonl(tmp_path / "plan.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "plan.jsonl").read_text().splitlines()]
     assert len(rows) == 10 and rows[3]["sample_id"] == "emotions-0000003" and len(rows[3]["seeds"]) == 3
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 600))
+def test_cross_product_prefixes_balance_pairs_of_axes(n):
+    samples = Plan(EMOTIONS, n).samples
+    for a, b, slack in [("emotion", "gender", 1), ("emotion", "ethnicity", 2), ("gender", "ethnicity", 2)]:
+        pairs = Counter((s.labels[a], s.labels[b]) for s in samples)
+        full = len(EMOTIONS.attributes[a].values) * len(EMOTIONS.attributes[b].values)
+        counts = list(pairs.values()) + [0] * (full - len(pairs))
+        assert max(counts) - min(counts) <= slack

@@ -105,20 +105,34 @@ def _strata_sequence(counts: Sequence[int], length: int) -> list[int]:
 def _round_order(grids: list[list[str]]) -> list[tuple[str, ...]]:
     """One round through every cell of a cross product, ordered so each prefix balances every axis.
 
-    Greedy: next comes the unused cell whose values are least used so far, the first
-    axis (the primary label) weighing most. After a full round every count is equal
+    Greedy: next comes the unused cell whose values, and pairs of values, are least
+    used so far, the first axis (the primary label) weighing most. After a full round every count is equal
     again, so the same order repeats round after round and prefixes stay balanced.
     """
     cells = list(itertools.product(*grids))
-    used = [Counter() for _ in grids]
+    axes = range(len(grids))
+    pairs = list(itertools.combinations(axes, 2))
+    used = [Counter() for _ in axes]
+    used_pairs: Counter = Counter()
+
+    def cost(c: int) -> tuple:
+        cell = cells[c]
+        return (used[0][cell[0]],
+                sum(used_pairs[(j, k, cell[j], cell[k])] for j, k in pairs),
+                sum(used[k][cell[k]] for k in axes),
+                c)
+
     left = list(range(len(cells)))
     order = []
     while left:
-        best = min(left, key=lambda c: (used[0][cells[c][0]], sum(used[k][cells[c][k]] for k in range(1, len(grids))), c))
+        best = min(left, key=cost)
         left.remove(best)
-        for k, value in enumerate(cells[best]):
-            used[k][value] += 1
-        order.append(cells[best])
+        cell = cells[best]
+        for k in axes:
+            used[k][cell[k]] += 1
+        for j, k in pairs:
+            used_pairs[(j, k, cell[j], cell[k])] += 1
+        order.append(cell)
     return order
 
 

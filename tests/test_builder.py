@@ -1,0 +1,101 @@
+"""Every load path, on a real tiny dataset, through real load_dataset calls."""
+
+import subprocess
+
+import datasets
+import pytest
+
+import facesynth
+from facesynth.builder import Facesynth, content_fingerprint, read_manifest
+from facesynth.errors import OutputError
+
+
+def _labels(ds, col):
+    names = ds.features[col].names
+    return {names[i] for i in ds[col]}
+
+
+def test_load_dataset_default_config_and_splits(demo_dataset):
+    ds = datasets.load_dataset(str(demo_dataset))
+    manifest = read_manifest(demo_dataset)
+    assert {k: len(v) for k, v in ds.items()} == manifest["plan"]["splits"]
+    assert isinstance(ds["train"].features["emotion"], datasets.ClassLabel)
+    assert ds["train"][0]["image"].size == (64, 64)
+
+
+def test_load_dataset_per_label_config(demo_dataset):
+    ds = datasets.load_dataset(str(demo_dataset), "happy")
+    assert all(_labels(d, "emotion") == {"happy"} for d in ds.values())
+    full = datasets.load_dataset(str(demo_dataset), split="train")
+    assert len(ds["train"]) == sum(1 for x in full["emotion"] if x == 0)
+
+
+def test_load_dataset_split_streaming_columns_filters(demo_dataset):
+    test = datasets.load_dataset(str(demo_dataset), split="test")
+    assert len(test) == read_manifest(demo_dataset)["plan"]["splits"]["test"]
+    stream = datasets.load_dataset(str(demo_dataset), split="train", streaming=True)
+    assert sum(1 for _ in stream) == len(datasets.load_dataset(str(demo_dataset), split="train"))
+    cols = datasets.load_dataset(str(demo_dataset), split="train", columns=["sample_id", "emotion"])
+    assert cols.column_names == ["sample_id", "emotion"]
+    sad = datasets.load_dataset(str(demo_dataset), split="train", streaming=True, filters=[("emotion", "==", 1)])
+    rows = list(sad)
+    assert rows and {r["emotion"] for r in rows} == {1}
+
+
+def test_revision_from_a_local_git_repo(demo_dataset, tmp_path):
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(demo_dataset, repo, ignore=shutil.ignore_patterns(".facesynth"))
+    git = ["git", "-C", str(repo), "-c", "user.name=facesynth", "-c", "user.email=facesynth@localhost"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "v1"], check=True)
+    subprocess.run([*git, "tag", "v1.0"], check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--branch", "v1.0", str(repo), str(clone)], check=True)
+    ds = datasets.load_dataset(str(clone), split="train")
+    assert len(ds) == read_manifest(demo_dataset)["plan"]["splits"]["train"]
+
+
+def test_builder_filters_by_name(demo_dataset):
+    b = Facesynth(data_dir=str(demo_dataset), filters={"emotion": "happy", "gender": ["female"]})
+    b.download_and_prepare()
+    ds = b.as_dataset()
+    assert ds and all(_labels(d, "emotion") == {"happy"} and _labels(d, "gender") == {"female"} for d in ds.values())
+    stream = b.as_streaming_dataset(split="train")
+    assert sum(1 for _ in stream) == len(ds["train"])
+
+
+def test_builder_columns_and_convenience_load(demo_dataset):
+    ds = facesynth.load(str(demo_dataset), split="train", emotion=["sad", "angry"])
+    assert _labels(ds, "emotion") <= {"sad", "angry"} and len(ds) > 0
+    cols = facesynth.builder.load(str(demo_dataset), split="train", columns=["sample_id", "gender"])
+    assert cols.column_names == ["sample_id", "gender"]
+
+
+def test_cache_is_keyed_by_content(demo_dataset, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_dataset, copy)
+    b1 = Facesynth(data_dir=str(copy))
+    manifest = read_manifest(copy)
+    name = sorted(manifest.shards)[0]
+    manifest.shards[name]["sha256"] = "0" * 64  # as if that shard were regenerated
+    manifest.save(copy)
+    b2 = Facesynth(data_dir=str(copy))
+    assert b1.hash == content_fingerprint(read_manifest(demo_dataset)) != b2.hash
+    assert b1.cache_dir != b2.cache_dir
+
+    class Other(Facesynth):
+        pass
+
+    assert Other(data_dir=str(copy)).cache_dir != b2.cache_dir  # another builder class, another cache
+
+
+def test_bad_filters_and_folders(demo_dataset, tmp_path):
+    with pytest.raises(OutputError, match="'glum' is not a value of 'emotion'"):
+        facesynth.load(str(demo_dataset), emotion="glum")
+    with pytest.raises(OutputError, match="no manifest.json"):
+        Facesynth(data_dir=str(tmp_path))
