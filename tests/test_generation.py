@@ -192,3 +192,17 @@ def test_rerun_of_a_finished_dataset_does_nothing(demo_dataset):
                                 rows_per_shard=8, write_card=False))
     assert r.shards_written == 0 and r.shards_skipped == len(before)
     assert before == {p: p.stat().st_mtime_ns for p in (demo_dataset / "data").glob("*.parquet")}
+
+
+def test_local_diffusers_folder_loads_through_from_pretrained(tiny_pipe, tmp_path):
+    folder = tmp_path / "tiny-sd"
+    tiny_pipe.save_pretrained(folder, safe_serialization=True)
+    assert list(folder.rglob("*.safetensors")) and not list(folder.rglob("*.bin"))
+    pipe, info = load_pipeline(str(folder))
+    assert info.kind == "folder" and info.architecture == "sd"
+    for (_, a), (_, b) in zip(pipe.unet.state_dict().items(), tiny_pipe.unet.state_dict().items()):
+        assert torch.equal(a, b)
+    out = tmp_path / "ds"
+    generate(GenerateConfig(recipe="emotions", out=out, num_samples=2, model=str(folder), clip_model="tiny",
+                            steps=2, width=64, height=64, quiet=True, write_card=False))
+    assert json.loads((out / "manifest.json").read_text())["model"]["kind"] == "folder"
