@@ -105,11 +105,7 @@ class Attribute(BaseModel):
     @field_validator("values")
     @classmethod
     def _values(cls, values: dict[str, Value]) -> dict[str, Value]:
-        if not values:
-            raise ValueError("must not be empty")
-        for name in values:
-            _check_name(name)
-        return values
+        return _named_mapping(values)
 
     @field_validator("label_prompt")
     @classmethod
@@ -177,11 +173,7 @@ class Recipe(BaseModel):
     @field_validator("attributes")
     @classmethod
     def _attributes(cls, attributes: dict[str, Attribute]) -> dict[str, Attribute]:
-        if not attributes:
-            raise ValueError("must not be empty")
-        for name in attributes:
-            _check_name(name)
-        return attributes
+        return _named_mapping(attributes)
 
     @field_validator("splits")
     @classmethod
@@ -224,6 +216,15 @@ class Recipe(BaseModel):
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS or name[0] == "_":
         raise ValueError(f"name '{name}' must use lowercase letters, digits and '_' only")
+
+
+def _named_mapping(mapping: dict) -> dict:
+    """A mapping must have entries, each with a plain lowercase name."""
+    if not mapping:
+        raise ValueError("must not be empty")
+    for name in mapping:
+        _check_name(name)
+    return mapping
 
 
 def _expand_strata(rows: list[dict[str, Any]]) -> list[Stratum]:

@@ -244,25 +244,24 @@ class ShardSink:
         self.rows = []
 
     def _add(self, winner: Winner) -> None:
+        row = self._row(winner)
         primary = self.recipe.primary
-        if self.rows and (len(self.rows) >= ROW_GROUP_ROWS or self.rows[-1][primary] != self._row(winner)[primary]):
-            self._flush()
-        self.rows.append(self._row(winner))
+        if self.rows and (len(self.rows) >= ROW_GROUP_ROWS or self.rows[-1][primary] != row[primary]):
+            self._flush()  # a row group holds one primary label
+        self.rows.append(row)
 
     def _row(self, w: Winner) -> dict[str, Any]:
-        if getattr(w, "_row", None) is None:
-            s = w.sample
-            row = {"sample_id": s.sample_id, "image": {"bytes": encode_png(w.pixels), "path": None}}
-            row.update({a: self.label_ids[a][v] for a, v in s.labels.items()})
-            row.update(
-                prompt=s.prompt, negative_prompt=s.negative_prompt, caption=s.caption, seed=w.seed,
-                clip_score=w.clip_score, candidate_scores=w.candidate_scores, candidate_index=w.candidate_index,
-                label_confidence=w.label_confidence, attempt=w.attempt,
-                steps=w.settings["steps"], guidance=w.settings["guidance"], scheduler=w.settings["scheduler"],
-                width=w.settings["width"], height=w.settings["height"],
-            )
-            w._row = row  # type: ignore[attr-defined]
-        return w._row  # type: ignore[attr-defined]
+        s = w.sample
+        row = {"sample_id": s.sample_id, "image": {"bytes": encode_png(w.pixels), "path": None}}
+        row.update({a: self.label_ids[a][v] for a, v in s.labels.items()})
+        row.update(
+            prompt=s.prompt, negative_prompt=s.negative_prompt, caption=s.caption, seed=w.seed,
+            clip_score=w.clip_score, candidate_scores=w.candidate_scores, candidate_index=w.candidate_index,
+            label_confidence=w.label_confidence, attempt=w.attempt,
+            steps=w.settings["steps"], guidance=w.settings["guidance"], scheduler=w.settings["scheduler"],
+            width=w.settings["width"], height=w.settings["height"],
+        )
+        return row
 
     def _flush(self) -> None:
         if self.rows:
