@@ -69,37 +69,29 @@ class Sample:
         return data
 
 
-def smooth_sequence(weights: Sequence[float], length: int) -> list[int]:
+def deficit_order(weights: Sequence[float], caps: Sequence[int] | None = None) -> Iterator[int]:
     """Indices ``0..len(weights)-1`` so that every prefix is proportional to ``weights``.
 
-    At each step the index with the largest deficit ``n * p_i - c_i`` is taken
+    At step ``n`` the index with the largest deficit ``n * w_i / W - c_i`` is taken
     (ties go to the lower index), which keeps every count within one of its exact
-    share for every prefix.
+    share for every prefix. Endless, unless ``caps`` bound each index's count.
     """
-    total = float(sum(weights))
-    shares = [w / total for w in weights]
-    counts = [0] * len(weights)
-    out = []
-    for n in range(1, length + 1):
-        best = max(range(len(weights)), key=lambda i: (n * shares[i] - counts[i], -i))
-        counts[best] += 1
-        out.append(best)
-    return out
-
-
-def _strata_sequence(counts: Sequence[int], length: int) -> list[int]:
-    """Like smooth_sequence, but never exceeds any count (exact quotas)."""
-    total = sum(counts)
-    remaining = list(counts)
-    used = [0] * len(counts)
-    out = []
-    for n in range(1, length + 1):
-        live = [i for i in range(len(counts)) if remaining[i] > 0]
-        best = max(live, key=lambda i: (n * counts[i] / total - used[i], -i))
+    total = sum(weights)
+    used = [0] * len(weights)
+    n = 0
+    while True:
+        n += 1
+        live = [i for i in range(len(weights)) if caps is None or used[i] < caps[i]]
+        if not live:
+            return
+        best = max(live, key=lambda i: (n * weights[i] / total - used[i], -i))
         used[best] += 1
-        remaining[best] -= 1
-        out.append(best)
-    return out
+        yield best
+
+
+def smooth_sequence(weights: Sequence[float], length: int) -> list[int]:
+    """The first ``length`` indices of :func:`deficit_order`."""
+    return list(itertools.islice(deficit_order(weights), length))
 
 
 def _round_order(grids: list[list[str]]) -> list[tuple[str, ...]]:
@@ -148,19 +140,12 @@ class _SplitSequence:
 
     def __init__(self, ratios: dict[str, float]):
         self.names = list(ratios)
-        self.weights = [ratios[n] for n in self.names]
-        self.counts = [0] * len(self.names)
+        self._order = deficit_order([ratios[n] for n in self.names])
         self.seq: list[str] = []
 
     def __getitem__(self, k: int) -> str:
-        total = sum(self.weights)
         while len(self.seq) <= k:
-            n = len(self.seq) + 1
-            best = max(
-                range(len(self.names)), key=lambda i: (n * self.weights[i] / total - self.counts[i], -i)
-            )
-            self.counts[best] += 1
-            self.seq.append(self.names[best])
+            self.seq.append(self.names[next(self._order)])
         return self.seq[k]
 
 
@@ -203,7 +188,8 @@ class Plan:
             cells = _round_order([list(r.attributes[a].values) for a in axes])
             return [dict(zip(axes, cells[i % len(cells)])) for i in range(self.num_samples)]
         strata = [s for s in r.strata if s.count > 0]
-        order = _strata_sequence([s.count for s in strata], self.num_samples)
+        counts = [s.count for s in strata]
+        order = itertools.islice(deficit_order(counts, caps=counts), self.num_samples)
         return [dict(strata[i].labels) for i in order]
 
     # Samples --------------------------------------------------------------------------

@@ -348,7 +348,8 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest)
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    pinned = (manifest.get("model") or {}).get("commit") if (manifest.get("model") or {}).get("kind") == "hub" else None
+    recorded = manifest.get("model") or {}
+    pinned = recorded.get("commit") if recorded.get("kind") == "hub" else None  # resume at the same commit
     pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device)
     if pinned:
         info.revision = cfg.revision
