@@ -29,3 +29,9 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, for one-line reports."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class WriteError(OutputError):
+    """The output folder could not be written (disk full, permissions); work done so far is kept."""
+
+    exit_code = 1

@@ -22,6 +22,8 @@ from typing import Any
 from datasets import Features
 from datasets.arrow_writer import ParquetWriter
 
+from .errors import OutputError
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -30,8 +32,14 @@ MAX_SHARD_BYTES = 500 * 10**6  # like push_to_hub's default max_shard_size
 ROW_GROUP_ROWS = 100
 
 
-def shard_name(split: str, index: int, total: int) -> str:
-    return f"data/{split}-{index:05d}-of-{total:05d}.parquet"
+def shard_name(split: str, index: int) -> str:
+    """``data/{split}-{index}.parquet``: no total in the name, so growing a dataset keeps its shards."""
+    return f"data/{split}-{index:05d}.parquet"
+
+
+def ids_digest(sample_ids: list[str]) -> str:
+    """A hash of a shard's sample ids in write order: equal digests mean equal content."""
+    return hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()[:16]
 
 
 def rows_per_shard(width: int, height: int) -> int:
@@ -50,7 +58,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temp file, fsync it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: workers may share the folder
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -68,6 +76,7 @@ class ShardRecord:
     bytes: int
     sha256: str
     row_groups: int
+    ids: str  # ids_digest of the shard's sample ids
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -76,22 +85,24 @@ class ShardRecord:
 class ShardWriter:
     """Writes one shard, one row group per ``write_row_group`` call."""
 
-    def __init__(self, root: Path, name: str, split: str, features: Features):
+    def __init__(self, root: Path, name: str, split: str, features: Features, tmp_dir: Path | None = None):
         self.root = root
         self.name = name
         self.split = split
-        tmp_dir = root / WORK_DIR / "tmp"
+        tmp_dir = tmp_dir or root / WORK_DIR / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp_dir / Path(name).name
         self.tmp.unlink(missing_ok=True)
         self._writer = ParquetWriter(path=str(self.tmp), features=features)
         self.rows = 0
         self.row_groups = 0
+        self.sample_ids: list[str] = []
 
     def write_row_group(self, columns: dict[str, list]) -> None:
         n = len(next(iter(columns.values())))
         if n:
             self._writer.write_batch(columns, writer_batch_size=n)
+            self.sample_ids.extend(columns["sample_id"])
             self.rows += n
             self.row_groups += 1
 
@@ -102,7 +113,8 @@ class ShardWriter:
             os.fsync(f.fileno())
         final = self.root / self.name
         final.parent.mkdir(parents=True, exist_ok=True)
-        record = ShardRecord(self.split, self.rows, self.tmp.stat().st_size, sha256_file(self.tmp), self.row_groups)
+        record = ShardRecord(self.split, self.rows, self.tmp.stat().st_size, sha256_file(self.tmp), self.row_groups,
+                             ids_digest(self.sample_ids))
         os.replace(self.tmp, final)
         return record
 
@@ -117,25 +129,34 @@ class ShardWriter:
 class Manifest:
     """The dataset folder's manifest.json: run parameters plus finished shards."""
 
-    def __init__(self, data: dict[str, Any]):
+    def __init__(self, data: dict[str, Any], file: str = MANIFEST):
         self.data = data
         self.data.setdefault("shards", {})
+        self.file = file  # relative to the dataset folder; workers keep their own
 
     @staticmethod
-    def path(root: Path) -> Path:
-        return Path(root) / MANIFEST
+    def path(root: Path, file: str = MANIFEST) -> Path:
+        return Path(root) / file
 
     @classmethod
-    def load(cls, root: Path) -> "Manifest | None":
-        path = cls.path(root)
+    def load(cls, root: Path, file: str = MANIFEST) -> "Manifest | None":
+        path = cls.path(root, file)
         if not path.exists():
             return None
-        with open(path, encoding="utf-8") as f:
-            return cls(json.load(f))
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OutputError(f"'{path}': not a valid manifest ({exc})") from None
+        if not isinstance(data, dict):
+            raise OutputError(f"'{path}': not a valid manifest (not a JSON object)")
+        return cls(data, file)
 
     def save(self, root: Path) -> None:
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        write_json_atomic(self.path(root), self.data)
+        path = self.path(root, self.file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, self.data)
 
     @property
     def shards(self) -> dict[str, dict[str, Any]]:

@@ -24,7 +24,7 @@ from ..plan import Sample
 from ..recipe import Recipe
 from ..scoring import ClipScorer
 from .loading import make_scheduler
-from .prompts import PromptEncoder
+from .prompts import Conditioning, PromptEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class Engine:
         self.timings = Timings(self.device)
         self._base_scheduler = pipe.scheduler
         self._schedulers: dict[str, Any] = {}
+        self.max_images: int | None = None  # images per pipeline call; set when memory runs out
         primary = recipe.attributes[recipe.primary]
         self.label_values = list(primary.values)
         self.label_texts = [primary.label_prompt.format(primary.caption(v)) for v in self.label_values]
@@ -161,20 +162,8 @@ class Engine:
         settings = self.settings_for(samples[0])
         conds = [self.encoder.encode(s.prompt, s.negative_prompt) for s in samples]
         seeds = [s.candidate_seeds(n, attempt) for s in samples]
-        kwargs: dict[str, Any] = {
-            "prompt_embeds": torch.cat([c.embeds.expand(n, -1, -1) for c in conds]),
-            "negative_prompt_embeds": torch.cat([c.negative.expand(n, -1, -1) for c in conds]),
-        }
-        if conds[0].pooled is not None:
-            kwargs["pooled_prompt_embeds"] = torch.cat([c.pooled.expand(n, -1) for c in conds])
-            kwargs["negative_pooled_prompt_embeds"] = torch.cat([c.negative_pooled.expand(n, -1) for c in conds])
-        generators = [torch.Generator("cpu").manual_seed(seed) for row in seeds for seed in row]
-        self.pipe.scheduler = self._scheduler(settings["scheduler"])
         with self.timings.stage("unet"):
-            latents = self.pipe(
-                **kwargs, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
-                width=settings["width"], height=settings["height"], generator=generators, output_type="latent",
-            ).images
+            latents = self.denoise([c for c in conds for _ in range(n)], [x for row in seeds for x in row], settings)
         with self.timings.stage("vae"):
             images = self.decode(latents)
         with self.timings.stage("clip"):
@@ -201,6 +190,50 @@ class Engine:
                 label_confidence=float(conf_cpu[i, k]), attempt=attempt, settings=settings, embedding=emb_cpu[i],
             ))
         return out
+
+    @torch.inference_mode()
+    def render(self, prompt: str, negative_prompt: str, seed: int, settings: dict[str, Any]) -> torch.Tensor:
+        """One image, (1, 3, H, W) in [0, 1], from a row's columns: what ``reproduce`` runs."""
+        cond = self.encoder.encode(prompt, negative_prompt)
+        return self.decode(self.denoise([cond], [seed], settings))
+
+    def denoise(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any]) -> torch.Tensor:
+        """Latents for one image per (conditioning, seed), in calls of at most ``max_images``.
+
+        On out-of-memory the call size is halved, logged, and kept for the rest of the run;
+        since every image has its own generator, the pixels do not change.
+        """
+        self.pipe.scheduler = self._scheduler(settings["scheduler"])
+        parts, start = [], 0
+        while start < len(seeds):
+            size = min(self.max_images or len(seeds), len(seeds) - start)
+            try:
+                parts.append(self._call(conds[start:start + size], seeds[start:start + size], settings))
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                self.max_images = size // 2
+                logger.warning("out of memory at %d images per call; continuing with %d", size, self.max_images)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start += size
+        return torch.cat(parts)
+
+    def _call(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any]) -> torch.Tensor:
+        """One pipeline call, returning latents."""
+        kwargs: dict[str, Any] = {
+            "prompt_embeds": torch.cat([c.embeds for c in conds]),
+            "negative_prompt_embeds": torch.cat([c.negative for c in conds]),
+        }
+        if conds[0].pooled is not None:
+            kwargs["pooled_prompt_embeds"] = torch.cat([c.pooled for c in conds])
+            kwargs["negative_pooled_prompt_embeds"] = torch.cat([c.negative_pooled for c in conds])
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        return self.pipe(
+            **kwargs, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
+            width=settings["width"], height=settings["height"], generator=generators, output_type="latent",
+        ).images
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode in chunks to float images in [0, 1], upcasting where the VAE asks for it."""

@@ -9,10 +9,12 @@ label and filtering by it reads only matching row groups.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import sys
 from collections import deque
@@ -24,19 +26,18 @@ from typing import Any
 from PIL import Image
 
 from .. import __version__
-from ..errors import OutputError, PlanError
+from ..errors import OutputError, PlanError, WriteError
+from ..folder import Worker, cell_counts, merge, open_folder, worker_from
 from ..plan import Plan, Sample
 from ..recipe import Recipe, load_recipe, resolve
 from ..schema import features as build_features
-from ..writer import (
-    MANIFEST, ROW_GROUP_ROWS, WORK_DIR, Manifest, ShardWriter, rows_per_shard, shard_name,
-)
+from ..writer import ROW_GROUP_ROWS, WORK_DIR, Manifest, ShardWriter, ids_digest, rows_per_shard, shard_name
 from .engine import Engine, EngineOptions, Winner
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-OWNED = ("data", "assets", WORK_DIR, MANIFEST, "README.md")
+FORMAT_VERSION = 2
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 @dataclass
@@ -64,6 +65,12 @@ class GenerateConfig:
     max_attempts: int = 3
     rows_per_shard: int | None = None
     overwrite: bool = False
+    repair: bool = False
+    dataset_version: str | None = None
+    worker_index: int | None = None
+    num_workers: int | None = None
+    compile: bool = False
+    channels_last: bool = False
     quiet: bool = False
     write_card: bool = True
 
@@ -76,6 +83,10 @@ class ShardTask:
     split: str
     samples: list[Sample] = field(default_factory=list)
 
+    @property
+    def ids(self) -> str:
+        return ids_digest([s.sample_id for s in self.samples])
+
 
 @dataclass
 class GenerateResult:
@@ -84,19 +95,23 @@ class GenerateResult:
     shards_written: int
     shards_skipped: int
     timings: dict[str, float]
+    worker: Worker = field(default_factory=Worker)
+    merged: bool = True
 
 
 def layout(plan: Plan, per_shard: int) -> list[ShardTask]:
-    """Shards of every split: plan order cut into ``per_shard`` rows, then sorted by primary label."""
+    """Shards of every split: plan order cut into ``per_shard`` rows, then sorted by primary label.
+
+    Prefix-stable like the plan: a larger plan keeps every full shard of a smaller one.
+    """
     recipe = plan.recipe
     order = {v: i for i, v in enumerate(recipe.attributes[recipe.primary].values)}
     tasks = []
     for split, samples in plan.by_split().items():
-        total = -(-len(samples) // per_shard)
-        for i in range(total):
+        for i in range(-(-len(samples) // per_shard)):
             chunk = samples[i * per_shard: (i + 1) * per_shard]
             chunk.sort(key=lambda s: (order[s.labels[recipe.primary]], sorted(s.settings.items()), s.index))
-            tasks.append(ShardTask(shard_name(split, i, total), split, chunk))
+            tasks.append(ShardTask(shard_name(split, i), split, chunk))
     return tasks
 
 
@@ -138,33 +153,6 @@ def fingerprint(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_output(out: Path, params: dict[str, Any], overwrite: bool) -> Manifest | None:
-    """Check the folder: empty, ours with the same parameters, or cleared by --overwrite."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out: '{out}' exists and is not a folder")
-    manifest = Manifest.load(out) if out.exists() else None
-    if manifest is not None and manifest.get("fingerprint") == fingerprint(params) and not overwrite:
-        return manifest
-    if overwrite:
-        for name in OWNED:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        return None
-    if manifest is not None:
-        old = manifest.get("parameters", {})
-        changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
-        raise OutputError(
-            f"--out: '{out}' holds a dataset made with different {', '.join(changed) or 'parameters'}; "
-            "use another folder, or --overwrite to replace it"
-        )
-    if out.exists() and any(out.iterdir()):
-        raise OutputError(f"--out: '{out}' is not empty and holds no facesynth manifest; use an empty folder")
-    return None
-
-
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -175,12 +163,6 @@ def library_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def shard_is_done(root: Path, manifest: Manifest, task: ShardTask) -> bool:
-    record = manifest.shards.get(task.name)
-    path = root / task.name
-    return bool(record) and path.exists() and path.stat().st_size == record["bytes"]
 
 
 def encode_png(pixels) -> bytes:
@@ -196,8 +178,9 @@ class ShardSink:
     so memory stays flat however large the dataset grows.
     """
 
-    def __init__(self, root: Path, recipe: Recipe, manifest: Manifest, max_pending: int = 64):
+    def __init__(self, root: Path, recipe: Recipe, manifest: Manifest, tmp_dir: Path, max_pending: int = 64):
         self.root = root
+        self.tmp_dir = tmp_dir
         self.recipe = recipe
         self.manifest = manifest
         self.features = build_features(recipe)
@@ -240,7 +223,7 @@ class ShardSink:
 
     # Run on the writer thread ---------------------------------------------------------
     def _start(self, task: ShardTask) -> None:
-        self.writer = ShardWriter(self.root, task.name, task.split, self.features)
+        self.writer = ShardWriter(self.root, task.name, task.split, self.features, self.tmp_dir)
         self.rows = []
 
     def _add(self, winner: Winner) -> None:
@@ -284,7 +267,7 @@ class ShardSink:
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
-    """Generate (or resume) a dataset folder."""
+    """Generate (or resume, repair or grow) a dataset folder, or this worker's part of it."""
     from tqdm.auto import tqdm
 
     recipe = load_recipe(cfg.recipe)
@@ -302,62 +285,92 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         raise PlanError("--max-attempts: must be at least 1")
     if cfg.batch_size < 1:
         raise PlanError("--batch-size: must be at least 1")
+    worker = worker_from(cfg.worker_index, cfg.num_workers)
     plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     overrides = settings_overrides(cfg, model)
     sizes = [{**s.settings, **overrides} for s in plan.samples]
     per_shard = cfg.rows_per_shard or rows_per_shard(max(s["width"] for s in sizes), max(s["height"] for s in sizes))
     params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard)
-
-    out = Path(cfg.out)
-    manifest = prepare_output(out, params, cfg.overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / WORK_DIR / "tmp", ignore_errors=True)
     tasks = layout(plan, per_shard)
-    if manifest is None:
-        source, text = resolve(cfg.recipe)
-        manifest = Manifest({
-            "format": FORMAT_VERSION,
-            "fingerprint": fingerprint(params),
-            "parameters": params,
-            "recipe": {"name": recipe.name, "source": source, "yaml": text, "fingerprint": recipe.fingerprint()},
-            "plan": {"num_samples": plan.num_samples, "seed": plan.seed, "candidates": cfg.candidates,
-                     "splits": plan.split_sizes(), "rows_per_shard": per_shard},
-            "layout": [t.name for t in tasks],
-            "complete": False,
-        })
-    todo = [t for t in tasks if not shard_is_done(out, manifest, t)]
-    done_rows = sum(len(t.samples) for t in tasks if t not in todo)
+    source, text = resolve(cfg.recipe)
+    header = {
+        "format": FORMAT_VERSION,
+        "fingerprint": fingerprint(params),
+        "parameters": params,
+        "recipe": {"name": recipe.name, "source": source, "yaml": text, "fingerprint": recipe.fingerprint()},
+        "plan": {"num_samples": plan.num_samples, "seed": plan.seed, "candidates": cfg.candidates,
+                 "splits": plan.split_sizes(), "rows_per_shard": per_shard},
+        "layout": [t.name for t in tasks],
+        "cells": cell_counts(plan.samples),
+        "complete": False,
+    }
+    out = Path(cfg.out)
+    manifest = open_folder(out, header, {t.name: t.ids for t in tasks}, worker, overwrite=cfg.overwrite,
+                           repair=cfg.repair, version=cfg.dataset_version)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out / worker.tmp_dir
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    mine = worker.share(tasks)
+    todo = [t for t in mine if t.name not in manifest.shards]
+    done_rows = sum(len(t.samples) for t in mine if t not in todo)
     engine = None
     if todo:
         engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest)
-        manifest.save(out)
-        _run(engine, todo, out, recipe, manifest, plan, done_rows, cfg.quiet, tqdm)
+    manifest.save(out)
+    if todo:
+        _run(engine, todo, out, tmp_dir, recipe, manifest, sum(len(t.samples) for t in mine), done_rows,
+             cfg.quiet, tqdm)
+    shutil.rmtree(tmp_dir, ignore_errors=True)
     manifest.data["complete"] = True
     manifest.save(out)
-    if cfg.write_card:
+    merged = worker.alone or _merge_if_last(out, worker)
+    if merged and cfg.write_card:
         from ..dataset_card import write_card
 
         write_card(out)
-    return GenerateResult(out, plan.num_samples, len(todo), len(tasks) - len(todo),
-                          dict(engine.timings.seconds) if engine else {})
+    return GenerateResult(out, sum(len(t.samples) for t in mine), len(todo), len(mine) - len(todo),
+                          dict(engine.timings.seconds) if engine else {}, worker, merged)
+
+
+def _merge_if_last(out: Path, worker: Worker) -> bool:
+    """The last worker to finish merges (idempotent, under a lock); the others leave it."""
+    from filelock import FileLock
+
+    with FileLock(str(out / WORK_DIR / "merge.lock")):
+        done = merge(out, worker.count, strict=False) is not None
+    if not done:
+        logger.info("worker %d of %d finished; the last worker to finish merges", worker.index, worker.count)
+    return done
+
+
+def _device(name: str) -> str:
+    """``auto`` under torchrun or accelerate means this process's own GPU."""
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    if name == "auto" and local is not None and torch.cuda.is_available():
+        return f"cuda:{int(local) % torch.cuda.device_count()}"
+    return name
 
 
 def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest) -> Engine:
     from ..scoring import ClipScorer
-    from .loading import load_pipeline, resolve_device, resolve_dtype
+    from .loading import load_pipeline, optimize_pipeline, resolve_device, resolve_dtype
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     recorded = manifest.get("model") or {}
     pinned = recorded.get("commit") if recorded.get("kind") == "hub" else None  # resume at the same commit
     pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device)
     if pinned:
         info.revision = cfg.revision
+    optimize_pipeline(pipe, compile=cfg.compile, channels_last=cfg.channels_last)
     scorer = ClipScorer.load(clip_model, device=device, dtype=dtype)
     manifest.data["model"] = {k: v for k, v in asdict(info).items() if k != "preset_settings"}
     manifest.data["clip_model"] = asdict(scorer.info)
     manifest.data["runtime"] = {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                                "batch_size": cfg.batch_size}
+                                "batch_size": cfg.batch_size, "compile": cfg.compile,
+                                "channels_last": cfg.channels_last}
     manifest.data["versions"] = library_versions()
     manifest.data["generation"] = {"rerank": cfg.rerank, "overrides": overrides,
                                    "min_label_confidence": cfg.min_label_confidence,
@@ -368,11 +381,10 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest)
     return Engine(pipe, scorer, recipe, options)
 
 
-def _run(engine: Engine, todo: list[ShardTask], out: Path, recipe: Recipe, manifest: Manifest, plan: Plan,
-         done_rows: int, quiet: bool, tqdm) -> None:
-    sink = ShardSink(out, recipe, manifest)
-    bar = tqdm(total=plan.num_samples, initial=done_rows, unit="img", desc="generating", disable=quiet,
-               dynamic_ncols=True)
+def _run(engine: Engine, todo: list[ShardTask], out: Path, tmp_dir: Path, recipe: Recipe, manifest: Manifest,
+         total: int, done_rows: int, quiet: bool, tqdm) -> None:
+    sink = ShardSink(out, recipe, manifest, tmp_dir)
+    bar = tqdm(total=total, initial=done_rows, unit="img", desc="generating", disable=quiet, dynamic_ncols=True)
     total_score, kept = 0.0, 0
     try:
         for task in todo:
@@ -385,8 +397,14 @@ def _run(engine: Engine, todo: list[ShardTask], out: Path, recipe: Recipe, manif
                 bar.set_postfix(clip=f"{total_score / kept:.2f}", refresh=False)
             sink.finish()
         sink.drain()
-    except BaseException:
+    except BaseException as exc:
         sink.abort()
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise WriteError(f"--out: cannot write to '{out}': {os.strerror(exc.errno)}; the unfinished shard "
+                             "was removed and finished shards are kept: free space, then run the same command "
+                             "to resume") from exc
+        if isinstance(exc, PermissionError):
+            raise WriteError(f"--out: cannot write to '{out}': permission denied") from exc
         raise
     finally:
         sink.close()

@@ -1,0 +1,242 @@
+"""The dataset folder's state: whose it is, what is finished, what is damaged, who writes what.
+
+No torch here. ``generate`` asks :func:`open_folder` for the manifest to build on;
+that refuses a folder made with other parameters, refuses damaged shards unless
+``repair`` is set, keeps the shards of an earlier, smaller version of the same
+dataset (growing a dataset), and gives each worker a manifest of its own.
+:func:`merge` joins the workers' manifests into ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+from .writer import MANIFEST, WORK_DIR, Manifest, sha256_file
+
+logger = logging.getLogger(__name__)
+
+OWNED = ("data", "assets", WORK_DIR, MANIFEST, "README.md")
+WORKERS_DIR = f"{WORK_DIR}/workers"
+FIRST_VERSION = "1.0.0"
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Which part of the layout a process writes: shards ``index``, ``index + count``, ..."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def alone(self) -> bool:
+        return self.count == 1
+
+    @property
+    def manifest_file(self) -> str:
+        return MANIFEST if self.alone else f"{WORKERS_DIR}/{self.index:05d}-of-{self.count:05d}.json"
+
+    @property
+    def tmp_dir(self) -> str:
+        return f"{WORK_DIR}/tmp/{'main' if self.alone else self.index}"
+
+    def share(self, items: list) -> list:
+        return items[self.index::self.count]
+
+
+def worker_from(index: int | None, count: int | None, env: dict[str, str] | None = None) -> Worker:
+    """Explicit ``--worker-index/--num-workers``, else the launcher's ``RANK``/``WORLD_SIZE``."""
+    env = os.environ if env is None else env
+    if index is None and count is None and int(env.get("WORLD_SIZE", "1")) > 1:
+        index, count = int(env["RANK"]), int(env["WORLD_SIZE"])
+    if count is None and index is None:
+        return Worker()
+    if count is None or index is None:
+        raise OutputError("--worker-index and --num-workers: give both or neither")
+    if count < 1 or not 0 <= index < count:
+        raise OutputError(f"--worker-index: must be in 0..{count - 1} for --num-workers {count} (got {index})")
+    return Worker(index, count)
+
+
+def version_bump(version: str) -> str:
+    """``1.0.0 -> 1.1.0``; a version that is not ``X.Y.Z`` gets ``.1`` appended."""
+    parts = version.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return f"{parts[0]}.{int(parts[1]) + 1}.0"
+    return f"{version}.1"
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def check_shards(root: Path, manifest: Manifest, names: list[str]) -> dict[str, str]:
+    """Recorded shards among ``names`` that are missing, truncated or altered: name -> what is wrong."""
+    damaged = {}
+    for name in names:
+        record = manifest.shards.get(name)
+        if record is None:
+            continue
+        path = root / name
+        if not path.exists():
+            damaged[name] = "missing"
+        elif path.stat().st_size != record["bytes"]:
+            damaged[name] = f"{path.stat().st_size} bytes, the manifest says {record['bytes']}"
+        elif sha256_file(path) != record["sha256"]:
+            damaged[name] = "sha256 differs from the manifest"
+    return damaged
+
+
+def _clear(out: Path) -> None:
+    for name in OWNED:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], worker: Worker,
+                overwrite: bool = False, repair: bool = False, version: str | None = None) -> Manifest:
+    """The manifest this process builds on: resumed, grown from an earlier version, or new.
+
+    ``header`` is a fresh manifest (``fingerprint``, ``parameters``, ...); ``layout_ids``
+    maps every shard of the layout to the digest of its sample ids.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out: '{out}' exists and is not a folder")
+    if overwrite:
+        if not worker.alone:
+            raise OutputError("--overwrite: not with several workers (one would delete the others' shards)")
+        _clear(out)
+    main = Manifest.load(out) if out.exists() else None
+    if main is None and out.exists() and any(p.name not in OWNED for p in out.iterdir()):
+        raise OutputError(f"--out: '{out}' is not empty and holds no facesynth manifest; use an empty folder")
+    base = _base(out, main, header, layout_ids, version)
+    if not worker.alone:
+        part = Manifest.load(out, worker.manifest_file)
+        if part is not None and part.get("fingerprint") == header["fingerprint"]:
+            part.shards.update({k: v for k, v in base.shards.items() if k not in part.shards})
+            base = part
+        base = Manifest(base.data, worker.manifest_file)
+    mine = worker.share(list(layout_ids))
+    # a shard counts as ours only if it holds exactly the samples the layout puts there
+    for name in [n for n in base.shards if n not in layout_ids or base.shards[n].get("ids") != layout_ids[n]]:
+        del base.shards[name]
+    damaged = check_shards(out, base, mine)
+    if damaged and not repair:
+        listing = "; ".join(f"{n} ({why})" for n, why in damaged.items())
+        raise OutputError(f"--out: damaged shard(s): {listing}; run the same command with --repair "
+                          "to regenerate only those")
+    for name in damaged:
+        logger.warning("repairing %s: %s", name, damaged[name])
+        del base.shards[name]
+        (out / name).unlink(missing_ok=True)
+    base.data["complete"] = False
+    return base
+
+
+def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: dict[str, str],
+          version: str | None) -> Manifest:
+    """Resume ``main`` if it was made with the same parameters, grow it if only the size grew."""
+    fresh = Manifest(dict(header))
+    fresh.data["version"] = version or FIRST_VERSION
+    if main is None:
+        return fresh
+    if main.get("fingerprint") == header["fingerprint"]:
+        if version:
+            main.data["version"] = version
+        main.data.setdefault("version", FIRST_VERSION)
+        main.data.update(layout=header["layout"], cells=header["cells"])
+        return main
+    old, new = main.get("parameters", {}), header["parameters"]
+    changed = changed_keys(old, new)
+    if changed == ["num_samples"] and new["num_samples"] > old["num_samples"] and main.get("complete"):
+        old_version = main.get("version", FIRST_VERSION)
+        fresh.data["version"] = version or version_bump(old_version)
+        fresh.data["previous"] = {"version": old_version, "num_samples": old["num_samples"],
+                                  "cells": main.get("cells", {})}
+        fresh.shards.update(main.shards)  # kept where the layout still puts the same samples
+        for key in ("model", "clip_model"):  # the same model commit, so old and new rows match
+            if key in main.data:
+                fresh.data[key] = main.data[key]
+        kept = sum(1 for n, r in main.shards.items() if layout_ids.get(n) == r.get("ids"))
+        logger.info("growing %s from %d to %d samples (version %s -> %s); %d shards kept",
+                    out, old["num_samples"], new["num_samples"], old_version, fresh.data["version"], kept)
+        return fresh
+    if changed == ["num_samples"] and main.get("complete"):
+        why = f"{old['num_samples']} samples; a dataset can grow but not shrink"
+    elif changed == ["num_samples"]:
+        why = f"{old['num_samples']} samples and is not finished; finish it before growing it"
+    else:
+        why = f"different {', '.join(changed) or 'parameters'}"
+    raise OutputError(f"--out: '{out}' holds a dataset made with {why}; use another folder, "
+                      "or --overwrite to replace it")
+
+
+def cell_key(labels: dict[str, str]) -> str:
+    return "/".join(labels.values())
+
+
+def cell_counts(samples) -> dict[str, int]:
+    """Rows per label cell (all attributes), for the manifest and the card's changelog."""
+    return dict(sorted(Counter(cell_key(s.labels) for s in samples).items()))
+
+
+def worker_parts(out: Path) -> dict[int, list[Manifest]]:
+    """Workers' manifests grouped by worker count."""
+    parts: dict[int, list[Manifest]] = {}
+    folder = out / WORKERS_DIR
+    for path in sorted(folder.glob("*-of-*.json")) if folder.exists() else []:
+        count = int(path.stem.split("-of-")[1])
+        parts.setdefault(count, []).append(Manifest.load(out, f"{WORKERS_DIR}/{path.name}"))
+    return parts
+
+
+def merge(out: Path, count: int | None = None, strict: bool = True) -> Manifest | None:
+    """Join finished workers' manifests into ``manifest.json``.
+
+    Returns the merged manifest, or ``None`` (``strict=False``) while a worker is unfinished.
+    """
+    out = Path(out)
+    groups = worker_parts(out)
+    if not groups:
+        raise OutputError(f"'{out}': no worker manifests in {WORKERS_DIR}/; was it generated with --num-workers?")
+    if count is None:
+        if len(groups) > 1:
+            raise OutputError(f"'{out}': workers of several runs ({', '.join(map(str, groups))}); give --num-workers")
+        count = next(iter(groups))
+    parts = groups.get(count, [])
+    prints = {p.get("fingerprint") for p in parts}
+    if len(prints) > 1:
+        raise OutputError(f"'{out}': worker manifests were made with different parameters")
+    main = Manifest.load(out)
+    if main is not None and parts and main.get("fingerprint") not in prints:
+        old, new = main.get("parameters", {}), parts[0].get("parameters", {})
+        if changed_keys(old, new) != ["num_samples"] or new["num_samples"] < old["num_samples"]:
+            raise OutputError(f"'{out}': manifest.json was made with other parameters than the workers' manifests")
+    unfinished = sorted(set(range(count)) - {int(p.file.split("/")[-1].split("-of-")[0]) for p in parts if
+                                             p.get("complete")})
+    if unfinished:
+        if not strict:
+            return None
+        raise OutputError(f"'{out}': worker(s) {', '.join(map(str, unfinished))} of {count} have not finished; "
+                          "run them again (each resumes its own shards), then merge")
+    merged = Manifest({k: v for k, v in parts[0].data.items() if k != "shards"})
+    for part in parts:
+        merged.shards.update(part.shards)
+    missing = [n for n in merged["layout"] if n not in merged.shards]
+    if missing:
+        raise OutputError(f"'{out}': shard(s) {', '.join(missing[:3])} are in no worker's manifest")
+    merged.data["shards"] = {n: merged.shards[n] for n in merged["layout"]}
+    merged.data["workers"] = count
+    merged.data["complete"] = True
+    merged.save(out)
+    logger.info("merged %d workers into %s", count, Manifest.path(out))
+    return merged
