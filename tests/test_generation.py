@@ -61,7 +61,7 @@ def test_label_confidence_retries_with_fresh_seeds(tiny_pipe, tiny_scorer, emoti
     samples = Plan(emotions, 2).samples
     strict = make_engine(tiny_pipe, tiny_scorer, emotions, min_label_confidence=0.99, max_attempts=3)
     wins = strict.run_batch(samples)
-    per_attempt = [make_engine(tiny_pipe, tiny_scorer, emotions)._generate(samples, a) for a in range(3)]
+    per_attempt = [make_engine(tiny_pipe, tiny_scorer, emotions).generate(samples, a) for a in range(3)]
     for i, win in enumerate(wins):
         confidences = [per_attempt[a][i].label_confidence for a in range(3)]
         assert win.attempt == int(np.argmax(confidences))  # the best attempt is kept, the quota stays full

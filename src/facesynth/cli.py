@@ -43,9 +43,10 @@ class FacesynthGroup(click.Group):
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            click.echo("Error: aborted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except click.exceptions.Abort:  # click's form of KeyboardInterrupt (Ctrl-C, SIGINT)
+            message, code = _message(KeyboardInterrupt())
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(code)
         except BaseException as exc:  # noqa: BLE001 - this is the one place errors become messages
             if isinstance(exc, SystemExit):
                 raise
@@ -150,23 +151,120 @@ def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates:
               help="Attempts per sample under --min-label-confidence.")
 @click.option("--rows-per-shard", type=click.IntRange(1), help="Rows per Parquet shard (default: what fits 500 MB).")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset made with other parameters.")
+@click.option("--repair", is_flag=True, help="Regenerate damaged shards (the ones validate reports) and resume.")
+@click.option("--dataset-version", help="Version to record (default 1.0.0; growing a dataset bumps the minor).")
+@click.option("--worker-index", type=int, help="This worker's index, 0..N-1 (e.g. $SLURM_ARRAY_TASK_ID).")
+@click.option("--num-workers", type=int, help="Number of independent workers sharing --out.")
+@click.option("--compile", is_flag=True, help="torch.compile the UNet (pays off on long GPU runs).")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format for the UNet and VAE.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def generate_cmd(recipe: str, out: Path, **options) -> None:
     """Generate a dataset folder (re-run the same command to resume).
+
+    Under torchrun or accelerate launch every process takes its share of the
+    shards, and the last one to finish merges the manifests and writes the card.
 
     \b
     Examples:
       facesynth generate emotions --model tiny --num-samples 32 --out demo
       facesynth generate emotions -n 10000 --out emotions-10k --batch-size 24
       facesynth generate agfd --model ./realisticVisionV20.safetensors --out agfd
+      facesynth generate emotions -n 20000 --out big                 # grow a 10000-row dataset
+      torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
+      facesynth generate agfd --out agfd --worker-index 3 --num-workers 16
     """
     from .generation import GenerateConfig, generate
 
     result = generate(GenerateConfig(recipe=recipe, out=out, **options))
-    click.echo(
-        f"{result.out}: {result.rows} rows ({result.shards_written} shards written, "
-        f"{result.shards_skipped} already done). Load it with datasets.load_dataset('{result.out}')"
-    )
+    who = "" if result.worker.alone else f"worker {result.worker.index} of {result.worker.count}: "
+    click.echo(f"{who}{result.out}: {result.rows} rows ({result.shards_written} shards written, "
+               f"{result.shards_skipped} already done).")
+    if result.merged:
+        click.echo(f"Load it with datasets.load_dataset('{result.out}')")
+    else:
+        click.echo("Other workers are still running; the last to finish merges (or run `facesynth merge`).")
+
+
+@main.command("merge")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--num-workers", type=int, help="Which run's workers to merge, if several left manifests.")
+@click.option("--no-card", is_flag=True, help="Do not write the card.")
+def merge_cmd(directory: Path, num_workers: int | None, no_card: bool) -> None:
+    """Join the manifests of finished workers into manifest.json, and write the card.
+
+    \b
+    Example:
+      facesynth merge agfd
+    """
+    from .folder import merge
+
+    merged = merge(directory, num_workers)
+    if not no_card:
+        from .dataset_card import write_card
+
+        write_card(directory)
+    click.echo(f"{directory}: merged {merged['workers']} workers, {len(merged.shards)} shards")
+
+
+@main.command("validate")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--reproduce", "reproduce_k", type=click.IntRange(0), default=0, show_default=True,
+              help="Regenerate this many random rows and compare their pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Picks the rows for --reproduce.")
+@click.option("--no-images", is_flag=True, help="Skip decoding every image.")
+@click.option("--device", default="auto", show_default=True, help="Device for --reproduce.")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Dtype for --reproduce (default: the dataset's).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def validate_cmd(directory: Path, reproduce_k: int, seed: int, no_images: bool, device: str, dtype: str | None,
+                 quiet: bool) -> None:
+    """Check shards, schema, checksums, plan counts, ids, images and card; list every problem.
+
+    Exits 0 when the folder is valid, 1 when a problem was found.
+
+    \b
+    Examples:
+      facesynth validate demo
+      facesynth validate demo --reproduce 5
+    """
+    from .validate import validate
+
+    report = validate(directory, reproduce=reproduce_k, seed=seed, images=not no_images, device=device,
+                      dtype=dtype, progress=not quiet)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    checked = f"{report.rows} rows in {report.shards} shards, {report.images} images decoded"
+    if reproduce_k:
+        checked += f", {report.reproduced} rows regenerated"
+    if report.ok:
+        click.echo(f"{directory}: valid ({checked})")
+        return
+    click.echo(f"{directory}: {len(report.problems)} problem(s) ({checked})", err=True)
+    sys.exit(EXIT_FAILURE)
+
+
+@main.command("reproduce")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("sample_id")
+@click.option("--out", "-o", "out_png", type=click.Path(dir_okay=False, path_type=Path), help="Write the PNG here.")
+@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N, mps or cpu.")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Default: the dataset's.")
+def reproduce_cmd(directory: Path, sample_id: str, out_png: Path | None, device: str, dtype: str | None) -> None:
+    """Regenerate one row from its columns and the manifest, and compare it with the stored image.
+
+    \b
+    Example:
+      facesynth reproduce demo emotions-0000007 --out row7.png
+    """
+    from .reproduce import reproduce
+
+    result = reproduce(directory, sample_id, out_png, device=device, dtype=dtype)
+    where = f"; wrote {out_png}" if out_png else ""
+    if result.identical:
+        click.echo(f"{sample_id}: identical to the stored image (clip {result.clip_score:.3f}, "
+                   f"stored {result.stored_score:.3f}){where}")
+        return
+    click.echo(f"{sample_id}: differs from the stored image (max difference {result.max_diff}/255){where}")
+    sys.exit(EXIT_FAILURE)
 
 
 @main.command("card")

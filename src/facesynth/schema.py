@@ -24,6 +24,8 @@ def features(recipe: Recipe) -> Features:
         candidate_index=Value("int32"),
         label_confidence=Value("float32"),
         attempt=Value("int32"),
+        batch=List(Value("string")),
+        unet_calls=List(Value("int32")),
         steps=Value("int32"),
         guidance=Value("float32"),
         scheduler=Value("string"),

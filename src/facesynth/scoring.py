@@ -90,16 +90,19 @@ class ClipScorer:
 
     @torch.inference_mode()
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
-        """Unit-norm embeddings of texts (cached; truncated to CLIP's 77 tokens)."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if missing:
-            tokens = self.tokenizer(missing, padding="max_length", truncation=True,
-                                    max_length=self.tokenizer.model_max_length, return_tensors="pt")
-            emb = self.model.get_text_features(
-                input_ids=tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device)
-            ).pooler_output
-            for text, row in zip(missing, F.normalize(emb.float(), dim=-1)):
-                self._text_cache[text] = row
+        """Unit-norm embeddings of texts (truncated to CLIP's 77 tokens).
+
+        Each text is encoded alone and cached, so its embedding never depends on which
+        texts came before it: a resumed run scores exactly like an uninterrupted one.
+        """
+        for text in dict.fromkeys(texts):
+            if text not in self._text_cache:
+                tokens = self.tokenizer([text], padding="max_length", truncation=True,
+                                        max_length=self.tokenizer.model_max_length, return_tensors="pt")
+                emb = self.model.get_text_features(
+                    input_ids=tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device)
+                ).pooler_output
+                self._text_cache[text] = F.normalize(emb.float(), dim=-1)[0]
         return torch.stack([self._text_cache[t] for t in texts])
 
     # Scores -----------------------------------------------------------------------------

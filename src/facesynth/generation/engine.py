@@ -58,6 +58,8 @@ class Winner:
     attempt: int
     settings: dict[str, Any]
     embedding: np.ndarray  # unit-norm CLIP image embedding
+    batch: list[str] = field(default_factory=list)  # sample ids generated in the same batch
+    unet_calls: list[int] = field(default_factory=list)  # images per UNet call of that batch
 
 
 class Timings:
@@ -135,7 +137,7 @@ class Engine:
         attempt = 0
         while todo:
             retry = []
-            for sample, win in zip(todo, self._generate(todo, attempt)):
+            for sample, win in zip(todo, self.generate(todo, attempt)):
                 kept = best.get(sample.sample_id)
                 if kept is None or win.label_confidence > kept.label_confidence:
                     best[sample.sample_id] = win
@@ -157,13 +159,19 @@ class Engine:
         return self._schedulers[name]
 
     @torch.inference_mode()
-    def _generate(self, samples: Sequence[Sample], attempt: int) -> list[Winner]:
+    def generate(self, samples: Sequence[Sample], attempt: int, calls: Sequence[int] | None = None) -> list[Winner]:
+        """One attempt for a batch: every sample's N candidates, scored, the best kept.
+
+        ``calls`` forces the images per UNet call (what a winner's ``unet_calls`` records),
+        so a batch can be run again exactly as it first ran.
+        """
         n = self.options.candidates
         settings = self.settings_for(samples[0])
         conds = [self.encoder.encode(s.prompt, s.negative_prompt) for s in samples]
         seeds = [s.candidate_seeds(n, attempt) for s in samples]
         with self.timings.stage("unet"):
-            latents = self.denoise([c for c in conds for _ in range(n)], [x for row in seeds for x in row], settings)
+            latents, used = self.denoise([c for c in conds for _ in range(n)], [x for row in seeds for x in row],
+                                         settings, calls)
         with self.timings.stage("vae"):
             images = self.decode(latents)
         with self.timings.stage("clip"):
@@ -188,37 +196,36 @@ class Engine:
                 candidate_scores=[float(x) for x in scores_cpu[i]],
                 clip_score=float(self.scorer.clip_score(scores_cpu[i, k])),
                 label_confidence=float(conf_cpu[i, k]), attempt=attempt, settings=settings, embedding=emb_cpu[i],
+                batch=[s.sample_id for s in samples], unet_calls=used,
             ))
         return out
 
-    @torch.inference_mode()
-    def render(self, prompt: str, negative_prompt: str, seed: int, settings: dict[str, Any]) -> torch.Tensor:
-        """One image, (1, 3, H, W) in [0, 1], from a row's columns: what ``reproduce`` runs."""
-        cond = self.encoder.encode(prompt, negative_prompt)
-        return self.decode(self.denoise([cond], [seed], settings))
+    def denoise(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any],
+                calls: Sequence[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+        """Latents for one image per (conditioning, seed), and the images per UNet call used.
 
-    def denoise(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any]) -> torch.Tensor:
-        """Latents for one image per (conditioning, seed), in calls of at most ``max_images``.
-
-        On out-of-memory the call size is halved, logged, and kept for the rest of the run;
-        since every image has its own generator, the pixels do not change.
+        Calls hold at most ``max_images`` images. On out-of-memory that is halved, logged
+        and kept for the rest of the run. Batched kernels can round differently for other
+        call sizes, so the sizes are returned for the rows to record.
         """
         self.pipe.scheduler = self._scheduler(settings["scheduler"])
-        parts, start = [], 0
+        parts, used, start = [], [], 0
+        forced = list(calls or [])
         while start < len(seeds):
-            size = min(self.max_images or len(seeds), len(seeds) - start)
+            size = forced[len(used)] if forced else min(self.max_images or len(seeds), len(seeds) - start)
             try:
                 parts.append(self._call(conds[start:start + size], seeds[start:start + size], settings))
             except torch.OutOfMemoryError:
-                if size == 1:
+                if size == 1 or forced:
                     raise
                 self.max_images = size // 2
                 logger.warning("out of memory at %d images per call; continuing with %d", size, self.max_images)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
+            used.append(size)
             start += size
-        return torch.cat(parts)
+        return torch.cat(parts), used
 
     def _call(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any]) -> torch.Tensor:
         """One pipeline call, returning latents."""

@@ -240,7 +240,7 @@ class ShardSink:
         row.update(
             prompt=s.prompt, negative_prompt=s.negative_prompt, caption=s.caption, seed=w.seed,
             clip_score=w.clip_score, candidate_scores=w.candidate_scores, candidate_index=w.candidate_index,
-            label_confidence=w.label_confidence, attempt=w.attempt,
+            label_confidence=w.label_confidence, attempt=w.attempt, batch=w.batch, unet_calls=w.unet_calls,
             steps=w.settings["steps"], guidance=w.settings["guidance"], scheduler=w.settings["scheduler"],
             width=w.settings["width"], height=w.settings["height"],
         )
@@ -307,9 +307,13 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     out = Path(cfg.out)
     manifest = open_folder(out, header, {t.name: t.ids for t in tasks}, worker, overwrite=cfg.overwrite,
                            repair=cfg.repair, version=cfg.dataset_version)
-    out.mkdir(parents=True, exist_ok=True)
     tmp_dir = out / worker.tmp_dir
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir(parents=True)
+    except PermissionError:
+        raise OutputError(f"--out: cannot write to '{out}': permission denied") from None
     mine = worker.share(tasks)
     todo = [t for t in mine if t.name not in manifest.shards]
     done_rows = sum(len(t.samples) for t in mine if t not in todo)

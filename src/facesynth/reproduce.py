@@ -1,0 +1,132 @@
+"""Regenerate one row from its own columns and the folder's manifest.
+
+A row keeps its prompt, seed, settings and ``attempt``, and the pipeline batch it
+was made in (``batch``: the sample ids; ``unet_calls``: images per UNet call).
+The manifest keeps the recipe, plan, model commit, CLIP model, device and dtype.
+Batched GPU and CPU kernels may round differently for another batch shape, so
+the row's whole batch is run again exactly as it first ran: with the same device,
+dtype and library versions the pixels come out identical, and so do the scores.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as pads
+from PIL import Image
+
+from .builder import read_manifest
+from .errors import OutputError
+from .plan import Plan
+from .recipe import parse_recipe
+from .writer import Manifest
+
+logger = logging.getLogger(__name__)
+
+DTYPE_NAMES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+@dataclass
+class Reproduction:
+    """A regenerated row next to the stored one."""
+
+    sample_id: str
+    pixels: np.ndarray
+    stored: np.ndarray
+    seed: int
+    stored_seed: int
+    clip_score: float
+    stored_score: float
+
+    @property
+    def max_diff(self) -> int:
+        if self.pixels.shape != self.stored.shape:
+            return 255
+        return int(np.abs(self.pixels.astype(np.int16) - self.stored.astype(np.int16)).max())
+
+    @property
+    def identical(self) -> bool:
+        return (self.seed == self.stored_seed and self.pixels.shape == self.stored.shape
+                and bool(np.array_equal(self.pixels, self.stored)))
+
+
+def shard_files(root: Path, manifest: Manifest) -> list[str]:
+    return [str(root / name) for name in sorted(manifest.shards)]
+
+
+def read_rows(root: Path, manifest: Manifest, sample_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The rows with these sample ids, read through a Parquet filter."""
+    dataset = pads.dataset(shard_files(root, manifest), format="parquet")
+    table = dataset.to_table(filter=pads.field("sample_id").isin(sample_ids))
+    return {row["sample_id"]: row for row in table.to_pylist()}
+
+
+def decode_image(cell: dict[str, Any]) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB"))
+
+
+class Reproducer:
+    """Loads the folder's model and CLIP once, then regenerates rows."""
+
+    def __init__(self, root: str | Path, device: str = "auto", dtype: str | None = None):
+        from .generation.engine import Engine, EngineOptions
+        from .generation.loading import load_pipeline, resolve_device, resolve_dtype
+        from .scoring import ClipScorer
+
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        if "model" not in self.manifest.data:
+            raise OutputError(f"'{self.root}': the manifest records no model; was anything generated?")
+        self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
+        model = self.manifest["model"]
+        runtime = self.manifest.get("runtime", {})
+        dev = resolve_device(device)
+        recorded = DTYPE_NAMES.get(runtime.get("dtype", ""))
+        torch_dtype = resolve_dtype(dtype or (recorded if dev.type != "cpu" or recorded == "fp32" else None), dev)
+        if str(dev) != runtime.get("device") or str(torch_dtype).replace("torch.", "") != runtime.get("dtype"):
+            logger.warning("regenerating on %s/%s; the dataset was made on %s/%s, so pixels may differ slightly",
+                           dev, torch_dtype, runtime.get("device"), runtime.get("dtype"))
+        revision = model.get("commit") or model.get("revision")
+        pipe, _ = load_pipeline(model["name"], revision=revision, dtype=torch_dtype, device=dev)
+        scorer = ClipScorer.load(self.manifest["clip_model"]["name"], device=dev, dtype=torch_dtype,
+                                 revision=self.manifest["clip_model"].get("commit"))
+        generation = self.manifest.get("generation", {})
+        plan = self.manifest["plan"]
+        self.samples = {s.sample_id: s for s in Plan(self.recipe, plan["num_samples"], plan["seed"],
+                                                     plan["candidates"]).samples}
+        options = EngineOptions(candidates=plan["candidates"], rerank=generation.get("rerank", "caption"),
+                                overrides=generation.get("overrides", {}))
+        self.engine = Engine(pipe, scorer, self.recipe, options)
+
+    def rows(self, sample_ids: list[str]) -> dict[str, dict[str, Any]]:
+        found = read_rows(self.root, self.manifest, sample_ids)
+        missing = [s for s in sample_ids if s not in found]
+        if missing:
+            raise OutputError(f"sample_id: '{missing[0]}' is not in '{self.root}'")
+        return found
+
+    def reproduce(self, row: dict[str, Any]) -> Reproduction:
+        """Run the row's batch again, at the row's attempt, and take the row's sample."""
+        batch = row["batch"] or [row["sample_id"]]
+        unknown = [sid for sid in batch if sid not in self.samples]
+        if unknown:
+            raise OutputError(f"{row['sample_id']}: batch names '{unknown[0]}', which is not in the plan")
+        winners = self.engine.generate([self.samples[sid] for sid in batch], row["attempt"], row["unet_calls"])
+        win = winners[batch.index(row["sample_id"])]
+        return Reproduction(row["sample_id"], win.pixels, decode_image(row["image"]), win.seed, row["seed"],
+                            win.clip_score, row["clip_score"])
+
+
+def reproduce(root: str | Path, sample_id: str, out: str | Path | None = None, device: str = "auto",
+              dtype: str | None = None) -> Reproduction:
+    """Regenerate one row; write it to ``out`` (PNG) if given."""
+    reproducer = Reproducer(root, device, dtype)
+    result = reproducer.reproduce(reproducer.rows([sample_id])[sample_id])
+    if out is not None:
+        Image.fromarray(result.pixels).save(out, format="PNG")
+    return result

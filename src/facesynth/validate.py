@@ -1,0 +1,211 @@
+"""``facesynth validate``: check a dataset folder against its manifest, its plan and its card.
+
+Every problem is collected (nothing stops at the first), so one run lists them all:
+unreadable or altered shards, a schema that is not the declared features, rows
+that are not the plan's (missing, extra, duplicated, mislabelled, in the wrong
+split), images that do not decode at their declared size, a card whose YAML
+disagrees with the data, and, with ``reproduce=K``, rows that do not regenerate.
+Shards are read one row group at a time, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from datasets import Features
+from PIL import Image
+
+from .builder import read_manifest
+from .folder import check_shards
+from .plan import Plan
+from .recipe import parse_recipe
+from .schema import features as build_features
+
+logger = logging.getLogger(__name__)
+
+IMAGE_THREADS = 4
+
+
+@dataclass
+class Problem:
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass
+class Report:
+    root: Path
+    problems: list[Problem] = field(default_factory=list)
+    rows: int = 0
+    shards: int = 0
+    images: int = 0
+    reproduced: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, where: str, message: str) -> None:
+        self.problems.append(Problem(where, message))
+
+
+def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool = True, device: str = "auto",
+             dtype: str | None = None, progress: bool = False) -> Report:
+    """Check everything; return a report listing every problem found."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    report = Report(root)
+    recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
+    if not manifest.get("complete"):
+        report.add("manifest.json", "generation has not finished; run the same generate command to resume")
+    layout = manifest.get("layout", [])
+    for name in layout:
+        if name not in manifest.shards:
+            report.add(name, "in the layout but not finished (no manifest record)")
+    for name in manifest.shards:
+        if name not in layout:
+            report.add(name, "recorded in the manifest but not part of the layout")
+    on_disk = {p.relative_to(root).as_posix() for p in (root / "data").glob("*")} if (root / "data").exists() else set()
+    for name in sorted(on_disk - set(manifest.shards)):
+        report.add(name, "file in data/ that the manifest does not record (stale or foreign)")
+    for name, why in check_shards(root, manifest, sorted(manifest.shards)).items():
+        report.add(name, f"damaged: {why}; run generate with --repair to regenerate it")
+
+    plan = Plan(recipe, manifest["plan"]["num_samples"], manifest["plan"]["seed"], manifest["plan"]["candidates"])
+    expected = {s.sample_id: s for s in plan.samples}
+    features = build_features(recipe)
+    names = {a: list(attr.values) for a, attr in recipe.attributes.items()}
+    seen: Counter = Counter()
+    cells: Counter = Counter()
+    files = [n for n in sorted(manifest.shards) if (root / n).exists()]
+    bar = _bar(progress, sum(manifest.shards[n]["rows"] for n in files))
+    with ThreadPoolExecutor(IMAGE_THREADS) as pool:
+        for name in files:
+            _check_shard(root, name, manifest.shards[name], features, names, expected, seen, cells, report, images,
+                         pool, bar)
+    bar.close()
+    for sid, n in sorted(seen.items()):
+        if n > 1:
+            report.add(sid, f"sample_id appears {n} times")
+    missing = [sid for sid in expected if sid not in seen]
+    if missing and manifest.get("complete"):
+        report.add("data/", f"{len(missing)} planned rows are missing, e.g. {missing[0]}")
+    planned = Counter((s.split, *s.labels.values()) for s in plan.samples)
+    for cell in sorted(set(planned) | set(cells)):
+        if planned[cell] != cells[cell] and manifest.get("complete"):
+            report.add(f"{cell[0]} {'/'.join(cell[1:])}", f"{cells[cell]} rows, the plan has {planned[cell]}")
+    report.shards = len(files)
+    report.rows = sum(seen.values())
+    _check_card(root, report)
+    if reproduce:
+        _check_reproduction(root, manifest, sorted(seen), reproduce, seed, device, dtype, report)
+    return report
+
+
+def _bar(progress: bool, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="row", desc="validating", disable=not progress, dynamic_ncols=True)
+
+
+def _check_shard(root, name, record, features: Features, names, expected, seen: Counter, cells: Counter,
+                 report: Report, images: bool, pool: ThreadPoolExecutor, bar) -> None:
+    try:
+        pf = pq.ParquetFile(root / name)
+    except Exception as exc:  # noqa: BLE001 - any failure to open is the finding
+        report.add(name, f"unreadable Parquet: {exc}")
+        return
+    got = Features.from_arrow_schema(pf.schema_arrow)
+    if got != features or pf.schema_arrow.remove_metadata() != features.arrow_schema.remove_metadata():
+        diff = sorted(set(got) ^ set(features)) or [k for k in features if got.get(k) != features[k]]
+        report.add(name, f"schema differs from the declared features ({', '.join(diff) or 'types'})")
+        return
+    if pf.metadata.num_rows != record["rows"]:
+        report.add(name, f"{pf.metadata.num_rows} rows, the manifest says {record['rows']}")
+    columns = ["sample_id", *names, "prompt", "width", "height"] + (["image"] if images else [])
+    for i in range(pf.num_row_groups):
+        try:
+            table = pf.read_row_group(i, columns=columns).to_pydict()
+        except Exception as exc:  # noqa: BLE001
+            report.add(name, f"row group {i} unreadable: {exc}")
+            continue
+        for r, sid in enumerate(table["sample_id"]):
+            seen[sid] += 1
+            labels = {a: names[a][table[a][r]] for a in names}
+            sample = expected.get(sid)
+            if sample is None:
+                report.add(name, f"{sid}: not in the plan")
+                continue
+            cells[(record["split"], *labels.values())] += 1
+            if sample.split != record["split"]:
+                report.add(name, f"{sid}: in split {record['split']}, the plan puts it in {sample.split}")
+            if labels != sample.labels:
+                report.add(name, f"{sid}: labels {labels} differ from the plan's {sample.labels}")
+            if table["prompt"][r] != sample.prompt:
+                report.add(name, f"{sid}: prompt differs from the plan's")
+        if images:
+            sizes = list(zip(table["width"], table["height"]))
+            for sid, size, error in pool.map(_decode, table["sample_id"], table["image"], sizes):
+                report.images += 1
+                if error:
+                    report.add(name, f"{sid}: image {error}")
+        bar.update(len(table["sample_id"]))
+
+
+def _decode(sid: str, cell: dict, size: tuple[int, int]) -> tuple[str, tuple, str | None]:
+    try:
+        with Image.open(io.BytesIO(cell["bytes"])) as im:
+            im.load()
+            if im.size != size:
+                return sid, size, f"is {im.size[0]}x{im.size[1]}, the row says {size[0]}x{size[1]}"
+            if im.mode != "RGB":
+                return sid, size, f"mode is {im.mode}, not RGB"
+    except Exception as exc:  # noqa: BLE001
+        return sid, size, f"does not decode ({exc})"
+    return sid, size, None
+
+
+def _check_card(root: Path, report: Report) -> None:
+    from huggingface_hub import DatasetCard
+
+    from .dataset_card import configs_and_infos, summarize
+
+    path = root / "README.md"
+    if not path.exists():
+        report.add("README.md", "missing; run `facesynth card DIR`")
+        return
+    try:
+        card = DatasetCard.load(path)
+        configs, infos = configs_and_infos(summarize(root))
+    except Exception as exc:  # noqa: BLE001
+        report.add("README.md", f"cannot be read against the data: {exc}")
+        return
+    data = card.data.to_dict()
+    if data.get("configs") != configs:
+        report.add("README.md", "YAML `configs` disagree with the data; run `facesynth card DIR`")
+    if data.get("dataset_info") != infos:
+        report.add("README.md", "YAML `dataset_info` (features, split sizes) disagrees with the data; "
+                                "run `facesynth card DIR`")
+
+
+def _check_reproduction(root, manifest, sample_ids, k, seed, device, dtype, report: Report) -> None:
+    from .reproduce import Reproducer
+
+    chosen = random.Random(seed).sample(sample_ids, min(k, len(sample_ids)))
+    reproducer = Reproducer(root, device, dtype)
+    rows = reproducer.rows(chosen)
+    for sid in chosen:
+        result = reproducer.reproduce(rows[sid])
+        report.reproduced += 1
+        if not result.identical:
+            report.add(sid, f"regenerated pixels differ (max difference {result.max_diff}/255)")
