@@ -42,32 +42,56 @@ def test_generate_then_load(tmp_path, capsys):
     assert invoke(["card", str(out)]) == 0
 
 
+SCHEDULERS = "'default', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'unipc'"
+GEN = ["generate", "emotions", "-n", "4", "-o", "TMP/out"]
 BAD_ARGS = [
-    (["plan", "nope"], "Error: nope: no such recipe file, and not a shipped recipe (agfd, emotions)"),
-    (["plan", "emotions"], "Error: recipe 'emotions' balances a cross product: give --num-samples"),
-    (["plan", "emotions", "-n", "x"], "Error: Invalid value for '--num-samples' / '-n': 'x' is not a valid integer."),
-    (["plan", "emotions", "-n", "0"], "Error: --num-samples: must be at least 1 (got 0)"),
-    (["plan", "agfd", "-n", "99999"], "Error: --num-samples: 99999 exceeds the 28400 samples that the strata of recipe 'agfd' add up to"),
-    (["plan", "emotions", "-n", "4", "--by", "age"], "Error: Invalid value for --by: 'age' is not an attribute (emotion, gender, ethnicity)"),
-    (["generate", "emotions", "-n", "4"], "Error: Missing option '--out' / '-o'."),
-    (["generate", "emotions", "-n", "4", "-o", "OUT", "--scheduler", "fast"], "Error: Invalid value for '--scheduler': 'fast' is not one of"),
-    (["generate", "emotions", "-n", "4", "-o", "OUT", "--steps", "0"], "Error: Invalid value for '--steps': 0 is not in the range 1<=x<=1000."),
-    (["generate", "emotions", "-n", "4", "-o", "OUT", "--model", "tiny", "--candidates", "0"], "Error: --candidates: must be at least 1 (got 0)"),
-    (["generate", "emotions", "-n", "4", "-o", "OUT", "--model", "tiny", "--batch-size", "0"], "Error: --batch-size: must be at least 1"),
-    (["generate", "emotions", "-n", "4", "-o", "OUT", "--model", "nobody/none", "--device", "cpu"], "Error: --model: cannot load 'nobody/none'"),
-    (["generate", "emotions", "-n", "4", "-o", "OUT", "--model", "tiny", "--device", "cuda"], "Error: --device: CUDA was asked for, but no CUDA GPU is available"),
-    (["card", "OUT"], "Error: Invalid value for 'DIRECTORY': Directory 'OUT' does not exist."),
+    (["plan", "nope"], "nope: no such recipe file, and not a shipped recipe (agfd, emotions)"),
+    (["plan", "emotions"], "recipe 'emotions' balances a cross product: give --num-samples"),
+    (["plan", "emotions", "-n", "x"], "Invalid value for '--num-samples' / '-n': 'x' is not a valid integer."),
+    (["plan", "emotions", "-n", "0"], "--num-samples: must be at least 1 (got 0)"),
+    (["plan", "agfd", "-n", "99999"],
+     "--num-samples: 99999 exceeds the 28400 samples that the strata of recipe 'agfd' add up to"),
+    (["plan", "emotions", "-n", "4", "--by", "age"],
+     "Invalid value for --by: 'age' is not an attribute (emotion, gender, ethnicity)"),
+    (["generate", "emotions", "-n", "4"], "Missing option '--out' / '-o'."),
+    (GEN + ["--scheduler", "fast"], f"Invalid value for '--scheduler': 'fast' is not one of {SCHEDULERS}."),
+    (GEN + ["--steps", "0"], "Invalid value for '--steps': 0 is not in the range 1<=x<=1000."),
+    (GEN + ["--model", "tiny", "--candidates", "0"], "--candidates: must be at least 1 (got 0)"),
+    (GEN + ["--model", "tiny", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    (GEN + ["--model", "nobody/none", "--device", "cpu"],
+     "--model: cannot load 'nobody/none' (not in the local cache, and HF_HUB_OFFLINE=1 forbids downloading it); "
+     "use --model tiny, a local diffusers folder or a .safetensors file"),
+    (GEN + ["--model", "weights.ckpt"],
+     "--model: 'weights.ckpt': only .safetensors checkpoints are loaded, never pickle files"),
+    (GEN + ["--model", "tiny", "--device", "cuda"], "--device: CUDA was asked for, but no CUDA GPU is available"),
+    (GEN + ["--model", "tiny", "--worker-index", "1"], "--worker-index and --num-workers: give both or neither"),
+    (GEN + ["--model", "tiny", "--worker-index", "2", "--num-workers", "2"],
+     "--worker-index: must be in 0..1 for --num-workers 2 (got 2)"),
+    (GEN + ["--model", "tiny", "--worker-index", "0", "--num-workers", "2", "--overwrite"],
+     "--overwrite: not with several workers (one would delete the others' shards)"),
+    (["generate", "emotions", "-n", "4", "-o", "TMP/file.txt/ds", "--model", "tiny"],
+     "--out: cannot create 'TMP/file.txt/ds': Not a directory"),
+    (["generate", "emotions", "-n", "4", "-o", "TMP/file.txt", "--model", "tiny"],
+     "Invalid value for '--out' / '-o': Directory 'TMP/file.txt' is a file."),
+    (["generate", "emotions", "-n", "4", "-o", "TMP", "--model", "tiny"],
+     "--out: 'TMP' is not empty and holds no facesynth manifest; use an empty folder"),
+    (["card", "TMP/out"], "Invalid value for 'DIRECTORY': Directory 'TMP/out' does not exist."),
+    (["card", "TMP"], "'TMP': no manifest.json; is this a facesynth dataset folder?"),
+    (["validate", "TMP"], "'TMP': no manifest.json; is this a facesynth dataset folder?"),
+    (["validate", "TMP", "--reproduce", "-1"], "Invalid value for '--reproduce': -1 is not in the range x>=0."),
+    (["reproduce", "TMP"], "Missing argument 'SAMPLE_ID'."),
+    (["reproduce", "TMP", "x-1"], "'TMP': no manifest.json; is this a facesynth dataset folder?"),
+    (["merge", "TMP"], "'TMP': no worker manifests in .facesynth/workers/; was it generated with --num-workers?"),
+    (["nonsense"], "No such command 'nonsense'."),
 ]
 
 
 @pytest.mark.parametrize("args,message", BAD_ARGS, ids=[" ".join(a[:4]) for a, _ in BAD_ARGS])
-def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
-    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
-    message = message.replace("OUT", str(tmp_path / "out"))
+def test_bad_input_is_one_exact_line_and_exit_2(args, message, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("not a folder")
+    args = [a.replace("TMP", str(tmp_path)) for a in args]
     assert invoke(args) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(message), err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert capsys.readouterr().err == f"Error: {message.replace('TMP', str(tmp_path))}\n"
 
 
 def test_bad_recipe_file_exits_2_with_one_line(tmp_path, capsys):

@@ -2,6 +2,7 @@ import textwrap
 
 import pytest
 
+from facesynth.cli import main
 from facesynth.errors import RecipeError
 from facesynth.recipe import load_recipe, parse_recipe, shipped_recipes
 
@@ -51,7 +52,7 @@ def test_recipe_by_path(tmp_path):
 
 
 BAD = [
-    ("name: [unclosed", "x.yaml: YAML syntax error: line 1"),
+    ("name: [unclosed", "x.yaml: YAML syntax error: line 1, column 16: expected ',' or ']', but got '<stream end>'"),
     (GOOD + "colour: red\n", "x.yaml: colour: unknown key"),
     (GOOD.replace("  gender:\n    values:\n      male:\n      female: {phrases: [woman], generation: {guidance: 9}}\n",
                   "  gender:\n    values: {}\n"), "x.yaml: attributes.gender.values: must not be empty"),
@@ -74,20 +75,26 @@ BAD = [
     (GOOD.replace("generation: {steps: 10}", "generation: {steps: 0}"),
      "x.yaml: generation.steps: Input should be greater than or equal to 1"),
     (GOOD.replace("generation: {steps: 10}", "generation: {scheduler: fast}"),
-     "x.yaml: generation.scheduler: unknown scheduler 'fast'"),
+     "x.yaml: generation.scheduler: unknown scheduler 'fast' "
+     "(use default, ddim, pndm, euler, euler_a, dpm++_2m, dpm++_2m_karras, unipc)"),
     (GOOD.replace("      happy: [smiling, joyful]", "      Happy!: [smiling]"),
-     "x.yaml: attributes.emotion.values: name 'Happy!' must use lowercase letters"),
-    ("- a\n- b\n", "x.yaml: the recipe must be a YAML mapping"),
+     "x.yaml: attributes.emotion.values: name 'Happy!' must use lowercase letters, digits and '_' only"),
+    ("- a\n- b\n", "x.yaml: the recipe must be a YAML mapping of keys to values"),
     (GOOD.replace("name: mini\n", ""), "x.yaml: name: required key is missing"),
 ]
 
 
 @pytest.mark.parametrize("text,message", BAD, ids=[m.split(": ", 1)[1][:40] for _, m in BAD])
-def test_bad_recipes_name_file_key_and_problem(text, message):
+def test_bad_recipes_name_file_key_and_problem(text, message, tmp_path, capsys):
     with pytest.raises(RecipeError) as err:
         parse_recipe(text, "x.yaml")
-    assert str(err.value).startswith(message)
-    assert "\n" not in str(err.value)
+    assert str(err.value) == message
+    path = tmp_path / "x.yaml"  # and through the command line: the exact line, exit status 2
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(args=["plan", str(path), "-n", "4"], prog_name="facesynth")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"Error: {message.replace('x.yaml', str(path), 1)}\n"
 
 
 def test_unknown_recipe_name():

@@ -99,14 +99,18 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
             report.add(sid, f"sample_id appears {n} times")
     missing = [sid for sid in expected if sid not in seen]
     if missing and manifest.get("complete"):
-        report.add("data/", f"{len(missing)} planned rows are missing, e.g. {missing[0]}")
+        more = ", ..." if len(missing) > 8 else ""
+        report.add("data/", f"{len(missing)} planned rows are missing: {', '.join(missing[:8])}{more}")
     planned = Counter((s.split, *s.labels.values()) for s in plan.samples)
     for cell in sorted(set(planned) | set(cells)):
         if planned[cell] != cells[cell] and manifest.get("complete"):
             report.add(f"{cell[0]} {'/'.join(cell[1:])}", f"{cells[cell]} rows, the plan has {planned[cell]}")
     report.shards = len(files)
     report.rows = sum(seen.values())
-    _check_card(root, report)
+    if any(p.message.startswith(("damaged", "unreadable", "row group", "schema")) for p in report.problems):
+        report.add("README.md", "not compared with the data while shards are damaged")
+    else:
+        _check_card(root, report)
     if reproduce:
         _check_reproduction(root, manifest, sorted(seen), reproduce, seed, device, dtype, report)
     return report

@@ -119,9 +119,11 @@ class ShardWriter:
         return record
 
     def abort(self) -> None:
-        """Drop the partial file."""
+        """Drop the partial file (closing it may fail too, e.g. on a full disk: that is ignored)."""
         try:
             self._writer.close()
+        except OSError as exc:
+            logger.debug("closing %s while aborting: %s", self.tmp, exc)
         finally:
             self.tmp.unlink(missing_ok=True)
 

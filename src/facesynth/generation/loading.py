@@ -116,9 +116,24 @@ def _load_real(model: str, revision: str | None, dtype: torch.dtype):
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
         raise ModelError(
-            f"--model: cannot load '{model}' ({first_line(exc)}); "
+            f"--model: cannot load '{model}' ({_why(exc)}); "
             "use --model tiny, a local diffusers folder or a .safetensors file"
         ) from exc
+
+
+def _why(exc: BaseException) -> str:
+    """A short reason for a failed model load."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, RevisionNotFoundError):
+        return "no such revision"
+    if isinstance(exc, RepositoryNotFoundError):
+        return "no such repo on the Hub, or a private one: log in"
+    text = first_line(exc)
+    if constants.HF_HUB_OFFLINE and (isinstance(exc, LocalEntryNotFoundError) or "cached" in text):
+        return "not in the local cache, and HF_HUB_OFFLINE=1 forbids downloading it"
+    return text.split(" Please check")[0]
 
 
 def _no_safety(folder: Path) -> dict:

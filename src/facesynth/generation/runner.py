@@ -188,11 +188,12 @@ class ShardSink:
         self.pending: deque[Future] = deque()
         self.max_pending = max_pending
         self.writer: ShardWriter | None = None
+        self.failed = False
         self.rows: list[dict[str, Any]] = []
         self.label_ids = {a: {v: i for i, v in enumerate(attr.values)} for a, attr in recipe.attributes.items()}
 
     def _submit(self, fn, *args) -> None:
-        self.pending.append(self.pool.submit(fn, *args))
+        self.pending.append(self.pool.submit(self._guarded, fn, *args))
         while len(self.pending) > self.max_pending:
             self.pending.popleft().result()
         while self.pending and self.pending[0].done():
@@ -222,6 +223,16 @@ class ShardSink:
         self.pool.shutdown(wait=True)
 
     # Run on the writer thread ---------------------------------------------------------
+    def _guarded(self, fn, *args) -> None:
+        """After one step fails, the queued steps do nothing, so abort finds the failed shard."""
+        if self.failed:
+            return
+        try:
+            fn(*args)
+        except BaseException:
+            self.failed = True
+            raise
+
     def _start(self, task: ShardTask) -> None:
         self.writer = ShardWriter(self.root, task.name, task.split, self.features, self.tmp_dir)
         self.rows = []
@@ -314,6 +325,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         tmp_dir.mkdir(parents=True)
     except PermissionError:
         raise OutputError(f"--out: cannot write to '{out}': permission denied") from None
+    except OSError as exc:
+        raise OutputError(f"--out: cannot create '{out}': {exc.strerror or exc}") from None
     mine = worker.share(tasks)
     todo = [t for t in mine if t.name not in manifest.shards]
     done_rows = sum(len(t.samples) for t in mine if t not in todo)

@@ -1,0 +1,226 @@
+"""validate, reproduce, damaged shards and --repair, full disk, unwritable folders, out of memory."""
+
+import ctypes
+import hashlib
+import io
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_engine
+from facesynth.cli import main
+from facesynth.errors import OutputError
+from facesynth.generation import GenerateConfig, generate
+from facesynth.plan import Plan
+from facesynth.reproduce import reproduce
+from facesynth.validate import validate
+
+DEMO = dict(recipe="emotions", num_samples=24, model="tiny", quiet=True, rows_per_shard=8, batch_size=12)
+
+
+def invoke(args):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(args=args, prog_name="facesynth")
+    return exit_info.value.code
+
+
+@pytest.fixture
+def demo_copy(demo_dataset, tmp_path):
+    out = tmp_path / "demo"
+    shutil.copytree(demo_dataset, out)
+    return out
+
+
+def _rewrite(root, name, table):
+    """Replace a shard with ``table`` and make the manifest agree, so only content problems remain."""
+    path = root / name
+    pq.write_table(table, path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    data = path.read_bytes()
+    manifest["shards"][name].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rows=table.num_rows)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _png(size):
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), "gray").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_generated_folder_is_valid_and_rows_reproduce_exactly(demo_dataset, capsys):
+    report = validate(demo_dataset, reproduce=3, seed=1)
+    assert report.ok, [str(p) for p in report.problems]
+    assert (report.rows, report.shards, report.images, report.reproduced) == (24, 5, 24, 3)
+    assert invoke(["validate", str(demo_dataset), "--reproduce", "2", "-q"]) == 0
+    assert "valid (24 rows in 5 shards, 24 images decoded, 2 rows regenerated)" in capsys.readouterr().out
+
+
+def test_reproduce_regenerates_one_row_from_its_columns_and_the_manifest(demo_dataset, tmp_path, capsys):
+    row = pq.read_table(demo_dataset / "data" / "validation-00000.parquet").to_pylist()[0]
+    png = tmp_path / "row.png"
+    assert invoke(["reproduce", str(demo_dataset), row["sample_id"], "--out", str(png)]) == 0
+    assert f"{row['sample_id']}: identical to the stored image" in capsys.readouterr().out
+    stored = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])))
+    assert np.array_equal(np.asarray(Image.open(png)), stored)
+    result = reproduce(demo_dataset, row["sample_id"])
+    assert result.identical and result.seed == row["seed"]
+    assert result.clip_score == pytest.approx(row["clip_score"], abs=1e-6)
+    assert invoke(["reproduce", str(demo_dataset), "emotions-9999999"]) == 2
+    assert capsys.readouterr().err == f"Error: sample_id: 'emotions-9999999' is not in '{demo_dataset}'\n"
+
+
+def test_validate_lists_every_problem(demo_copy, capsys):
+    truncated = demo_copy / "data" / "train-00002.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    # a shard with a duplicated row, a lost row and an image at the wrong size, checksums updated
+    table = pq.read_table(demo_copy / "data" / "train-00001.parquet")
+    rows = table.to_pylist()
+    lost = rows.pop()
+    rows.append(dict(rows[0]))
+    rows[2]["image"] = {"bytes": _png(32), "path": None}
+    _rewrite(demo_copy, "data/train-00001.parquet", pa.Table.from_pylist(rows, schema=table.schema))
+    # a shard whose schema is not the declared features
+    table = pq.read_table(demo_copy / "data" / "validation-00000.parquet")
+    table = table.set_column(table.schema.get_field_index("clip_score"), "clip_score",
+                             table["clip_score"].cast(pa.float64()))
+    _rewrite(demo_copy, "data/validation-00000.parquet", table)
+    (demo_copy / "data" / "extra.parquet").write_bytes(b"stray")
+    shards = json.loads((demo_copy / "manifest.json").read_text())["shards"]
+    unread = shards["data/train-00002.parquet"]["rows"] + shards["data/validation-00000.parquet"]["rows"]
+
+    problems = [str(p) for p in validate(demo_copy).problems]
+    expected = [
+        "data/train-00002.parquet: damaged: 5000 bytes, the manifest says",
+        "data/train-00002.parquet: unreadable Parquet",
+        f"{rows[0]['sample_id']}: sample_id appears 2 times",
+        f"data/: {1 + unread} planned rows are missing: ",  # the lost row, and the rows of the unread shards
+        f"data/train-00001.parquet: {rows[2]['sample_id']}: image is 32x32, the row says 64x64",
+        "data/validation-00000.parquet: schema differs from the declared features (clip_score)",
+        "data/extra.parquet: file in data/ that the manifest does not record",
+        "README.md: not compared with the data while shards are damaged",
+    ]
+    for start in expected:
+        assert any(p.startswith(start) for p in problems), (start, "\n".join(problems))
+    assert any(p.startswith("data/: ") and lost["sample_id"] in p for p in problems)
+    assert any(p.startswith("train ") and "rows, the plan has" in p for p in problems)
+
+    assert invoke(["validate", str(demo_copy), "-q"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("problem: ") == len(problems)
+    assert f"{len(problems)} problem(s)" in captured.err
+
+
+def test_validate_catches_a_card_that_disagrees_with_the_data(demo_copy):
+    card = demo_copy / "README.md"
+    text = card.read_text()
+    assert "num_examples: " in text
+    card.write_text(text.replace("num_examples: ", "num_examples: 1", 1))
+    assert [str(p) for p in validate(demo_copy).problems] == [
+        "README.md: YAML `dataset_info` (features, split sizes) disagrees with the data; run `facesynth card DIR`"]
+    assert invoke(["card", str(demo_copy)]) == 0
+    assert validate(demo_copy).ok
+
+
+def test_generate_refuses_a_damaged_shard_and_repair_regenerates_only_it(demo_copy, demo_dataset):
+    shard = demo_copy / "data" / "train-00001.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, altered content
+    shard.write_bytes(bytes(data))
+    with pytest.raises(OutputError, match=r"damaged shard\(s\): data/train-00001.parquet \(sha256 differs "
+                                          r"from the manifest\); run the same command with --repair"):
+        generate(GenerateConfig(out=demo_copy, **DEMO))
+    others = {p.name: p.stat().st_mtime_ns for p in (demo_copy / "data").iterdir() if p != shard}
+    result = generate(GenerateConfig(out=demo_copy, repair=True, **DEMO))
+    assert (result.shards_written, result.shards_skipped) == (1, 4)
+    assert shard.read_bytes() == (demo_dataset / "data" / "train-00001.parquet").read_bytes()
+    assert others == {p.name: p.stat().st_mtime_ns for p in (demo_copy / "data").iterdir() if p != shard}
+    assert validate(demo_copy).ok
+
+
+def _cli(args, preexec_fn=None, env=None):
+    return subprocess.run([sys.executable, "-m", "facesynth.cli", *args], capture_output=True, text=True,
+                          preexec_fn=preexec_fn, env=env)
+
+
+def _file_size_limit(limit):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_is_one_clear_line_and_leaves_no_partial_shard(tmp_path, demo_dataset):
+    out = tmp_path / "full"
+    args = ["generate", "emotions", "--model", "tiny", "-n", "24", "--rows-per-shard", "8", "--batch-size", "12",
+            "-o", str(out), "-q"]
+    proc = _cli(args, preexec_fn=_file_size_limit(60_000))  # files above 60 kB cannot be written
+    assert proc.returncode == 1
+    assert proc.stderr == (f"Error: --out: cannot write to '{out}': File too large; the unfinished shard was "
+                           "removed and finished shards are kept: free space, then run the same command to resume\n")
+    assert not (out / "data").exists() or not any((out / "data").iterdir())
+    assert not [p for p in (out / ".facesynth" / "tmp").rglob("*") if p.is_file()]
+    proc = _cli(args)  # space again: the same command finishes the dataset
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "manifest.json").read_text())["shards"] == \
+        json.loads((demo_dataset / "manifest.json").read_text())["shards"]
+
+
+def _drop_root_override():
+    """Run the child as root without CAP_DAC_OVERRIDE, so folder permissions bind it like anyone else."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, dropped from the bounding set before exec
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl")
+
+
+def test_an_unwritable_output_folder_is_one_clear_line(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        proc = _cli(["generate", "emotions", "--model", "tiny", "-n", "4", "-o", str(locked), "-q"],
+                    preexec_fn=_drop_root_override if os.geteuid() == 0 else None)
+    except subprocess.SubprocessError as exc:
+        pytest.skip(f"cannot drop root's permission override here: {exc}")
+    finally:
+        locked.chmod(0o755)
+    assert proc.returncode == 2
+    assert proc.stderr == f"Error: --out: cannot write to '{locked}': permission denied\n"
+    assert list(locked.iterdir()) == []
+
+
+def test_out_of_memory_halves_the_call_and_the_row_still_reproduces(tiny_pipe, tiny_scorer, emotions, caplog):
+    samples = Plan(emotions, 4).samples
+    normal = make_engine(tiny_pipe, tiny_scorer, emotions).generate(samples, 0)
+    engine = make_engine(tiny_pipe, tiny_scorer, emotions)
+    real_call = engine._call
+
+    def small_memory(conds, seeds, settings):  # a device that holds at most 4 images per call
+        if len(seeds) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_call(conds, seeds, settings)
+
+    engine._call = small_memory
+    with caplog.at_level("WARNING", logger="facesynth.generation.engine"):
+        halved = engine.generate(samples, 0)
+    assert [r.message for r in caplog.records] == [
+        "out of memory at 12 images per call; continuing with 6",
+        "out of memory at 6 images per call; continuing with 3",
+    ]
+    assert engine.max_images == 3 and halved[0].unet_calls == [3, 3, 3, 3]
+    for a, b in zip(normal, halved):
+        assert a.seed == b.seed and a.candidate_index == b.candidate_index
+        assert np.abs(a.pixels.astype(int) - b.pixels.astype(int)).max() <= 2
+    again = make_engine(tiny_pipe, tiny_scorer, emotions).generate(samples, 0, calls=halved[0].unet_calls)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(halved, again))  # what reproduce relies on
