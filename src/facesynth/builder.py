@@ -22,6 +22,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+from pydantic import BaseModel, ConfigDict, ValidationError
 from datasets.builder import Key
 from datasets.naming import camelcase_to_snakecase
 
@@ -40,11 +41,73 @@ def content_fingerprint(manifest: Manifest) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def read_manifest(root: str | Path) -> Manifest:
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _RecipeRef(_Open):
+    yaml: str
+    source: str
+
+
+class _PlanRef(_Open):
+    num_samples: int
+    seed: int
+    candidates: int
+
+
+class _Shard(_Open):
+    split: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class _Named(_Open):
+    name: str
+
+
+class _Manifest(_Open):
+    """What readers of manifest.json rely on; anything else is kept as it is."""
+
+    recipe: _RecipeRef
+    plan: _PlanRef
+    shards: dict[str, _Shard]
+    layout: list[str]
+    complete: bool = False
+
+
+class _Generated(_Manifest):
+    model: _Named
+    clip_model: _Named
+    runtime: dict = {}
+    generation: dict = {}
+
+
+def read_manifest(root: str | Path, generated: bool = False) -> Manifest:
+    """The folder's manifest, checked for the keys and types every reader relies on.
+
+    ``generated`` also requires what regenerating rows needs: the model and CLIP records.
+    """
     manifest = Manifest.load(Path(root))
     if manifest is None:
         raise OutputError(f"'{root}': no manifest.json; is this a facesynth dataset folder?")
+    try:
+        (_Generated if generated else _Manifest).model_validate(manifest.data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise OutputError(f"'{Manifest.path(root)}': not a valid facesynth manifest ({where}: {err['msg']})") from None
     return manifest
+
+
+def shard_paths(root: str | Path, manifest: Manifest) -> dict[str, Path]:
+    """Each recorded shard's path, in name order; a missing one is an error that says what to do."""
+    paths = {name: Path(root) / name for name in sorted(manifest.shards)}
+    for name, path in paths.items():
+        if not path.is_file():
+            raise OutputError(f"'{root}': shard {name} is missing; run `facesynth validate {root}`")
+    return paths
 
 
 def filter_expression(recipe, filters: dict[str, Any] | None) -> pads.Expression | None:
@@ -103,8 +166,8 @@ class Facesynth(datasets.ArrowBasedBuilder):
         if not self.manifest.get("complete"):
             logger.warning("%s is not complete yet; loading the shards finished so far", self.root)
         by_split: dict[str, list[str]] = {}
-        for name in sorted(self.manifest.shards):
-            by_split.setdefault(self.manifest.shards[name]["split"], []).append(str(self.root / name))
+        for name, path in shard_paths(self.root, self.manifest).items():
+            by_split.setdefault(self.manifest.shards[name]["split"], []).append(str(path))
         expr = filter_expression(self.recipe, self.config.filters)
         if expr is not None:  # a split with no matching row cannot be materialised: leave it out
             by_split = {k: v for k, v in by_split.items() if pads.dataset(v, format="parquet").count_rows(filter=expr)}
@@ -143,4 +206,4 @@ def load(dir_or_repo: str, split: str | None = None, streaming: bool = False, re
     return builder.as_dataset(split=split)
 
 
-__all__ = ["Facesynth", "FacesynthConfig", "content_fingerprint", "filter_expression", "load"]
+__all__ = ["Facesynth", "FacesynthConfig", "content_fingerprint", "filter_expression", "load", "shard_paths"]

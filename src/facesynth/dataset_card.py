@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image, ImageDraw, ImageFont
 
-from .builder import read_manifest
+from .builder import read_manifest, shard_paths
+from .errors import OutputError
 from .recipe import Recipe, parse_recipe
 from .schema import features as build_features
 from .writer import Manifest
@@ -57,16 +58,19 @@ def summarize(root: str | Path) -> Summary:
     """Count labels per split and gather scores, streaming the label columns of every shard."""
     root = Path(root)
     manifest = read_manifest(root)
+    if not manifest.shards:
+        raise OutputError(f"'{root}': no finished shards yet, so nothing to describe; run generate first")
     recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
     summary = Summary(recipe, manifest)
     names = {a: list(attr.values) for a, attr in recipe.attributes.items()}
     summary.counts = {a: {v: Counter() for v in values} for a, values in names.items()}
     by = "gender" if "gender" in names else None
     cols = [*names, "clip_score", "label_confidence"]
-    for name, rec in sorted(manifest.shards.items()):
+    for name, path in shard_paths(root, manifest).items():
+        rec = manifest.shards[name]
         split = rec["split"]
         summary.split_bytes[split] += rec["bytes"]
-        pf = pq.ParquetFile(root / name)
+        pf = pq.ParquetFile(path)
         for i in range(pf.num_row_groups):
             table = pf.read_row_group(i, columns=cols).to_pydict()
             labels = {a: [names[a][x] for x in table[a]] for a in names}
@@ -89,7 +93,7 @@ def sample_grid(root: str | Path, summary: Summary, columns: int = GRID_COLUMNS)
     root = Path(root)
     recipe = summary.recipe
     values = list(recipe.attributes[recipe.primary].values)
-    files = [str(root / n) for n in sorted(summary.manifest.shards)]
+    files = [str(p) for p in shard_paths(root, summary.manifest).values()]
     dataset = pads.dataset(files, format="parquet")
     scores = dataset.to_table(columns=["sample_id", recipe.primary, "clip_score"]).to_pydict()
     chosen: dict[int, list[str]] = defaultdict(list)

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.dataset as pads
 from PIL import Image
 
-from .builder import read_manifest
+from .builder import read_manifest, shard_paths
 from .errors import OutputError
 from .plan import Plan
 from .recipe import parse_recipe
@@ -55,13 +55,12 @@ class Reproduction:
                 and bool(np.array_equal(self.pixels, self.stored)))
 
 
-def shard_files(root: Path, manifest: Manifest) -> list[str]:
-    return [str(root / name) for name in sorted(manifest.shards)]
-
-
 def read_rows(root: Path, manifest: Manifest, sample_ids: list[str]) -> dict[str, dict[str, Any]]:
     """The rows with these sample ids, read through a Parquet filter."""
-    dataset = pads.dataset(shard_files(root, manifest), format="parquet")
+    paths = [str(p) for p in shard_paths(root, manifest).values()]
+    if not paths:
+        return {}
+    dataset = pads.dataset(paths, format="parquet")
     table = dataset.to_table(filter=pads.field("sample_id").isin(sample_ids))
     return {row["sample_id"]: row for row in table.to_pylist()}
 
@@ -79,9 +78,7 @@ class Reproducer:
         from .scoring import ClipScorer
 
         self.root = Path(root)
-        self.manifest = read_manifest(self.root)
-        if "model" not in self.manifest.data:
-            raise OutputError(f"'{self.root}': the manifest records no model; was anything generated?")
+        self.manifest = read_manifest(self.root, generated=True)
         self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
         model = self.manifest["model"]
         runtime = self.manifest.get("runtime", {})

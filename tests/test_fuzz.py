@@ -1,0 +1,161 @@
+"""Fuzzing: no recipe text and no command line may end in a traceback.
+
+Every outcome is a recipe or a RecipeError, and every CLI run exits 0 or 2 with,
+on failure, exactly one ``Error:`` line.
+"""
+
+import contextlib
+import io
+import string
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from facesynth.cli import main
+from facesynth.errors import FacesynthError, RecipeError
+from facesynth.plan import Plan
+from facesynth.recipe import parse_recipe
+from test_recipe import GOOD
+
+# derandomized: CI runs the same examples every time (run with --hypothesis-seed to explore further)
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=12))
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                      max_leaves=8)
+
+
+def _paths(tree, prefix=()):
+    yield prefix
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _paths(v, prefix + (i,))
+
+
+GOOD_TREE = yaml.safe_load(GOOD)
+GOOD_PATHS = [p for p in _paths(GOOD_TREE) if p]
+
+
+def _mutate(tree, path, value):
+    tree = yaml.safe_load(yaml.safe_dump(tree))
+    node = tree
+    for key in path[:-1]:
+        node = node[key]
+    if value == "<delete>":
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return tree
+
+
+def _load(text):
+    try:
+        recipe = parse_recipe(text, "fuzz.yaml")
+    except RecipeError as exc:
+        assert str(exc).startswith("fuzz.yaml: ") and "\n" not in str(exc)
+        return None
+    try:
+        Plan(recipe, 7)
+    except FacesynthError as exc:
+        assert "\n" not in str(exc)
+    return recipe
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(GOOD_PATHS), st.one_of(values, st.just("<delete>"))), min_size=1,
+                max_size=3))
+def test_mutated_recipes_load_or_fail_with_one_line(mutations):
+    tree = GOOD_TREE
+    for path, value in mutations:
+        try:
+            tree = _mutate(tree, path, value)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed this path
+    _load(yaml.safe_dump(tree, allow_unicode=True))
+
+
+@SETTINGS
+@given(st.text(alphabet=string.printable, max_size=300))
+def test_arbitrary_text_is_a_recipe_error_not_a_traceback(text):
+    _load(text)
+
+
+def _run(args):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            main.main(args=args, prog_name="facesynth")
+        except SystemExit as exc:
+            code = exc.code
+    return code, err.getvalue()
+
+
+def _check(code, err):
+    assert code in (0, 2), (code, err)
+    assert "Traceback" not in err
+    if code:
+        assert err.startswith("Error: ") and err.count("\n") == 1, err
+
+
+option_values = st.one_of(st.integers(-5, 10**7).map(str), st.floats(allow_nan=True).map(str),
+                          st.text(alphabet=string.ascii_letters + string.digits + "-_./:", max_size=10))
+
+
+@SETTINGS
+@given(recipe=st.sampled_from(["emotions", "agfd", "nope", ""]),
+       options=st.lists(st.tuples(st.sampled_from(["-n", "--seed", "--candidates", "--by", "-o", "--bogus"]),
+                                  option_values), max_size=4))
+def test_plan_options_never_end_in_a_traceback(recipe, options, tmp_path):
+    args = ["plan", recipe]
+    for name, value in options:
+        args += [name, value if name != "-o" else str(tmp_path / value.replace("/", "_"))]
+    _check(*_run(args))
+
+
+GENERATE_OPTIONS = ["--num-samples", "--seed", "--candidates", "--batch-size", "--device", "--dtype", "--scheduler",
+                    "--steps", "--guidance", "--width", "--height", "--rerank", "--min-label-confidence",
+                    "--max-attempts", "--rows-per-shard", "--worker-index", "--num-workers", "--revision",
+                    "--clip-model", "--dataset-version"]
+
+
+@SETTINGS
+@given(options=st.lists(st.tuples(st.sampled_from(GENERATE_OPTIONS), option_values), max_size=5),
+       model=st.sampled_from(["nobody/none", "missing.safetensors", "weights.ckpt", "./nowhere/"]))
+def test_generate_options_never_end_in_a_traceback(options, model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fuzz")
+    args = ["generate", "emotions", "--out", str(out / "ds"), "--model", model, "--device", "cpu", "-q"]
+    for name, value in options:
+        args += [name, value]
+    _check(*_run(args))
+
+
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8)),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                   st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                           max_leaves=10)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_damaged_manifests_never_end_in_a_traceback(data, demo_dataset, tmp_path_factory):
+    import json
+    import shutil
+
+    root = tmp_path_factory.mktemp("manifest") / "ds"
+    shutil.copytree(demo_dataset, root, ignore=shutil.ignore_patterns("data", "assets"))
+    manifest = json.loads((root / "manifest.json").read_text())
+    key = data.draw(st.sampled_from(sorted(manifest)))
+    manifest[key] = data.draw(json_values)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    command = data.draw(st.sampled_from([["validate", "-q"], ["card"], ["merge"], ["reproduce", "emotions-0000001"]]))
+    code, err = _run([command[0], str(root), *command[1:]])
+    assert "Traceback" not in err
+    assert code in (0, 1, 2) and (not code or err.count("\n") >= 1)
+    assert "unexpected" not in err, err
