@@ -56,7 +56,9 @@ BAD_ARGS = [
     (["generate", "emotions", "-n", "4"], "Missing option '--out' / '-o'."),
     (GEN + ["--scheduler", "fast"], f"Invalid value for '--scheduler': 'fast' is not one of {SCHEDULERS}."),
     (GEN + ["--steps", "0"], "Invalid value for '--steps': 0 is not in the range 1<=x<=1000."),
-    (GEN + ["--model", "tiny", "--candidates", "0"], "--candidates: must be at least 1 (got 0)"),
+    (GEN + ["--model", "tiny", "--candidates", "0"], "--candidates: must be between 1 and 64 (got 0)"),
+    (GEN + ["--model", "tiny", "-n", "2000000"],
+     "--num-samples: at most 1000000 per dataset (got 2000000); split larger collections into several datasets"),
     (GEN + ["--model", "tiny", "--batch-size", "0"], "--batch-size: must be at least 1"),
     (GEN + ["--model", "nobody/none", "--device", "cpu"],
      "--model: cannot load 'nobody/none' (not in the local cache, and HF_HUB_OFFLINE=1 forbids downloading it); "

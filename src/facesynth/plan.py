@@ -26,6 +26,8 @@ from .errors import PlanError
 from .recipe import Recipe
 
 SEED_BITS = 63
+MAX_SAMPLES = 1_000_000  # the plan is held in memory: about 2 GB at this size
+MAX_CANDIDATES = 64
 
 
 def derive_seed(master_seed: int, sample_id: str, candidate: int, attempt: int = 0) -> int:
@@ -72,19 +74,25 @@ class Sample:
 def deficit_order(weights: Sequence[float], caps: Sequence[int] | None = None) -> Iterator[int]:
     """Indices ``0..len(weights)-1`` so that every prefix is proportional to ``weights``.
 
-    At step ``n`` the index with the largest deficit ``n * w_i / W - c_i`` is taken
-    (ties go to the lower index), which keeps every count within one of its exact
-    share for every prefix. Endless, unless ``caps`` bound each index's count.
+    Tijdeman's earliest-deadline rule: at step ``n``, among the indices whose deficit
+    ``n * w_i / W - c_i`` is at least ``1 / (2(k - 1))``, take the one whose next
+    share falls due first (ties go to the lower index). Every count then stays within
+    ``1 - 1 / (2(k - 1))`` of its exact share, for every prefix. Endless, unless ``caps``
+    bound each index's count.
     """
+    k = len(weights)
     total = sum(weights)
-    used = [0] * len(weights)
+    slack = 2 * (k - 1) if k > 1 else 1
+    used = [0] * k
     n = 0
     while True:
         n += 1
-        live = [i for i in range(len(weights)) if caps is None or used[i] < caps[i]]
+        live = [i for i in range(k) if (caps is None or used[i] < caps[i]) and weights[i] > 0]
         if not live:
             return
-        best = max(live, key=lambda i: (n * weights[i] / total - used[i], -i))
+        # deficit >= 1/slack, multiplied through by slack * total to stay in exact integers where weights are
+        eligible = [i for i in live if slack * (n * weights[i] - used[i] * total) >= total] or live
+        best = min(eligible, key=lambda i: ((slack * (used[i] + 1) - 1) / weights[i], i))
         used[best] += 1
         yield best
 
@@ -160,8 +168,8 @@ class Plan:
         self.recipe = recipe
         self.seed = recipe.seed if seed is None else seed
         self.num_candidates = num_candidates
-        if num_candidates < 1:
-            raise PlanError(f"--candidates: must be at least 1 (got {num_candidates})")
+        if not 1 <= num_candidates <= MAX_CANDIDATES:
+            raise PlanError(f"--candidates: must be between 1 and {MAX_CANDIDATES} (got {num_candidates})")
         if not 0 <= self.seed < 2**63:
             raise PlanError(f"--seed: must be between 0 and 2**63-1 (got {self.seed})")
         self.capacity = sum(s.count for s in recipe.strata) if recipe.balance.strata else None
@@ -176,6 +184,9 @@ class Plan:
                 f"--num-samples: {num_samples} exceeds the {self.capacity} samples that the strata of "
                 f"recipe '{recipe.name}' add up to"
             )
+        if num_samples > MAX_SAMPLES:
+            raise PlanError(f"--num-samples: at most {MAX_SAMPLES} per dataset (got {num_samples}); "
+                            "split larger collections into several datasets")
         self.num_samples = num_samples
         self._samples: list[Sample] | None = None
 
