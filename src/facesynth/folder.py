@@ -121,7 +121,11 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
     base = _base(out, main, header, layout_ids, version)
     if not worker.alone:
         part = Manifest.load(out, worker.manifest_file)
-        if part is not None and part.get("fingerprint") == header["fingerprint"]:
+        if part is not None and part.get("fingerprint") != header["fingerprint"]:
+            if main is None:  # never merged: the part speaks for the folder, and refuses other parameters
+                base = _base(out, part, header, layout_ids, version)
+            part = None
+        if part is not None:
             part.shards.update({k: v for k, v in base.shards.items() if k not in part.shards})
             base = part
         base = Manifest(base.data, worker.manifest_file)

@@ -88,6 +88,10 @@ class Reproducer:
         if str(dev) != runtime.get("device") or str(torch_dtype).replace("torch.", "") != runtime.get("dtype"):
             logger.warning("regenerating on %s/%s; the dataset was made on %s/%s, so pixels may differ slightly",
                            dev, torch_dtype, runtime.get("device"), runtime.get("dtype"))
+        if dev.type == "cpu" and runtime.get("threads"):
+            import torch
+
+            torch.set_num_threads(runtime["threads"])  # CPU kernels round by thread count
         revision = model.get("commit") or model.get("revision")
         pipe, _ = load_pipeline(model["name"], revision=revision, dtype=torch_dtype, device=dev)
         scorer = ClipScorer.load(self.manifest["clip_model"]["name"], device=dev, dtype=torch_dtype,

@@ -370,6 +370,13 @@ def _device(name: str) -> str:
     return name
 
 
+def _threads(device) -> int | None:
+    """CPU threads: on CPU, kernels may round differently with another thread count."""
+    import torch
+
+    return torch.get_num_threads() if device.type == "cpu" else None
+
+
 def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest) -> Engine:
     from ..scoring import ClipScorer
     from .loading import load_pipeline, optimize_pipeline, resolve_device, resolve_dtype
@@ -386,7 +393,7 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest)
     manifest.data["model"] = {k: v for k, v in asdict(info).items() if k != "preset_settings"}
     manifest.data["clip_model"] = asdict(scorer.info)
     manifest.data["runtime"] = {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                                "batch_size": cfg.batch_size, "compile": cfg.compile,
+                                "batch_size": cfg.batch_size, "compile": cfg.compile, "threads": _threads(device),
                                 "channels_last": cfg.channels_last}
     manifest.data["versions"] = library_versions()
     manifest.data["generation"] = {"rerank": cfg.rerank, "overrides": overrides,
