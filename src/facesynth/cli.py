@@ -282,5 +282,55 @@ def card_cmd(directory: Path) -> None:
     click.echo(f"wrote {path}")
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+@main.command("push")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo-id", required=True, help="Dataset repo, ORG/NAME (created if missing).")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--branch", help="Push to this branch (created from main if missing).")
+@click.option("--tag", help="Tag the pushed commit, e.g. v1.0.0.")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--message", "-m", help="Commit message (default: recipe, version and row count).")
+@click.option("--token", help="Hub token (default: $HF_TOKEN, then `hf auth login`). Never printed or saved.")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded and deleted, with sizes; change nothing.")
+def push_cmd(directory: Path, repo_id: str, private: bool, branch: str | None, tag: str | None, create_pr: bool,
+             message: str | None, token: str | None, dry_run: bool) -> None:
+    """Validate DIRECTORY and publish it to the Hub as one commit; optionally tag it.
+
+    Shards that the previous version had and this one lacks are deleted in the same
+    commit; unchanged files are not sent again. Re-run the same command after a failure.
+
+    \b
+    Examples:
+      facesynth push demo --repo-id me/faces-demo --dry-run
+      facesynth push demo --repo-id me/faces-demo --tag v1.0.0
+      facesynth push demo --repo-id org/faces --branch dev --create-pr -m "grow to 20k"
+    """
+    from .publish import push
+
+    report = push(directory, repo_id, private=private, branch=branch, tag=tag, create_pr=create_pr,
+                  message=message, token=token, dry_run=dry_run)
+    verbs = {"new": "upload", "changed": "upload", "unchanged": "keep", "stale": "delete"}
+    if dry_run:
+        for change in report.changes:
+            click.echo(f"{verbs[change.reason]:7s} {change.path}  {_size(change.size)} ({change.reason})")
+        up, gone = report.uploads, report.deletes
+        click.echo(f"dry run: would upload {len(up)} files ({_size(sum(c.size for c in up))}) and delete "
+                   f"{len(gone)} ({_size(sum(c.size for c in gone))}) in {repo_id}; nothing was changed")
+        return
+    click.echo(f"pushed {len(report.uploads)} changed files, deleted {len(report.deletes)} stale shards: "
+               f"{report.pr_url or report.commit_url}")
+    if report.tag:
+        click.echo(f"tagged {report.commit[:10]} as {report.tag}")
+    click.echo(f"{report.url}\nfrom datasets import load_dataset; ds = {report.snippet}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

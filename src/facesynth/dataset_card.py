@@ -177,6 +177,15 @@ def _stats(values: list[float]) -> dict[str, float]:
             "max": max(values)}
 
 
+def changes_since_previous(manifest: Manifest) -> dict[str, int]:
+    """Rows added per label cell since the previous version (empty for a first version)."""
+    previous = (manifest.get("previous") or {}).get("cells", {})
+    if not manifest.get("previous"):
+        return {}
+    cells = manifest.get("cells", {})
+    return {cell: n - previous.get(cell, 0) for cell, n in cells.items() if n != previous.get(cell, 0)}
+
+
 def build_card(root: str | Path, repo_id: str | None = None) -> DatasetCard:
     """Build the card for a dataset folder (and refresh its sample grid)."""
     root = Path(root)
@@ -210,6 +219,9 @@ def build_card(root: str | Path, repo_id: str | None = None) -> DatasetCard:
         clip_stats={v: _stats(summary.clip[v]) for v in recipe.attributes[recipe.primary].values},
         confidence_stats={v: _stats(summary.confidence[v]) for v in recipe.attributes[recipe.primary].values},
         grid_path=grid.relative_to(root).as_posix(),
+        version=manifest.get("version", "1.0.0"),
+        previous=manifest.get("previous"),
+        changes=changes_since_previous(manifest),
         primary_values=list(recipe.attributes[recipe.primary].values),
         pretty_name=pretty,
     )
