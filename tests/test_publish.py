@@ -56,7 +56,7 @@ def hub(api, monkeypatch):
         seen.append(token)
         return api
 
-    monkeypatch.setattr("huggingface_hub.HfApi", make)
+    monkeypatch.setattr("facesynth.publish.make_api", make)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     return seen
 

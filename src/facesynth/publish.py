@@ -70,6 +70,13 @@ class PushReport:
         return f'load_dataset("{self.repo_id}"{pin})'
 
 
+def make_api(token: str | None):
+    """The Hub client (the one boundary the tests replace)."""
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token)
+
+
 def resolve_token(token: str | None) -> str | None:
     """``--token``, then ``HF_TOKEN``, then the token saved by ``hf auth login``."""
     if token:
@@ -154,7 +161,6 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
          tag: str | None = None, create_pr: bool = False, message: str | None = None, token: str | None = None,
          dry_run: bool = False, api=None) -> PushReport:
     """Publish ``root`` to the dataset repo ``repo_id``; see the module docstring for the steps."""
-    from huggingface_hub import HfApi
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -171,7 +177,7 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
     token = resolve_token(token)
     if token is None and not dry_run:
         raise PublishError("not logged in: give --token, set HF_TOKEN, or run `hf auth login`")
-    api = api or HfApi(token=token)
+    api = api or make_api(token)
     manifest = read_manifest(root)
     report = PushReport(repo_id, branch, tag=tag, dry_run=dry_run)
     if tag and not dry_run:
