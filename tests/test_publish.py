@@ -111,7 +111,7 @@ def test_repush_of_a_grown_version_deletes_stale_shards_and_tags(tmp_path, api, 
     assert "upload  data/train-00002.parquet" in out and "(new)" in out
     assert "keep    data/train-00000.parquet" in out and "(unchanged)" in out
     assert "delete  data/train-00007.parquet  4.1 kB (stale)" in out
-    assert out.splitlines()[-1].startswith("dry run: would upload 4 files (")  # 2 shards, card, manifest
+    assert out.splitlines()[-1].startswith("dry run: would upload 5 files (")  # 2 shards, card, manifest, grid
     assert api.method_calls == [call.list_repo_tree(REPO, repo_type="dataset", revision=None, recursive=True)]
 
     api.reset_mock()
