@@ -206,3 +206,26 @@ def test_local_diffusers_folder_loads_through_from_pretrained(tiny_pipe, tmp_pat
     generate(GenerateConfig(recipe="emotions", out=out, num_samples=2, model=str(folder), clip_model="tiny",
                             steps=2, width=64, height=64, quiet=True, write_card=False))
     assert json.loads((out / "manifest.json").read_text())["model"]["kind"] == "folder"
+
+
+def test_growing_a_dataset_keeps_full_shards_and_bumps_the_version(tmp_path, demo_dataset):
+    out = tmp_path / "grow"
+    base = dict(recipe="emotions", model="tiny", quiet=True, rows_per_shard=8, batch_size=12)
+    generate(GenerateConfig(out=out, num_samples=16, **base))
+    v1 = json.loads((out / "manifest.json").read_text())
+    assert v1["version"] == "1.0.0"
+    full = [n for n, r in v1["shards"].items() if r["rows"] == 8]
+    stamps = {n: ((out / n).stat().st_mtime_ns, (out / n).read_bytes()) for n in full}
+    result = generate(GenerateConfig(out=out, num_samples=24, **base))
+    v2 = json.loads((out / "manifest.json").read_text())
+    assert v2["version"] == "1.1.0" and v2["previous"]["version"] == "1.0.0"
+    assert all(((out / n).stat().st_mtime_ns, (out / n).read_bytes()) == stamps[n] for n in full)  # untouched
+    assert result.shards_skipped >= len(full)
+    reference = json.loads((demo_dataset / "manifest.json").read_text())["shards"]
+    assert {n: r["sha256"] for n, r in v2["shards"].items()} == {n: r["sha256"] for n, r in reference.items()}
+    card = (out / "README.md").read_text()
+    assert "**Version 1.1.0** (grown from 1.0.0: 16 → 24 rows)" in card
+    added = sum(v2["cells"].values()) - sum(v2["previous"]["cells"].values())
+    assert f"## Changes since 1.0.0\n\n{added} rows added" in card and added == 8
+    with pytest.raises(OutputError, match="made with 24 samples; a dataset can grow but not shrink"):
+        generate(GenerateConfig(out=out, num_samples=8, **base))

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from compel import Compel
+
 from facesynth.generation.prompts import PromptEncoder, a1111_to_compel
 
 
@@ -34,3 +36,19 @@ def test_long_prompts_are_chunked_not_truncated(tiny_pipe):
     assert cond.negative.shape == cond.embeds.shape  # the negative is padded to the same length
     shorter = enc.encode(", ".join(["detailed skin"] * 19), "blurry")
     assert not torch.allclose(cond.embeds[:, 154:], shorter.embeds[:, 154:])  # the tail is encoded
+
+
+def test_fast_parse_gives_compels_exact_embeddings(tiny_pipe):
+    from compel import CompelForSD
+
+    from facesynth.generation.prompts import parse_prompt
+    from facesynth.plan import Plan
+    from facesynth.recipe import load_recipe
+
+    plain = "photo of an Afro-Caribbean man, smiling, 50mm"
+    assert str(parse_prompt(plain)) == str(Compel.parse_prompt_string(plain))  # one fragment at weight 1
+    ours, theirs = PromptEncoder(tiny_pipe), CompelForSD(tiny_pipe)
+    for s in Plan(load_recipe("emotions"), 6).samples:
+        a = ours.encode(s.prompt, s.negative_prompt)
+        b = theirs([a1111_to_compel(s.prompt)], negative_prompt=[a1111_to_compel(s.negative_prompt)])
+        assert torch.equal(a.embeds, b.embeds) and torch.equal(a.negative, b.negative_embeds)

@@ -17,7 +17,8 @@ import logging
 import os
 import shutil
 import sys
-from collections import deque
+import time
+from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -189,6 +190,7 @@ class ShardSink:
         self.max_pending = max_pending
         self.writer: ShardWriter | None = None
         self.failed = False
+        self.seconds: dict[str, float] = defaultdict(float)  # encode, write: on the writer thread
         self.rows: list[dict[str, Any]] = []
         self.label_ids = {a: {v: i for i, v in enumerate(attr.values)} for a, attr in recipe.attributes.items()}
 
@@ -238,7 +240,9 @@ class ShardSink:
         self.rows = []
 
     def _add(self, winner: Winner) -> None:
+        start = time.perf_counter()
         row = self._row(winner)
+        self.seconds["encode"] += time.perf_counter() - start
         primary = self.recipe.primary
         if self.rows and (len(self.rows) >= ROW_GROUP_ROWS or self.rows[-1][primary] != row[primary]):
             self._flush()  # a row group holds one primary label
@@ -259,12 +263,16 @@ class ShardSink:
 
     def _flush(self) -> None:
         if self.rows:
+            start = time.perf_counter()
             self.writer.write_row_group({k: [r[k] for r in self.rows] for k in self.rows[0]})
+            self.seconds["write"] += time.perf_counter() - start
             self.rows = []
 
     def _finish(self) -> None:
         self._flush()
+        start = time.perf_counter()
         record = self.writer.commit()
+        self.seconds["write"] += time.perf_counter() - start
         self.manifest.add_shard(self.writer.name, record)
         self.manifest.save(self.root)
         logger.info("wrote %s (%d rows)", self.writer.name, record.rows)
@@ -334,9 +342,12 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     if todo:
         engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest)
     manifest.save(out)
+    timings: dict[str, float] = {}
     if todo:
-        _run(engine, todo, out, tmp_dir, recipe, manifest, sum(len(t.samples) for t in mine), done_rows,
-             cfg.quiet, tqdm)
+        start = time.perf_counter()
+        sink_seconds = _run(engine, todo, out, tmp_dir, recipe, manifest, sum(len(t.samples) for t in mine),
+                            done_rows, cfg.quiet, tqdm)
+        timings = {**engine.timings.seconds, **sink_seconds, "wall": time.perf_counter() - start}
     shutil.rmtree(tmp_dir, ignore_errors=True)
     manifest.data["complete"] = True
     manifest.save(out)
@@ -345,8 +356,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         from ..dataset_card import write_card
 
         write_card(out)
-    return GenerateResult(out, sum(len(t.samples) for t in mine), len(todo), len(mine) - len(todo),
-                          dict(engine.timings.seconds) if engine else {}, worker, merged)
+    return GenerateResult(out, sum(len(t.samples) for t in mine), len(todo), len(mine) - len(todo), timings,
+                          worker, merged)
 
 
 def _merge_if_last(out: Path, worker: Worker) -> bool:
@@ -406,7 +417,8 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest)
 
 
 def _run(engine: Engine, todo: list[ShardTask], out: Path, tmp_dir: Path, recipe: Recipe, manifest: Manifest,
-         total: int, done_rows: int, quiet: bool, tqdm) -> None:
+         total: int, done_rows: int, quiet: bool, tqdm) -> dict[str, float]:
+    """Generate the shards in ``todo``; return the writer thread's seconds (encode, write)."""
     sink = ShardSink(out, recipe, manifest, tmp_dir)
     bar = tqdm(total=total, initial=done_rows, unit="img", desc="generating", disable=quiet, dynamic_ncols=True)
     total_score, kept = 0.0, 0
@@ -421,6 +433,7 @@ def _run(engine: Engine, todo: list[ShardTask], out: Path, tmp_dir: Path, recipe
                 bar.set_postfix(clip=f"{total_score / kept:.2f}", refresh=False)
             sink.finish()
         sink.drain()
+        return dict(sink.seconds)
     except BaseException as exc:
         sink.abort()
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
