@@ -170,15 +170,34 @@ class Facesynth(datasets.ArrowBasedBuilder):
             by_split.setdefault(self.manifest.shards[name]["split"], []).append(str(path))
         expr = filter_expression(self.recipe, self.config.filters)
         if expr is not None:  # a split with no matching row cannot be materialised: leave it out
-            by_split = {k: v for k, v in by_split.items() if pads.dataset(v, format="parquet").count_rows(filter=expr)}
+            exact = set(self.config.filters) == {self.recipe.primary}
+            by_split = {k: v for k, v in by_split.items() if self._has_rows(v, expr, exact)}
         return [datasets.SplitGenerator(name=split, gen_kwargs={"files": files}) for split, files in by_split.items()]
+
+    def _fragment(self, file: str) -> pads.ParquetFileFragment:
+        """One fragment per file with its footer read once, for pruning and for reading."""
+        cache = self.__dict__.setdefault("_fragments", {})
+        if file not in cache:
+            cache[file] = pads.ParquetFileFormat().make_fragment(file, filesystem=pafs.LocalFileSystem())
+            cache[file].ensure_complete_metadata()
+        return cache[file]
+
+    def _has_rows(self, files: list[str], expr: pads.Expression, exact: bool) -> bool:
+        """Whether any row matches, from row-group statistics where they decide it.
+
+        A row group holds one primary label, so its statistics are exact for a filter on that
+        label alone; other filters count the rows of the candidate row groups.
+        """
+        for file in files:
+            fragment = self._fragment(file).subset(filter=expr)
+            if fragment.row_groups and (exact or fragment.count_rows(filter=expr)):
+                return True
+        return False
 
     def _generate_tables(self, files: list[str]):
         expr = filter_expression(self.recipe, self.config.filters)
-        fmt = pads.ParquetFileFormat()
-        local = pafs.LocalFileSystem()
         for file_idx, file in enumerate(files):
-            fragment = fmt.make_fragment(file, filesystem=local)
+            fragment = self._fragment(file)
             if expr is not None:  # skip row groups whose statistics exclude the labels
                 fragment = fragment.subset(filter=expr)
             if not fragment.row_groups:
