@@ -9,6 +9,7 @@ PIL round trip happens before scoring.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from .errors import ModelError, first_line
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+TEXT_CACHE = 4096  # label texts and captions repeat; prompts (--rerank prompt) do not
 
 
 @dataclass
@@ -44,7 +46,7 @@ class ClipScorer:
         self.mean = torch.tensor(preprocess["mean"], device=self.device, dtype=dtype).view(1, 3, 1, 1)
         self.std = torch.tensor(preprocess["std"], device=self.device, dtype=dtype).view(1, 3, 1, 1)
         self.info = info
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # bounded: TEXT_CACHE entries
 
     @classmethod
     def load(cls, name: str = DEFAULT_CLIP, device: str | torch.device = "cpu",
@@ -103,6 +105,10 @@ class ClipScorer:
                     input_ids=tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device)
                 ).pooler_output
                 self._text_cache[text] = F.normalize(emb.float(), dim=-1)[0]
+                if len(self._text_cache) > TEXT_CACHE:
+                    self._text_cache.popitem(last=False)
+            else:
+                self._text_cache.move_to_end(text)
         return torch.stack([self._text_cache[t] for t in texts])
 
     # Scores -----------------------------------------------------------------------------
