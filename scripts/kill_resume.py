@@ -65,7 +65,9 @@ def run_and_kill(args: list[str], out: Path, min_shards: int, delay: float, sig:
 
     Returns whether the signal was sent (False: the run finished first), and the process.
     """
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell's background job ignores SIGINT, and children inherit that: give Ctrl-C back its default
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         if _recorded(out) >= min_shards:
