@@ -9,6 +9,7 @@ label and filtering by it reads only matching row groups.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import io
@@ -166,6 +167,18 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def release_memory() -> None:
+    """Hand freed memory back to the OS (Arrow's pool, glibc's heap), so RSS follows what is live."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:  # not glibc
+            pass
+
+
 def encode_png(pixels) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
@@ -265,8 +278,9 @@ class ShardSink:
         if self.rows:
             start = time.perf_counter()
             self.writer.write_row_group({k: [r[k] for r in self.rows] for k in self.rows[0]})
-            self.seconds["write"] += time.perf_counter() - start
             self.rows = []
+            release_memory()
+            self.seconds["write"] += time.perf_counter() - start
 
     def _finish(self) -> None:
         self._flush()
