@@ -147,6 +147,7 @@ class Facesynth(datasets.ArrowBasedBuilder):
         if not data_dir:
             raise OutputError("data_dir: give the dataset folder")
         self.root = Path(data_dir)
+        self._fragments: dict[str, pads.ParquetFileFragment] = {}
         self.manifest = read_manifest(self.root)
         self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
         kwargs.setdefault("dataset_name", f"facesynth_{camelcase_to_snakecase(type(self).__name__)}")
@@ -176,11 +177,11 @@ class Facesynth(datasets.ArrowBasedBuilder):
 
     def _fragment(self, file: str) -> pads.ParquetFileFragment:
         """One fragment per file with its footer read once, for pruning and for reading."""
-        cache = self.__dict__.setdefault("_fragments", {})
-        if file not in cache:
-            cache[file] = pads.ParquetFileFormat().make_fragment(file, filesystem=pafs.LocalFileSystem())
-            cache[file].ensure_complete_metadata()
-        return cache[file]
+        if file not in self._fragments:
+            fragment = pads.ParquetFileFormat().make_fragment(file, filesystem=pafs.LocalFileSystem())
+            fragment.ensure_complete_metadata()
+            self._fragments[file] = fragment
+        return self._fragments[file]
 
     def _has_rows(self, files: list[str], expr: pads.Expression, exact: bool) -> bool:
         """Whether any row matches, from row-group statistics where they decide it.

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .builder import read_manifest, shard_paths
 from .errors import OutputError
+from .folder import FIRST_VERSION
 from .recipe import Recipe, parse_recipe
 from .schema import features as build_features
 from .writer import Manifest
@@ -219,7 +220,7 @@ def build_card(root: str | Path, repo_id: str | None = None) -> DatasetCard:
         clip_stats={v: _stats(summary.clip[v]) for v in recipe.attributes[recipe.primary].values},
         confidence_stats={v: _stats(summary.confidence[v]) for v in recipe.attributes[recipe.primary].values},
         grid_path=grid.relative_to(root).as_posix(),
-        version=manifest.get("version", "1.0.0"),
+        version=manifest.get("version", FIRST_VERSION),
         previous=manifest.get("previous"),
         changes=changes_since_previous(manifest),
         primary_values=list(recipe.attributes[recipe.primary].values),

@@ -193,13 +193,13 @@ def cell_counts(samples) -> dict[str, int]:
     return dict(sorted(Counter(cell_key(s.labels) for s in samples).items()))
 
 
-def worker_parts(out: Path) -> dict[int, list[Manifest]]:
-    """Workers' manifests grouped by worker count."""
-    parts: dict[int, list[Manifest]] = {}
+def worker_parts(out: Path) -> dict[int, dict[int, Manifest]]:
+    """Workers' manifests: worker count -> worker index -> manifest."""
+    parts: dict[int, dict[int, Manifest]] = {}
     folder = out / WORKERS_DIR
     for path in sorted(folder.glob("*-of-*.json")) if folder.exists() else []:
-        count = int(path.stem.split("-of-")[1])
-        parts.setdefault(count, []).append(Manifest.load(out, f"{WORKERS_DIR}/{path.name}"))
+        index, count = (int(x) for x in path.stem.split("-of-"))
+        parts.setdefault(count, {})[index] = Manifest.load(out, f"{WORKERS_DIR}/{path.name}")
     return parts
 
 
@@ -216,7 +216,8 @@ def merge(out: Path, count: int | None = None, strict: bool = True) -> Manifest 
         if len(groups) > 1:
             raise OutputError(f"'{out}': workers of several runs ({', '.join(map(str, groups))}); give --num-workers")
         count = next(iter(groups))
-    parts = groups.get(count, [])
+    by_index = groups.get(count, {})
+    parts = list(by_index.values())
     prints = {p.get("fingerprint") for p in parts}
     if len(prints) > 1:
         raise OutputError(f"'{out}': worker manifests were made with different parameters")
@@ -225,8 +226,7 @@ def merge(out: Path, count: int | None = None, strict: bool = True) -> Manifest 
         old, new = main.get("parameters", {}), parts[0].get("parameters", {})
         if changed_keys(old, new) != ["num_samples"] or new["num_samples"] < old["num_samples"]:
             raise OutputError(f"'{out}': manifest.json was made with other parameters than the workers' manifests")
-    unfinished = sorted(set(range(count)) - {int(p.file.split("/")[-1].split("-of-")[0]) for p in parts if
-                                             p.get("complete")})
+    unfinished = sorted(set(range(count)) - {i for i, p in by_index.items() if p.get("complete")})
     if unfinished:
         if not strict:
             return None

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .builder import read_manifest
 from .errors import FacesynthError
-from .writer import MANIFEST, sha256_file
+from .folder import FIRST_VERSION
+from .writer import MANIFEST, Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -117,31 +118,29 @@ def hub_errors(repo_id: str, step: str):
                            f"{again}") from None
 
 
-def local_files(root: Path) -> dict[str, Path]:
+def local_files(root: Path, manifest: Manifest) -> dict[str, Path]:
     """What a push sends: card, manifest, sample grid and the manifest's shards."""
-    manifest = read_manifest(root)
     files = {MANIFEST: root / MANIFEST, "README.md": root / "README.md"}
     files.update({p.relative_to(root).as_posix(): p for p in sorted((root / "assets").glob("*")) if p.is_file()})
     files.update({name: root / name for name in sorted(manifest.shards)})
     return files
 
 
-def plan_changes(root: Path, api, repo_id: str, revision: str | None) -> list[FileChange]:
+def plan_changes(root: Path, manifest: Manifest, api, repo_id: str, revision: str | None) -> list[FileChange]:
     """Compare the folder with the repo: new, changed, unchanged and stale (to delete) files."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    manifest = read_manifest(root)
     remote = {}
     try:
         for entry in api.list_repo_tree(repo_id, repo_type="dataset", revision=revision, recursive=True):
             if hasattr(entry, "size"):
                 remote[entry.path] = entry
     except RevisionNotFoundError:  # a new branch starts from main
-        return plan_changes(root, api, repo_id, None) if revision else []
+        return plan_changes(root, manifest, api, repo_id, None) if revision else []
     except RepositoryNotFoundError:
         remote = {}
     changes = []
-    for path, local in local_files(root).items():
+    for path, local in local_files(root, manifest).items():
         entry = remote.get(path)
         size = local.stat().st_size
         if entry is None:
@@ -189,10 +188,10 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
             if branch:
                 api.create_branch(repo_id, repo_type="dataset", branch=branch, exist_ok=True)
     with hub_errors(repo_id, "listing the repo"):
-        report.changes = plan_changes(root, api, repo_id, branch)
+        report.changes = plan_changes(root, manifest, api, repo_id, branch)
     if dry_run:
         return report
-    version = manifest.get("version", "1.0.0")
+    version = manifest.get("version", FIRST_VERSION)
     rows = sum(r["rows"] for r in manifest.shards.values())
     with hub_errors(repo_id, "uploading"):
         info = api.upload_folder(

@@ -50,13 +50,16 @@ class Report:
     shards: int = 0
     images: int = 0
     reproduced: int = 0
+    damaged: set[str] = field(default_factory=set)  # shards that could not be read whole
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-    def add(self, where: str, message: str) -> None:
+    def add(self, where: str, message: str, damaged: bool = False) -> None:
         self.problems.append(Problem(where, message))
+        if damaged:
+            self.damaged.add(where)
 
 
 def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool = True, device: str = "auto",
@@ -79,7 +82,7 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     for name in sorted(on_disk - set(manifest.shards)):
         report.add(name, "file in data/ that the manifest does not record (stale or foreign)")
     for name, why in check_shards(root, manifest, sorted(manifest.shards)).items():
-        report.add(name, f"damaged: {why}; run generate with --repair to regenerate it")
+        report.add(name, f"damaged: {why}; run generate with --repair to regenerate it", damaged=True)
 
     plan = Plan(recipe, manifest["plan"]["num_samples"], manifest["plan"]["seed"], manifest["plan"]["candidates"])
     expected = {s.sample_id: s for s in plan.samples}
@@ -107,7 +110,7 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
             report.add(f"{cell[0]} {'/'.join(cell[1:])}", f"{cells[cell]} rows, the plan has {planned[cell]}")
     report.shards = len(files)
     report.rows = sum(seen.values())
-    if any(p.message.startswith(("damaged", "unreadable", "row group", "schema")) for p in report.problems):
+    if report.damaged:
         report.add("README.md", "not compared with the data while shards are damaged")
     else:
         _check_card(root, report)
@@ -127,12 +130,12 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
     try:
         pf = pq.ParquetFile(root / name)
     except Exception as exc:  # noqa: BLE001 - any failure to open is the finding
-        report.add(name, f"unreadable Parquet: {exc}")
+        report.add(name, f"unreadable Parquet: {exc}", damaged=True)
         return
     got = Features.from_arrow_schema(pf.schema_arrow)
     if got != features or pf.schema_arrow.remove_metadata() != features.arrow_schema.remove_metadata():
         diff = sorted(set(got) ^ set(features)) or [k for k in features if got.get(k) != features[k]]
-        report.add(name, f"schema differs from the declared features ({', '.join(diff) or 'types'})")
+        report.add(name, f"schema differs from the declared features ({', '.join(diff) or 'types'})", damaged=True)
         return
     if pf.metadata.num_rows != record["rows"]:
         report.add(name, f"{pf.metadata.num_rows} rows, the manifest says {record['rows']}")
@@ -141,7 +144,7 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
         try:
             table = pf.read_row_group(i, columns=columns).to_pydict()
         except Exception as exc:  # noqa: BLE001
-            report.add(name, f"row group {i} unreadable: {exc}")
+            report.add(name, f"row group {i} unreadable: {exc}", damaged=True)
             continue
         for r, sid in enumerate(table["sample_id"]):
             seen[sid] += 1

@@ -22,6 +22,7 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -167,16 +168,23 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None elsewhere."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim if sys.platform.startswith("linux") else None
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
 def release_memory() -> None:
     """Hand freed memory back to the OS (Arrow's pool, glibc's heap), so RSS follows what is live."""
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:  # not glibc
-            pass
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def encode_png(pixels) -> bytes:
