@@ -59,12 +59,13 @@ def emotions():
     return load_recipe("emotions")
 
 
-def make_engine(pipe, scorer, recipe, **options):
+def make_engine(pipe, scorer, recipe, quality=None, **options):
+    """An engine on the tiny preset; ``quality`` takes ``QualityOptions`` (the gates)."""
     from facesynth.generation import Engine, EngineOptions
     from facesynth.tiny import TINY_SETTINGS
 
     opts = EngineOptions(overrides=dict(TINY_SETTINGS), **options)
-    return Engine(pipe, scorer, recipe, opts)
+    return Engine(pipe, scorer, recipe, opts, quality)
 
 
 @pytest.fixture(scope="session")

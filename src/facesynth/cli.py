@@ -149,6 +149,19 @@ def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates:
               help="Retry a sample with fresh seeds while CLIP's zero-shot probability of its label is lower.")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Attempts per sample under --min-label-confidence.")
+@click.option("--faces", is_flag=True,
+              help="Keep only candidates with exactly one face (OpenCV Haar cascades; pip install 'facesynth[faces]').")
+@click.option("--min-face-size", type=click.FloatRange(0, 1, min_open=True), default=0.2, show_default=True,
+              help="Smallest face counted by --faces, as a fraction of the image's shorter side.")
+@click.option("--dedupe-threshold", type=click.FloatRange(-1, 1),
+              help="Reject a candidate whose CLIP image cosine to a kept row of its label cell is higher "
+                   "[default: 0.95; off with --model tiny].")
+@click.option("--no-dedupe", is_flag=True, help="Keep near-duplicates.")
+@click.option("--safety", is_flag=True, help="Reject candidates that CLIP finds likely unsafe (zero-shot screen).")
+@click.option("--safety-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Unsafe probability above which --safety rejects.")
+@click.option("--max-refills", type=click.IntRange(0, 1000), default=8, show_default=True,
+              help="Extra attempts, with fresh seeds, for a sample whose candidates all failed the gates.")
 @click.option("--rows-per-shard", type=click.IntRange(1), help="Rows per Parquet shard (default: what fits 500 MB).")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset made with other parameters.")
 @click.option("--repair", is_flag=True, help="Regenerate damaged shards (the ones validate reports) and resume.")
@@ -169,6 +182,7 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
       facesynth generate emotions --model tiny --num-samples 32 --out demo
       facesynth generate emotions -n 10000 --out emotions-10k --batch-size 24
       facesynth generate agfd --model ./realisticVisionV20.safetensors --out agfd
+      facesynth generate emotions -n 5000 --out faces --faces --safety  # quality gates
       facesynth generate emotions -n 20000 --out big                 # grow a 10000-row dataset
       torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
       facesynth generate agfd --out agfd --worker-index 3 --num-workers 16

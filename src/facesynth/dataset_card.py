@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .builder import read_manifest, shard_paths
 from .errors import OutputError
 from .folder import FIRST_VERSION
+from .quality import REASONS, CellStats, quality_report
 from .recipe import Recipe, parse_recipe
 from .schema import features as build_features
 from .writer import Manifest
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 GRID_COLUMNS = 6
 GRID_CELL = 128
+MAX_CARD_CELLS = 64  # beyond this the card groups the quality table by primary label
 TAGS = ["synthetic", "faces", "emotion", "facesynth", "stable-diffusion"]
 
 
@@ -187,6 +189,24 @@ def changes_since_previous(manifest: Manifest) -> dict[str, int]:
     return {cell: n - previous.get(cell, 0) for cell, n in cells.items() if n != previous.get(cell, 0)}
 
 
+def quality_tables(recipe: Recipe, manifest: Manifest) -> dict[str, Any]:
+    """The quality report for the card: per label cell, or per primary label when cells are many."""
+    report = quality_report(manifest.shards)
+    cells = report["cells"]
+    grouping = " / ".join(recipe.attributes)
+    if len(cells) > MAX_CARD_CELLS:
+        at = list(recipe.attributes).index(recipe.primary)
+        stats = CellStats()
+        for record in manifest.shards.values():
+            for cell, s in (record.get("quality") or {}).items():
+                stats.add(cell.split("/")[at], s)
+        cells = quality_report({"all": {"quality": stats.to_json()}})["cells"]
+        grouping = recipe.primary
+    gates = (manifest.get("generation") or {}).get("quality") or {}
+    return {"total": report["total"], "cells": cells, "grouping": grouping, "gates": gates,
+            "per_cell_in_manifest": len(report["cells"]) > MAX_CARD_CELLS, "reasons": REASONS}
+
+
 def build_card(root: str | Path, repo_id: str | None = None) -> DatasetCard:
     """Build the card for a dataset folder (and refresh its sample grid)."""
     root = Path(root)
@@ -225,6 +245,7 @@ def build_card(root: str | Path, repo_id: str | None = None) -> DatasetCard:
         changes=changes_since_previous(manifest),
         primary_values=list(recipe.attributes[recipe.primary].values),
         pretty_name=pretty,
+        quality=quality_tables(recipe, manifest),
     )
 
 

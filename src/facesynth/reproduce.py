@@ -3,7 +3,8 @@
 A row keeps its prompt, seed, settings and ``attempt``, and the pipeline batch it
 was made in (``batch``: the sample ids; ``unet_calls``: images per UNet call).
 The manifest keeps the recipe, plan, model commit, CLIP model, device and dtype.
-Batched GPU and CPU kernels may round differently for another batch shape, so
+The row's ``candidate_index`` names the kept candidate (the quality gates may have
+passed over a better-scoring one). Batched GPU and CPU kernels may round differently for another batch shape, so
 the row's whole batch is run again exactly as it first ran: with the same device,
 dtype and library versions the pixels come out identical, and so do the scores.
 """
@@ -117,8 +118,12 @@ class Reproducer:
         unknown = [sid for sid in batch if sid not in self.samples]
         if unknown:
             raise OutputError(f"{row['sample_id']}: batch names '{unknown[0]}', which is not in the plan")
-        winners = self.engine.generate([self.samples[sid] for sid in batch], row["attempt"], row["unet_calls"])
-        win = winners[batch.index(row["sample_id"])]
+        scored = self.engine.candidates([self.samples[sid] for sid in batch], row["attempt"], row["unet_calls"])
+        mine = scored[batch.index(row["sample_id"])]
+        if not 0 <= row["candidate_index"] < len(mine.seeds):
+            raise OutputError(f"{row['sample_id']}: candidate_index {row['candidate_index']} is not one of "
+                              f"{len(mine.seeds)} candidates")
+        win = self.engine.pick(mine, row["candidate_index"])  # the gates may have passed over the best score
         return Reproduction(row["sample_id"], win.pixels, decode_image(row["image"]), win.seed, row["seed"],
                             win.clip_score, row["clip_score"])
 

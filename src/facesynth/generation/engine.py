@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..folder import cell_key
 from ..plan import Sample
+from ..quality import SAFE_TEXTS, UNSAFE_TEXTS, Gates, QualityOptions, QuotaError, Tally
 from ..recipe import Recipe
 from ..scoring import ClipScorer
 from .loading import make_scheduler
@@ -60,6 +62,27 @@ class Winner:
     embedding: np.ndarray  # unit-norm CLIP image embedding
     batch: list[str] = field(default_factory=list)  # sample ids generated in the same batch
     unet_calls: list[int] = field(default_factory=list)  # images per UNet call of that batch
+    face_box: list[int] | None = None  # x, y, width, height of the one face (with --faces)
+    safety_score: float | None = None  # zero-shot probability of unsafe content (with --safety)
+    tally: Tally = field(default_factory=Tally)  # what the gates rejected on the way to this winner
+
+
+@dataclass
+class Scored:
+    """All N candidates of one sample from one attempt, decoded and scored."""
+
+    sample: Sample
+    seeds: list[int]
+    pixels: np.ndarray  # (N, H, W, 3) uint8
+    scores: np.ndarray  # (N,) 100 * cos against the rerank text
+    confidence: np.ndarray  # (N,) zero-shot probability of the requested primary label
+    embeddings: np.ndarray  # (N, D) unit-norm CLIP image embeddings
+    unsafe: np.ndarray | None  # (N,) with --safety
+    best: int  # index of the highest score (the first, on ties)
+    attempt: int
+    settings: dict[str, Any]
+    batch: list[str]
+    used: list[int]
 
 
 class Timings:
@@ -85,13 +108,16 @@ class Timings:
 class Engine:
     """Turns planned samples into winners."""
 
-    def __init__(self, pipe, scorer: ClipScorer, recipe: Recipe, options: EngineOptions):
+    def __init__(self, pipe, scorer: ClipScorer, recipe: Recipe, options: EngineOptions,
+                 quality: QualityOptions | None = None):
         if options.rerank not in RERANK_MODES:
             raise ValueError(f"rerank must be one of {RERANK_MODES}")
         self.pipe = pipe
         self.scorer = scorer
         self.recipe = recipe
         self.options = options
+        self.quality = quality or QualityOptions()
+        self.gates = Gates(self.quality)
         self.encoder = PromptEncoder(pipe)
         self.device = pipe.device
         self.timings = Timings(self.device)
@@ -130,25 +156,66 @@ class Engine:
         return tuple(sorted(self.settings_for(sample).items())), cond.length
 
     def run_batch(self, samples: Sequence[Sample]) -> list[Winner]:
-        """One batch, with label-confidence retries; returns winners in input order."""
+        """One batch, with refills and label-confidence retries; returns winners in input order.
+
+        Every round generates the samples still open at the next attempt (fresh seeds).
+        A sample stays open while none of its candidates passed the gates (at most
+        ``max_refills`` extra rounds) or while its label confidence is below the
+        threshold (at most ``max_attempts`` rounds; the most confident winner is kept).
+        """
         opts = self.options
         best: dict[str, Winner] = {}
+        tallies = {s.sample_id: Tally() for s in samples}
         todo = list(samples)
         attempt = 0
         while todo:
             retry = []
-            for sample, win in zip(todo, self.generate(todo, attempt)):
-                kept = best.get(sample.sample_id)
-                if kept is None or win.label_confidence > kept.label_confidence:
-                    best[sample.sample_id] = win
-                low = opts.min_label_confidence is not None and win.label_confidence < opts.min_label_confidence
-                if low and attempt + 1 < opts.max_attempts:
-                    retry.append(sample)
+            for scored in self.candidates(todo, attempt):
+                sid = scored.sample.sample_id
+                win = self._choose(scored, best, tallies[sid])
+                kept = best.get(sid)
+                if win is not None and (kept is None or win.label_confidence > kept.label_confidence):
+                    best[sid] = kept = win
+                if kept is None:
+                    tallies[sid].refills += 1
+                    if tallies[sid].refills > self.quality.max_refills:
+                        raise QuotaError(self._exhausted(scored.sample, tallies[sid]))
+                    retry.append(scored.sample)
+                elif (opts.min_label_confidence is not None and kept.label_confidence < opts.min_label_confidence
+                      and attempt + 1 < opts.max_attempts):
+                    retry.append(scored.sample)
             if retry:
-                logger.debug("retrying %d samples below label confidence (attempt %d)", len(retry), attempt + 1)
+                logger.debug("generating %d samples again (attempt %d)", len(retry), attempt + 1)
             todo = retry
             attempt += 1
-        return [best[s.sample_id] for s in samples]
+        winners = [best[s.sample_id] for s in samples]
+        for win in winners:
+            win.tally = tallies[win.sample.sample_id]
+            self.gates.accept(cell_key(win.sample.labels), win.embedding)
+        return winners
+
+    def _choose(self, scored: "Scored", chosen: dict[str, Winner], tally: Tally) -> Winner | None:
+        """The best-scoring candidate that passes the gates, or None."""
+        if not self.gates.active:
+            tally.checked += 1
+            return self.pick(scored, scored.best)
+        cell = cell_key(scored.sample.labels)
+        pending = [w.embedding for sid, w in chosen.items()
+                   if sid != scored.sample.sample_id and cell_key(w.sample.labels) == cell]
+        for k in sorted(range(len(scored.seeds)), key=lambda k: (-scored.scores[k], k)):
+            tally.checked += 1
+            unsafe = None if scored.unsafe is None else scored.unsafe[k]
+            reason, box = self.gates.check(scored.pixels[k], scored.embeddings[k], unsafe, cell, pending)
+            if reason is None:
+                return self.pick(scored, k, box)
+            tally.rejected[reason] += 1
+        return None
+
+    def _exhausted(self, sample: Sample, tally: Tally) -> str:
+        reasons = ", ".join(f"{r} {n}" for r, n in tally.rejected.most_common())
+        return (f"sample '{sample.sample_id}' ({cell_key(sample.labels)}): no candidate passed the quality gates "
+                f"in {tally.refills} attempts ({tally.checked} candidates: {reasons}); finished shards are kept: "
+                "raise --max-refills or relax the gates, then run the same command to resume")
 
     # One pipeline call ------------------------------------------------------------------
     def _scheduler(self, name: str):
@@ -160,7 +227,13 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, samples: Sequence[Sample], attempt: int, calls: Sequence[int] | None = None) -> list[Winner]:
-        """One attempt for a batch: every sample's N candidates, scored, the best kept.
+        """One attempt for a batch without gates: every sample's N candidates, scored, the best kept."""
+        return [self.pick(scored, scored.best) for scored in self.candidates(samples, attempt, calls)]
+
+    @torch.inference_mode()
+    def candidates(self, samples: Sequence[Sample], attempt: int,
+                   calls: Sequence[int] | None = None) -> list["Scored"]:
+        """One attempt for a batch: every sample's N candidates, decoded and scored.
 
         ``calls`` forces the images per UNet call (what a winner's ``unet_calls`` records),
         so a batch can be run again exactly as it first ran.
@@ -183,22 +256,31 @@ class Engine:
                 [self.label_values.index(s.labels[self.recipe.primary]) for s in samples], device=probs.device
             ).repeat_interleave(n)
             confidence = probs.gather(1, wanted[:, None]).view(len(samples), n)
-            pick = scores.argmax(dim=1)  # the first maximum wins ties
-            rows = torch.arange(len(samples), device=pick.device) * n + pick
-            pixels = (images[rows] * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            scores_cpu, conf_cpu, pick_cpu = scores.cpu(), confidence.cpu(), pick.cpu()
-            emb_cpu = img_emb[rows].cpu().numpy()
-        out = []
-        for i, sample in enumerate(samples):
-            k = int(pick_cpu[i])
-            out.append(Winner(
-                sample=sample, pixels=pixels[i], seed=seeds[i][k], candidate_index=k,
-                candidate_scores=[float(x) for x in scores_cpu[i]],
-                clip_score=float(self.scorer.clip_score(scores_cpu[i, k])),
-                label_confidence=float(conf_cpu[i, k]), attempt=attempt, settings=settings, embedding=emb_cpu[i],
-                batch=[s.sample_id for s in samples], unet_calls=used,
-            ))
-        return out
+            unsafe = None
+            if self.quality.safety:
+                unsafe = self.scorer.label_probabilities(img_emb, UNSAFE_TEXTS + SAFE_TEXTS)
+                unsafe = unsafe[:, :len(UNSAFE_TEXTS)].sum(-1).view(len(samples), n).cpu().numpy()
+            best = scores.argmax(dim=1).cpu()  # the first maximum wins ties
+            pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            pixels = pixels.reshape(len(samples), n, *pixels.shape[1:])
+            scores_cpu, conf_cpu = scores.cpu().numpy(), confidence.cpu().numpy()
+            emb_cpu = img_emb.cpu().numpy().reshape(len(samples), n, -1)
+        batch = [s.sample_id for s in samples]
+        return [Scored(sample, seeds[i], pixels[i], scores_cpu[i], conf_cpu[i], emb_cpu[i],
+                       None if unsafe is None else unsafe[i], int(best[i]), attempt, settings, batch, used)
+                for i, sample in enumerate(samples)]
+
+    def pick(self, scored: "Scored", k: int, face_box: Sequence[int] | None = None) -> Winner:
+        """Candidate ``k`` of a scored sample as the sample's winner."""
+        return Winner(
+            sample=scored.sample, pixels=scored.pixels[k], seed=scored.seeds[k], candidate_index=k,
+            candidate_scores=[float(x) for x in scored.scores],
+            clip_score=float(self.scorer.clip_score(torch.tensor(scored.scores[k]))),
+            label_confidence=float(scored.confidence[k]), attempt=scored.attempt, settings=scored.settings,
+            embedding=scored.embeddings[k], batch=scored.batch, unet_calls=scored.used,
+            face_box=None if face_box is None else [int(v) for v in face_box],
+            safety_score=None if scored.unsafe is None else float(scored.unsafe[k]),
+        )
 
     def denoise(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any],
                 calls: Sequence[int] | None = None) -> tuple[torch.Tensor, list[int]]:

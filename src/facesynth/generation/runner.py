@@ -30,16 +30,18 @@ from PIL import Image
 
 from .. import __version__
 from ..errors import OutputError, PlanError, WriteError
-from ..folder import Worker, cell_counts, merge, open_folder, worker_from
+from ..folder import Worker, cell_counts, cell_key, merge, open_folder, worker_from
 from ..plan import Plan, Sample
 from ..recipe import Recipe, load_recipe, resolve
 from ..schema import features as build_features
 from ..writer import ROW_GROUP_ROWS, WORK_DIR, Manifest, ShardWriter, ids_digest, rows_per_shard, shard_name
+from ..quality import CellStats, QualityOptions, require_cv2, shard_embeddings
 from .engine import Engine, EngineOptions, Winner
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+DEFAULT_DEDUPE = 0.95
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
@@ -74,6 +76,13 @@ class GenerateConfig:
     num_workers: int | None = None
     compile: bool = False
     channels_last: bool = False
+    faces: bool = False
+    min_face_size: float = 0.2
+    dedupe_threshold: float | None = None  # None: 0.95, or off for the tiny preset
+    no_dedupe: bool = False
+    safety: bool = False
+    safety_threshold: float = 0.5
+    max_refills: int = 8
     quiet: bool = False
     write_card: bool = True
 
@@ -133,7 +142,7 @@ def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
 
 
 def run_parameters(cfg: GenerateConfig, recipe: Recipe, plan: Plan, model: str, clip_model: str,
-                   overrides: dict[str, Any], per_shard: int) -> dict[str, Any]:
+                   overrides: dict[str, Any], per_shard: int, quality: QualityOptions) -> dict[str, Any]:
     """What decides the dataset's content; resuming requires it unchanged."""
     return {
         "recipe": recipe.fingerprint(),
@@ -149,7 +158,26 @@ def run_parameters(cfg: GenerateConfig, recipe: Recipe, plan: Plan, model: str, 
         "dtype": cfg.dtype,
         "overrides": overrides,
         "rows_per_shard": per_shard,
+        "quality": quality.content(),
     }
+
+
+def quality_options(cfg: GenerateConfig, model: str) -> QualityOptions:
+    """The gates: deduplication at 0.95 unless turned off; faces and safety when asked.
+
+    The tiny preset's random CLIP puts every image within cosine 0.99 of every other,
+    so it deduplicates only when given an explicit ``--dedupe-threshold``.
+    """
+    threshold = cfg.dedupe_threshold
+    if threshold is None and not cfg.no_dedupe and model != "tiny":
+        threshold = DEFAULT_DEDUPE
+    if cfg.no_dedupe and cfg.dedupe_threshold is not None:
+        raise PlanError("--no-dedupe and --dedupe-threshold: give one or the other")
+    options = QualityOptions(faces=cfg.faces, min_face_size=cfg.min_face_size, dedupe_threshold=threshold,
+                             safety=cfg.safety, safety_threshold=cfg.safety_threshold, max_refills=cfg.max_refills)
+    if options.faces:
+        require_cv2()
+    return options
 
 
 def fingerprint(params: dict[str, Any]) -> str:
@@ -160,7 +188,8 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0], "facesynth": __version__}
-    for pkg in ("torch", "diffusers", "transformers", "datasets", "compel", "huggingface_hub", "pyarrow", "pillow"):
+    for pkg in ("torch", "diffusers", "transformers", "datasets", "compel", "huggingface_hub", "pyarrow", "pillow",
+                "opencv-python-headless"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -213,6 +242,7 @@ class ShardSink:
         self.failed = False
         self.seconds: dict[str, float] = defaultdict(float)  # encode, write: on the writer thread
         self.rows: list[dict[str, Any]] = []
+        self.stats = CellStats()
         self.label_ids = {a: {v: i for i, v in enumerate(attr.values)} for a, attr in recipe.attributes.items()}
 
     def _submit(self, fn, *args) -> None:
@@ -259,11 +289,13 @@ class ShardSink:
     def _start(self, task: ShardTask) -> None:
         self.writer = ShardWriter(self.root, task.name, task.split, self.features, self.tmp_dir)
         self.rows = []
+        self.stats = CellStats()
 
     def _add(self, winner: Winner) -> None:
         start = time.perf_counter()
         row = self._row(winner)
         self.seconds["encode"] += time.perf_counter() - start
+        self.stats.add_row(cell_key(winner.sample.labels), winner.tally, winner.label_confidence)
         primary = self.recipe.primary
         if self.rows and (len(self.rows) >= ROW_GROUP_ROWS or self.rows[-1][primary] != row[primary]):
             self._flush()  # a row group holds one primary label
@@ -277,6 +309,7 @@ class ShardSink:
             prompt=s.prompt, negative_prompt=s.negative_prompt, caption=s.caption, seed=w.seed,
             clip_score=w.clip_score, candidate_scores=w.candidate_scores, candidate_index=w.candidate_index,
             label_confidence=w.label_confidence, attempt=w.attempt, batch=w.batch, unet_calls=w.unet_calls,
+            clip_embedding=w.embedding.tolist(), face_box=w.face_box, safety_score=w.safety_score,
             steps=w.settings["steps"], guidance=w.settings["guidance"], scheduler=w.settings["scheduler"],
             width=w.settings["width"], height=w.settings["height"],
         )
@@ -296,6 +329,7 @@ class ShardSink:
         record = self.writer.commit()
         self.seconds["write"] += time.perf_counter() - start
         self.manifest.add_shard(self.writer.name, record)
+        self.manifest.shards[self.writer.name]["quality"] = self.stats.to_json()
         self.manifest.save(self.root)
         logger.info("wrote %s (%d rows)", self.writer.name, record.rows)
         self.writer = None
@@ -327,11 +361,12 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     if cfg.batch_size < 1:
         raise PlanError("--batch-size: must be at least 1")
     worker = worker_from(cfg.worker_index, cfg.num_workers)
+    quality = quality_options(cfg, model)
     plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     overrides = settings_overrides(cfg, model)
     sizes = [{**s.settings, **overrides} for s in plan.samples]
     per_shard = cfg.rows_per_shard or rows_per_shard(max(s["width"] for s in sizes), max(s["height"] for s in sizes))
-    params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard)
+    params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality)
     tasks = layout(plan, per_shard)
     source, text = resolve(cfg.recipe)
     header = {
@@ -362,13 +397,12 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     done_rows = sum(len(t.samples) for t in mine if t not in todo)
     engine = None
     if todo:
-        engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest)
+        engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest, quality)
     manifest.save(out)
     timings: dict[str, float] = {}
     if todo:
         start = time.perf_counter()
-        sink_seconds = _run(engine, todo, out, tmp_dir, recipe, manifest, sum(len(t.samples) for t in mine),
-                            done_rows, cfg.quiet, tqdm)
+        sink_seconds = _run(engine, mine, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm)
         timings = {**engine.timings.seconds, **sink_seconds, "wall": time.perf_counter() - start}
     shutil.rmtree(tmp_dir, ignore_errors=True)
     manifest.data["complete"] = True
@@ -410,7 +444,8 @@ def _threads(device) -> int | None:
     return torch.get_num_threads() if device.type == "cpu" else None
 
 
-def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest) -> Engine:
+def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
+                  quality: QualityOptions) -> Engine:
     from ..scoring import ClipScorer
     from .loading import load_pipeline, optimize_pipeline, resolve_device, resolve_dtype
 
@@ -431,21 +466,34 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest)
     manifest.data["versions"] = library_versions()
     manifest.data["generation"] = {"rerank": cfg.rerank, "overrides": overrides,
                                    "min_label_confidence": cfg.min_label_confidence,
-                                   "max_attempts": cfg.max_attempts}
+                                   "max_attempts": cfg.max_attempts, "quality": quality.content(),
+                                   "max_refills": quality.max_refills}
     options = EngineOptions(candidates=cfg.candidates, batch_size=cfg.batch_size, rerank=cfg.rerank,
                             min_label_confidence=cfg.min_label_confidence, max_attempts=cfg.max_attempts,
                             overrides=overrides)
-    return Engine(pipe, scorer, recipe, options)
+    return Engine(pipe, scorer, recipe, options, quality)
 
 
-def _run(engine: Engine, todo: list[ShardTask], out: Path, tmp_dir: Path, recipe: Recipe, manifest: Manifest,
-         total: int, done_rows: int, quiet: bool, tqdm) -> dict[str, float]:
-    """Generate the shards in ``todo``; return the writer thread's seconds (encode, write)."""
+def _run(engine: Engine, mine: list[ShardTask], out: Path, tmp_dir: Path, recipe: Recipe, manifest: Manifest,
+         done_rows: int, quiet: bool, tqdm) -> dict[str, float]:
+    """Generate this worker's unfinished shards, in layout order; return the writer thread's seconds.
+
+    With deduplication, a row is compared with the rows of this worker's earlier shards:
+    finished ones are read back (their ``clip_embedding`` column) as the loop reaches
+    them, so a resumed or repaired run sees exactly what an uninterrupted one saw.
+    """
     sink = ShardSink(out, recipe, manifest, tmp_dir)
-    bar = tqdm(total=total, initial=done_rows, unit="img", desc="generating", disable=quiet, dynamic_ncols=True)
+    bar = tqdm(total=sum(len(t.samples) for t in mine), initial=done_rows, unit="img", desc="generating",
+               disable=quiet, dynamic_ncols=True)
+    attributes = {a: list(attr.values) for a, attr in recipe.attributes.items()}
     total_score, kept = 0.0, 0
     try:
-        for task in todo:
+        for task in mine:
+            if task.name in manifest.shards:
+                if engine.gates.index is not None:
+                    for cell, embedding in shard_embeddings(out / task.name, attributes):
+                        engine.gates.accept(cell, embedding)
+                continue
             sink.start(task)
             for winner in engine.run(task.samples):
                 sink.add(winner)

@@ -1,0 +1,337 @@
+"""Quality gates: the real Haar detector on a real photo, deduplication with the real (tiny)
+CLIP, the safety screen, refills that keep quotas exact, resume, reproduction and reports."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import make_engine
+from facesynth.cli import main
+from facesynth.folder import cell_key
+from facesynth.generation import GenerateConfig, generate
+from facesynth.plan import Plan
+from facesynth.quality import (REASONS, DuplicateIndex, ExtraMissing, FaceDetector, QualityOptions, merge_boxes,
+                               Tally, quality_report, require_cv2)
+from facesynth.recipe import parse_recipe
+
+cv2 = pytest.importorskip("cv2", reason="the faces extra (opencv-python-headless) is not installed")
+skdata = pytest.importorskip("skimage.data", reason="scikit-image (test extra) is not installed")
+
+# Two label cells, so several rows share a cell and deduplication has something to compare.
+PAIR = textwrap.dedent("""\
+    name: pair
+    primary: emotion
+    attributes:
+      emotion:
+        values:
+          happy: [smiling]
+          sad: [frowning]
+    template: "portrait photo of a person, {emotion}"
+    negative_prompt: "blurry"
+    balance:
+      cross: [emotion]
+    splits: {train: 0.75, test: 0.25}
+""")
+# The tiny preset's random CLIP maps every image close to every other (cosines 0.97-0.999
+# between unrelated photos, 0.9998 for a near copy), so its tests use a threshold in between.
+TINY_THRESHOLD = 0.998
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return skdata.astronaut()
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+@pytest.fixture
+def pair_recipe(tmp_path):
+    path = tmp_path / "pair.yaml"
+    path.write_text(PAIR)
+    return str(path)
+
+
+def _rows(out, columns=None):
+    files = sorted((out / "data").glob("*.parquet"))
+    return [row for f in files for row in pq.read_table(f, columns=columns).to_pylist()]
+
+
+def _shard_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))}
+
+
+# Faces ------------------------------------------------------------------------------------
+def test_detector_finds_the_one_face_on_the_astronaut(detector, astronaut):
+    boxes = detector.detect(astronaut)
+    assert len(boxes) == 1
+    x, y, w, h = boxes[0]
+    # Eileen Collins' face lies in the upper middle of the 512x512 photo, left of the flag
+    assert 150 < x + w / 2 < 300 and 60 < y + h / 2 < 180
+    assert w >= 0.2 * 512 * 0.9  # at least the minimum size (the cascade's boxes are square)
+    mirrored = detector.detect(astronaut[:, ::-1])
+    assert len(mirrored) == 1 and abs((512 - mirrored[0][0] - mirrored[0][2]) - x) <= 8
+
+
+def test_detector_finds_no_face_on_noise_or_an_object(detector):
+    noise = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    assert detector.detect(noise) == []
+    assert detector.detect(skdata.coffee()) == []
+    assert detector.detect(np.full((256, 256, 3), 128, np.uint8)) == []
+
+
+def test_two_faces_are_two_and_small_faces_do_not_count(astronaut):
+    side_by_side = np.concatenate([astronaut, astronaut], axis=1)  # 512 x 1024: two people
+    assert len(FaceDetector(min_face_size=0.15).detect(side_by_side)) == 2
+    # the face is about 0.19 of the shorter side: a 0.3 minimum ignores it
+    assert FaceDetector(min_face_size=0.3).detect(astronaut) == []
+
+
+def test_overlapping_boxes_of_one_face_merge():
+    assert merge_boxes([(10, 10, 100, 100), (15, 12, 90, 95), (300, 300, 80, 80)]) == [
+        (10, 10, 100, 100), (300, 300, 80, 80)]
+
+
+def test_face_gate_passes_over_a_better_scoring_candidate_without_a_face(tiny_pipe, tiny_scorer, emotions,
+                                                                         astronaut):
+    engine = make_engine(tiny_pipe, tiny_scorer, emotions, QualityOptions(faces=True), candidates=2)
+    sample = Plan(emotions, 4, 0, 2).samples[0]
+    scored = engine.candidates([sample], 0)[0]
+    noise = np.random.default_rng(1).integers(0, 256, astronaut.shape, dtype=np.uint8)
+    scored.pixels = np.stack([noise, astronaut])
+    scored.embeddings = tiny_scorer.image_embeddings(
+        torch.from_numpy(scored.pixels.copy()).permute(0, 3, 1, 2).float() / 255).numpy()
+    scored.scores = np.array([30.0, 20.0], np.float32)  # the faceless one scores higher
+    tally = Tally()
+    win = engine._choose(scored, {}, tally)
+    assert win.candidate_index == 1 and win.seed == scored.seeds[1]
+    assert win.face_box == list(FaceDetector().detect(astronaut)[0])
+    assert tally.checked == 2 and tally.rejected == Counter(no_face=1)
+
+
+def test_faces_on_the_tiny_model_exhaust_refills_with_one_line(tmp_path):
+    """The tiny model draws noise, never a face: the run stops, names the sample and keeps no partial shard."""
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(main, ["generate", "emotions", "--model", "tiny", "-n", "8", "--out", str(out),
+                                       "-q", "--faces", "--max-refills", "1", "--candidates", "2"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert "no candidate passed the quality gates in 2 attempts (4 candidates: no_face 4)" in lines[0]
+    assert "raise --max-refills" in lines[0]
+    assert not list(out.rglob("*.parquet"))  # neither a finished nor a partial shard
+
+
+def test_missing_opencv_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(__import__("sys").modules, "cv2", None)  # as if the extra were not installed
+    with pytest.raises(ExtraMissing, match=r"pip install 'facesynth\[faces\]'"):
+        require_cv2()
+    result = CliRunner().invoke(main, ["generate", "emotions", "--model", "tiny", "-n", "4", "--out",
+                                       str(tmp_path / "x"), "--faces"])
+    assert result.exit_code == 2
+    assert result.output == ("Error: --faces: needs OpenCV, which is not installed; install it with "
+                             "pip install 'facesynth[faces]'\n")
+    assert not (tmp_path / "x").exists()
+
+
+def test_gates_are_off_by_default_and_the_tiny_preset_does_not_dedupe(tmp_path, demo_dataset):
+    manifest = json.loads((demo_dataset / "manifest.json").read_text())
+    assert manifest["parameters"]["quality"] == {"faces": False, "min_face_size": None, "dedupe_threshold": None,
+                                                 "safety": False, "safety_threshold": None}
+    rows = _rows(demo_dataset, ["face_box", "safety_score", "clip_embedding", "candidate_index",
+                                "candidate_scores"])
+    assert all(r["face_box"] is None and r["safety_score"] is None for r in rows)
+    assert all(r["candidate_index"] == int(np.argmax(r["candidate_scores"])) for r in rows)
+    assert all(abs(np.linalg.norm(r["clip_embedding"]) - 1) < 1e-5 for r in rows)
+    from facesynth.generation.runner import DEFAULT_DEDUPE, quality_options
+
+    real = quality_options(GenerateConfig(recipe="emotions", out=tmp_path), "some/model")
+    assert real.dedupe_threshold == DEFAULT_DEDUPE == 0.95 and not real.faces and not real.safety
+    off = quality_options(GenerateConfig(recipe="emotions", out=tmp_path, no_dedupe=True), "some/model")
+    assert off.dedupe_threshold is None and not off.active
+
+
+# Near-duplicates --------------------------------------------------------------------------
+def _embed(scorer, images):
+    batch = torch.stack([torch.from_numpy(np.array(x)).permute(2, 0, 1).float() / 255 for x in images])
+    return scorer.image_embeddings(batch).numpy()
+
+
+def test_dedupe_rejects_an_exact_copy_and_near_copies(tiny_scorer, astronaut):
+    buf = io.BytesIO()
+    Image.fromarray(astronaut).save(buf, format="JPEG", quality=80)
+    jpeg = np.asarray(Image.open(buf).convert("RGB"))
+    noisy = np.clip(astronaut.astype(int) + np.random.default_rng(0).integers(-8, 9, astronaut.shape), 0, 255)
+    shifted = np.roll(astronaut, 4, axis=1)
+    others = [np.asarray(Image.fromarray(img).resize((512, 512))) for img in
+              (skdata.coffee(), skdata.chelsea(), skdata.rocket())]
+    emb = _embed(tiny_scorer, [astronaut, astronaut.copy(), jpeg, noisy.astype(np.uint8), shifted, *others])
+    index = DuplicateIndex(TINY_THRESHOLD)
+    index.add("happy", emb[0])
+    assert index.similarity("happy", emb[1]) == pytest.approx(1.0, abs=1e-6)
+    for near in emb[1:5]:
+        assert index.is_duplicate("happy", near)
+    for other in emb[5:]:
+        assert not index.is_duplicate("happy", other)
+    assert not index.is_duplicate("sad", emb[1])  # another label cell has its own index
+    assert index.is_duplicate("sad", emb[1], also=[emb[0]])  # rows chosen earlier in the same batch count
+
+
+def test_dedupe_index_grows_and_searches_exactly():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(300, 16)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    index = DuplicateIndex(0.9)
+    for r in rows:
+        index.add("cell", r)
+    assert len(index) == 300
+    query = rng.normal(size=16).astype(np.float32)
+    query /= np.linalg.norm(query)
+    assert index.similarity("cell", query) == pytest.approx(float((rows @ query).max()), abs=1e-6)
+    assert index.similarity("empty", query) == -1.0
+
+
+def test_engine_refills_a_sample_whose_candidates_duplicate_a_kept_row(tiny_pipe, tiny_scorer, emotions):
+    sample = Plan(emotions, 4, 0, 3).samples[0]
+    first = make_engine(tiny_pipe, tiny_scorer, emotions).run_batch([sample])[0]
+    engine = make_engine(tiny_pipe, tiny_scorer, emotions, QualityOptions(dedupe_threshold=0.9999))
+    engine.gates.accept(cell_key(sample.labels), first.embedding)  # as if the first winner were already kept
+    again = engine.run_batch([sample])[0]
+    assert again.tally.rejected["duplicate"] >= 1
+    assert (again.attempt, again.candidate_index) != (first.attempt, first.candidate_index)
+    assert float(again.embedding @ first.embedding) <= 0.9999
+    assert len(engine.gates.index) == 2  # the new winner joined the index
+
+
+# Refill, resume, reproduce, report --------------------------------------------------------
+@pytest.fixture(scope="module")
+def deduped(tmp_path_factory):
+    """A tiny two-cell dataset whose deduplication rejects and refills many candidates."""
+    root = tmp_path_factory.mktemp("dedupe")
+    recipe = root / "pair.yaml"
+    recipe.write_text(PAIR)
+    out = root / "ds"
+    generate(GenerateConfig(recipe=str(recipe), out=out, num_samples=24, model="tiny", quiet=True,
+                            rows_per_shard=6, dedupe_threshold=TINY_THRESHOLD, max_refills=30))
+    return recipe, out
+
+
+def test_refills_keep_every_quota_exact_and_no_cell_holds_a_near_duplicate(deduped):
+    recipe_path, out = deduped
+    recipe = parse_recipe(recipe_path.read_text(), str(recipe_path))
+    plan = Plan(recipe, 24, None, 3)
+    rows = _rows(out, ["sample_id", "emotion", "clip_embedding", "attempt"])
+    assert sorted(r["sample_id"] for r in rows) == sorted(s.sample_id for s in plan.samples)
+    names = recipe.attributes["emotion"].values
+    assert Counter(list(names)[r["emotion"]] for r in rows) == Counter(s.labels["emotion"] for s in plan.samples)
+    assert any(r["attempt"] > 0 for r in rows)  # some quotas were refilled with fresh seeds
+    for label in range(len(names)):
+        emb = np.array([r["clip_embedding"] for r in rows if r["emotion"] == label])
+        sims = emb @ emb.T
+        assert sims[np.triu_indices(len(emb), 1)].max() <= TINY_THRESHOLD
+    from facesynth.validate import validate
+
+    assert validate(out).problems == []
+
+
+def test_rejections_are_counted_per_reason_and_cell_in_the_manifest_and_card(deduped):
+    _, out = deduped
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = quality_report(manifest["shards"])
+    assert set(report["cells"]) == {"happy", "sad"}
+    total = report["total"]
+    assert total["rows"] == 24
+    assert total["by_reason"]["duplicate"] == total["rejected"] > 0
+    assert total["checked"] == total["rows"] + total["rejected"]  # every check either kept or rejected one
+    assert sum(c["rejected"] for c in report["cells"].values()) == total["rejected"]
+    rows = _rows(out, ["emotion", "label_confidence"])
+    for value, cell in enumerate(("happy", "sad")):
+        mine = [r["label_confidence"] for r in rows if r["emotion"] == value]
+        assert report["cells"][cell]["label_confidence"] == pytest.approx(np.mean(mine), abs=1e-5)
+    card = (out / "README.md").read_text()
+    assert "## Quality gates" in card
+    assert f"| happy | {report['cells']['happy']['rows']} | {report['cells']['happy']['checked']} |" in card
+    assert f"{100 * total['rejection_rate']:.1f}%" in card
+
+
+def test_resume_with_dedupe_gives_the_same_dataset(deduped, tmp_path, monkeypatch):
+    recipe, out = deduped
+    from facesynth.generation import runner
+
+    calls = {"n": 0}
+    real_finish = runner.ShardSink._finish
+
+    def crash_after_two_shards(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        real_finish(self)
+
+    monkeypatch.setattr(runner.ShardSink, "_finish", crash_after_two_shards)
+    again = tmp_path / "again"
+    cfg = GenerateConfig(recipe=str(recipe), out=again, num_samples=24, model="tiny", quiet=True,
+                         rows_per_shard=6, dedupe_threshold=TINY_THRESHOLD, max_refills=30)
+    with pytest.raises(RuntimeError, match="power cut"):
+        generate(cfg)
+    assert len(list((again / "data").glob("*.parquet"))) == 2
+    monkeypatch.setattr(runner.ShardSink, "_finish", real_finish)
+    result = generate(cfg)
+    assert result.shards_skipped == 2
+    assert _shard_bytes(again) == _shard_bytes(out)
+    assert json.loads((again / "manifest.json").read_text())["shards"] == \
+        json.loads((out / "manifest.json").read_text())["shards"]
+
+
+def test_a_refilled_row_reproduces_exactly(deduped):
+    _, out = deduped
+    from facesynth.reproduce import Reproducer
+
+    rows = _rows(out, ["sample_id", "attempt", "candidate_index", "candidate_scores"])
+    refilled = next(r for r in rows if r["attempt"] > 0)
+    passed_over = [r for r in rows if r["candidate_index"] != int(np.argmax(r["candidate_scores"]))]
+    reproducer = Reproducer(out, device="cpu")
+    for row in [refilled, *passed_over[:1]]:
+        full = reproducer.rows([row["sample_id"]])[row["sample_id"]]
+        assert reproducer.reproduce(full).identical
+
+
+def test_safety_screen_never_writes_a_flagged_candidate(tmp_path, pair_recipe, tiny_pipe, tiny_scorer):
+    recipe = parse_recipe(open(pair_recipe).read(), pair_recipe)
+    probe = make_engine(tiny_pipe, tiny_scorer, recipe, QualityOptions(safety=True))
+    scored = probe.candidates(Plan(recipe, 12, None, 3).samples, 0)
+    threshold = float(np.median(np.concatenate([s.unsafe for s in scored])))  # flags about half
+    out = tmp_path / "safe"
+    generate(GenerateConfig(recipe=pair_recipe, out=out, num_samples=12, model="tiny", quiet=True,
+                            safety=True, safety_threshold=threshold, max_refills=20))
+    rows = _rows(out, ["safety_score", "sample_id"])
+    assert len(rows) == 12
+    assert all(r["safety_score"] is not None and r["safety_score"] <= threshold for r in rows)
+    report = quality_report(json.loads((out / "manifest.json").read_text())["shards"])
+    assert report["total"]["by_reason"]["unsafe"] > 0
+    assert set(report["total"]["by_reason"]) == set(REASONS)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-face-size", "0"], "Invalid value for '--min-face-size': 0.0 is not in the range 0<x<=1."),
+    (["--dedupe-threshold", "1.5"], "Invalid value for '--dedupe-threshold': 1.5 is not in the range -1<=x<=1."),
+    (["--dedupe-threshold", "0.9", "--no-dedupe"], "--no-dedupe and --dedupe-threshold: give one or the other"),
+    (["--safety-threshold", "2"], "Invalid value for '--safety-threshold': 2.0 is not in the range 0<=x<=1."),
+    (["--max-refills", "-1"], "Invalid value for '--max-refills': -1 is not in the range 0<=x<=1000."),
+])
+def test_bad_gate_options_are_one_line(args, message, tmp_path):
+    result = CliRunner().invoke(main, ["generate", "emotions", "--model", "tiny", "-n", "4", "--out",
+                                       str(tmp_path / "x"), *args])
+    assert result.exit_code == 2
+    assert result.output == f"Error: {message}\n"
