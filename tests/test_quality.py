@@ -250,6 +250,7 @@ def test_rejections_are_counted_per_reason_and_cell_in_the_manifest_and_card(ded
     _, out = deduped
     manifest = json.loads((out / "manifest.json").read_text())
     report = quality_report(manifest["shards"])
+    assert manifest["quality"] == report  # the summary kept in the manifest
     assert set(report["cells"]) == {"happy", "sad"}
     total = report["total"]
     assert total["rows"] == 24

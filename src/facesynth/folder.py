@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError
+from .quality import quality_report
 from .writer import MANIFEST, WORK_DIR, Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -241,6 +242,7 @@ def merge(out: Path, count: int | None = None, strict: bool = True) -> Manifest 
     merged.data["shards"] = {n: merged.shards[n] for n in merged["layout"]}
     merged.data["workers"] = count
     merged.data["complete"] = True
+    merged.data["quality"] = quality_report(merged.shards)
     merged.save(out)
     logger.info("merged %d workers into %s", count, Manifest.path(out))
     return merged

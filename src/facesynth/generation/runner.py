@@ -35,7 +35,7 @@ from ..plan import Plan, Sample
 from ..recipe import Recipe, load_recipe, resolve
 from ..schema import features as build_features
 from ..writer import ROW_GROUP_ROWS, WORK_DIR, Manifest, ShardWriter, ids_digest, rows_per_shard, shard_name
-from ..quality import CellStats, QualityOptions, require_cv2, shard_embeddings
+from ..quality import CellStats, QualityOptions, quality_report, require_cv2, shard_embeddings
 from .engine import Engine, EngineOptions, Winner
 
 logger = logging.getLogger(__name__)
@@ -406,6 +406,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         timings = {**engine.timings.seconds, **sink_seconds, "wall": time.perf_counter() - start}
     shutil.rmtree(tmp_dir, ignore_errors=True)
     manifest.data["complete"] = True
+    manifest.data["quality"] = quality_report(manifest.shards)
     manifest.save(out)
     merged = worker.alone or _merge_if_last(out, worker)
     if merged and cfg.write_card:
