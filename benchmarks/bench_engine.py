@@ -143,9 +143,12 @@ def compare(args) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     eng = engine_run(model, clip_name, args.samples, {k: v for k, v in overrides.items()}, work / "engine",
-                     args.device, args.dtype, args.batch_size, args.compile, args.channels_last)
+                     args.device, args.engine_dtype or args.dtype, args.batch_size, args.compile,
+                     args.channels_last)
     eng["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    engine_dtype = resolve_dtype(args.engine_dtype or args.dtype, device)
     return {"config": args.config, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+            "engine_dtype": str(engine_dtype).replace("torch.", ""),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "samples": args.samples,
             "candidates": 3, "steps": settings["steps"], "size": settings["width"], "batch_size": args.batch_size,
             "compile": args.compile, "channels_last": args.channels_last, "seed_loop": loop, "engine": eng,
@@ -226,6 +229,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", choices=["fp16", "bf16", "fp32"])
+    parser.add_argument("--engine-dtype", choices=["fp16", "bf16", "fp32"],
+                        help="the engine's dtype, if not --dtype (e.g. bf16 on a CPU with AMX)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--small", type=int, default=1000)
@@ -244,7 +249,7 @@ def main() -> None:
         print(f"{args.config} on {result['gpu'] or result['device']} ({result['dtype']}), {args.samples} samples, "
               f"best-of-3, {result['steps']} steps, {result['size']}x{result['size']}")
         print(f"  seed loop : {result['seed_loop']['kept_per_s']:.3f} kept images/s")
-        print(f"  facesynth : {result['engine']['kept_per_s']:.3f} kept images/s  "
+        print(f"  facesynth : {result['engine']['kept_per_s']:.3f} kept images/s ({result['engine_dtype']})  "
               f"({result['speedup']:.1f}x the seed loop)")
         for stage, ms in result["engine"]["per_image_ms"].items():
             print(f"    {stage:34s} {ms:8.1f} ms per kept image")

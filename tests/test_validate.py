@@ -223,3 +223,14 @@ def test_out_of_memory_halves_the_call_and_the_row_still_reproduces(tiny_pipe, t
         assert np.abs(a.pixels.astype(int) - b.pixels.astype(int)).max() <= 2
     again = make_engine(tiny_pipe, tiny_scorer, emotions).generate(samples, 0, calls=halved[0].unet_calls)
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(halved, again))  # what reproduce relies on
+
+
+def test_bf16_on_cpu_generates_and_reproduces_exactly(tmp_path):
+    """bf16 on the CPU (fast where the CPU has AMX): CLIP resizes in fp32, and reproduce keeps bf16."""
+    out = tmp_path / "bf16"
+    generate(GenerateConfig(recipe="emotions", out=out, num_samples=6, model="tiny", quiet=True, dtype="bf16",
+                            device="cpu"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["runtime"]["dtype"] == "bfloat16"
+    report = validate(out, reproduce=2, seed=0, device="cpu")
+    assert report.ok and report.reproduced == 2, [str(p) for p in report.problems]

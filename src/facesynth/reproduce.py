@@ -85,7 +85,7 @@ class Reproducer:
         runtime = self.manifest.get("runtime", {})
         dev = resolve_device(device)
         recorded = DTYPE_NAMES.get(runtime.get("dtype", ""))
-        torch_dtype = resolve_dtype(dtype or (recorded if dev.type != "cpu" or recorded == "fp32" else None), dev)
+        torch_dtype = resolve_dtype(dtype or (recorded if dev.type != "cpu" or recorded != "fp16" else None), dev)
         if str(dev) != runtime.get("device") or str(torch_dtype).replace("torch.", "") != runtime.get("dtype"):
             logger.warning("regenerating on %s/%s; the dataset was made on %s/%s, so pixels may differ slightly",
                            dev, torch_dtype, runtime.get("device"), runtime.get("dtype"))

@@ -78,7 +78,7 @@ class ClipScorer:
     @torch.inference_mode()
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings of images shaped (B, 3, H, W) with values in [0, 1]."""
-        x = images.to(self.device, self.dtype)
+        x = images.to(self.device, torch.float32)  # resized in fp32: CPU kernels lack bf16 antialiasing
         h, w = x.shape[-2:]
         scale = self.size / min(h, w)
         new = (max(self.crop, round(h * scale)), max(self.crop, round(w * scale)))
@@ -86,7 +86,7 @@ class ClipScorer:
             x = F.interpolate(x, size=new, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         top, left = (new[0] - self.crop) // 2, (new[1] - self.crop) // 2
         x = x[..., top: top + self.crop, left: left + self.crop]
-        x = (x - self.mean) / self.std
+        x = ((x - self.mean.float()) / self.std.float()).to(self.dtype)
         emb = self.model.get_image_features(pixel_values=x).pooler_output
         return F.normalize(emb.float(), dim=-1)
 
