@@ -77,7 +77,8 @@ class QualityOptions:
         """The settings that decide which rows are kept (``max_refills`` only decides when to give up)."""
         return {"faces": self.faces, "min_face_size": self.min_face_size if self.faces else None,
                 "dedupe_threshold": self.dedupe_threshold, "safety": self.safety,
-                "safety_threshold": self.safety_threshold if self.safety else None}
+                "safety_threshold": self.safety_threshold if self.safety else None,
+                **({"safety_texts": {"unsafe": list(UNSAFE_TEXTS), "safe": list(SAFE_TEXTS)}} if self.safety else {})}
 
 
 # Faces ------------------------------------------------------------------------------------

@@ -487,7 +487,7 @@ def _run(engine: Engine, mine: list[ShardTask], out: Path, tmp_dir: Path, recipe
     bar = tqdm(total=sum(len(t.samples) for t in mine), initial=done_rows, unit="img", desc="generating",
                disable=quiet, dynamic_ncols=True)
     attributes = {a: list(attr.values) for a, attr in recipe.attributes.items()}
-    total_score, kept = 0.0, 0
+    total_score, kept, rejected = 0.0, 0, 0
     try:
         for task in mine:
             if task.name in manifest.shards:
@@ -500,8 +500,9 @@ def _run(engine: Engine, mine: list[ShardTask], out: Path, tmp_dir: Path, recipe
                 sink.add(winner)
                 total_score += winner.clip_score
                 kept += 1
+                rejected += sum(winner.tally.rejected.values())
                 bar.update(1)
-                bar.set_postfix(clip=f"{total_score / kept:.2f}", refresh=False)
+                bar.set_postfix(clip=f"{total_score / kept:.2f}", rejected=rejected, refresh=False)
             sink.finish()
         sink.drain()
         return dict(sink.seconds)
