@@ -33,3 +33,24 @@ def test_real_checkpoint_generates_a_loadable_dataset(tmp_path):
     ds = datasets.load_dataset(str(out), split="train")
     assert ds[0]["image"].size == (512, 512)
     assert min(ds["clip_score"]) > 10  # a real CLIP finds the face in the caption
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not _model_available(), reason=f"needs {MODEL} in the local cache")
+def test_real_checkpoint_passes_the_face_gate(tmp_path):
+    pytest.importorskip("cv2", reason="the faces extra is not installed")
+    import datasets
+
+    from facesynth.generation import GenerateConfig, generate
+
+    out = tmp_path / "faces"
+    generate(GenerateConfig(recipe="emotions", out=out, num_samples=8, model=MODEL, steps=20, quiet=True,
+                            faces=True, safety=True))
+    ds = datasets.load_dataset(str(out))
+    rows = [row for split in ds.values() for row in split]
+    assert len(rows) == 8
+    for row in rows:
+        x, y, w, h = row["face_box"]
+        assert w >= 0.2 * 512 * 0.9 and 0 <= x and x + w <= 512 and 0 <= y and y + h <= 512
+        assert row["safety_score"] <= 0.5
