@@ -50,3 +50,42 @@ def test_card_regenerates_identically(demo_dataset):
     after = (demo_dataset / "README.md").read_text()
     strip = lambda t: "\n".join(line for line in t.splitlines() if "year" not in line)  # noqa: E731
     assert strip(before) == strip(after)
+
+
+def test_sample_grid_shows_the_best_scoring_images_of_each_label(demo_dataset):
+    """The streamed ranking (a heap per label) picks what a full sort of the data picks."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from facesynth.dataset_card import GRID_CELL, GRID_COLUMNS
+
+    rows = [r for f in sorted((demo_dataset / "data").glob("*.parquet"))
+            for r in pq.read_table(f, columns=["sample_id", "emotion", "clip_score", "image"]).to_pylist()]
+    grid = np.asarray(Image.open(demo_dataset / "assets" / "samples.png").convert("RGB"))
+    for label in range(4):
+        ranked = sorted((r for r in rows if r["emotion"] == label), key=lambda r: (-r["clip_score"], r["sample_id"]))
+        for col, row in enumerate(ranked[:GRID_COLUMNS]):
+            tile = Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")
+            tile = np.asarray(tile.resize((GRID_CELL, GRID_CELL), Image.Resampling.LANCZOS))
+            x, y = 150 + col * GRID_CELL, label * GRID_CELL
+            assert np.array_equal(grid[y:y + GRID_CELL, x:x + GRID_CELL], tile), (label, col)
+
+
+def test_running_stats_match_two_pass_statistics():
+    import math
+    import random
+    import statistics
+
+    from facesynth.dataset_card import RunningStats
+
+    values = [random.Random(3).gauss(25, 4) for _ in range(1)] + [random.Random(i).uniform(0, 40) for i in range(999)]
+    stats = RunningStats()
+    for v in values:
+        stats.add(v)
+    d = stats.as_dict()
+    assert d["n"] == 1000 and d["min"] == min(values) and d["max"] == max(values)
+    assert math.isclose(d["mean"], statistics.fmean(values), rel_tol=1e-12)
+    assert math.isclose(d["std"], statistics.pstdev(values), rel_tol=1e-9)
+    assert math.isnan(RunningStats().as_dict()["mean"])

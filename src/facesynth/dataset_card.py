@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import io
 import logging
+import heapq
 import math
-import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image, ImageDraw, ImageFont
@@ -38,6 +37,27 @@ MAX_CARD_CELLS = 64  # beyond this the card groups the quality table by primary 
 TAGS = ["synthetic", "faces", "emotion", "facesynth", "stable-diffusion"]
 
 
+class RunningStats:
+    """Count, mean, population std, min and max in one pass (Welford), without keeping the values."""
+
+    def __init__(self):
+        self.n, self.mean, self._m2 = 0, 0.0, 0.0
+        self.min, self.max = math.inf, -math.inf
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self._m2 += delta * (x - self.mean)
+        self.min, self.max = min(self.min, x), max(self.max, x)
+
+    def as_dict(self) -> dict[str, float]:
+        if not self.n:
+            return {"n": 0, "mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+        return {"n": self.n, "mean": self.mean, "std": math.sqrt(self._m2 / self.n), "min": self.min,
+                "max": self.max}
+
+
 @dataclass
 class Summary:
     """What the card says about the data, all counted from the shards."""
@@ -49,8 +69,8 @@ class Summary:
     # attribute -> value -> Counter over (split or gender value)
     counts: dict[str, dict[str, Counter]] = field(default_factory=dict)
     primary_split: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
-    clip: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    confidence: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    clip: dict[str, RunningStats] = field(default_factory=lambda: defaultdict(RunningStats))
+    confidence: dict[str, RunningStats] = field(default_factory=lambda: defaultdict(RunningStats))
 
     @property
     def total(self) -> int:
@@ -81,8 +101,8 @@ def summarize(root: str | Path) -> Summary:
                 summary.split_sizes[split] += 1
                 primary = labels[recipe.primary][r]
                 summary.primary_split[primary][split] += 1
-                summary.clip[primary].append(table["clip_score"][r])
-                summary.confidence[primary].append(table["label_confidence"][r])
+                summary.clip[primary].add(table["clip_score"][r])
+                summary.confidence[primary].add(table["label_confidence"][r])
                 for a in names:
                     c = summary.counts[a][labels[a][r]]
                     c["_total"] += 1
@@ -92,23 +112,32 @@ def summarize(root: str | Path) -> Summary:
 
 
 def sample_grid(root: str | Path, summary: Summary, columns: int = GRID_COLUMNS) -> Path:
-    """Write ``assets/samples.png``: one row per primary label, its best-scoring images."""
+    """Write ``assets/samples.png``: one row per primary label, its best-scoring images.
+
+    Streams: one row group at a time to rank (a heap of ``columns`` per label), then
+    images only from the row groups that hold a chosen row.
+    """
     root = Path(root)
     recipe = summary.recipe
     values = list(recipe.attributes[recipe.primary].values)
-    files = [str(p) for p in shard_paths(root, summary.manifest).values()]
-    dataset = pads.dataset(files, format="parquet")
-    scores = dataset.to_table(columns=["sample_id", recipe.primary, "clip_score"]).to_pydict()
-    chosen: dict[int, list[str]] = defaultdict(list)
-    ranked = sorted(zip(scores["clip_score"], scores["sample_id"], scores[recipe.primary]), key=lambda t: (-t[0], t[1]))
-    for _, sid, label in ranked:
-        if len(chosen[label]) < columns:
-            chosen[label].append(sid)
-    wanted = [sid for ids in chosen.values() for sid in ids]
+    files = list(shard_paths(root, summary.manifest).values())
+    best: dict[int, list[tuple[float, str]]] = defaultdict(list)  # label -> min-heap of (score, -id order)
+    for table in _row_groups(files, ["sample_id", recipe.primary, "clip_score"]):
+        for sid, label, score in zip(table["sample_id"], table[recipe.primary], table["clip_score"]):
+            _keep_top(best[label], (score, _Desc(sid)), columns)
+    chosen = {label: [key[1].value for key in sorted(heap, reverse=True)] for label, heap in best.items()}
+    wanted = {sid for ids in chosen.values() for sid in ids}
     images = {}
-    table = dataset.to_table(columns=["sample_id", "image"], filter=pads.field("sample_id").isin(wanted))
-    for sid, img in zip(table["sample_id"].to_pylist(), table["image"].to_pylist()):
-        images[sid] = Image.open(io.BytesIO(img["bytes"])).convert("RGB")
+    for path in files:
+        pf = pq.ParquetFile(path)
+        for i in range(pf.num_row_groups):
+            ids = pf.read_row_group(i, columns=["sample_id"])["sample_id"].to_pylist()
+            if wanted.isdisjoint(ids):
+                continue
+            table = pf.read_row_group(i, columns=["sample_id", "image"]).to_pydict()
+            for sid, img in zip(table["sample_id"], table["image"]):
+                if sid in wanted:
+                    images[sid] = Image.open(io.BytesIO(img["bytes"])).convert("RGB")
     label_w = 150
     grid = Image.new("RGB", (label_w + columns * GRID_CELL, len(values) * GRID_CELL), "white")
     draw = ImageDraw.Draw(grid)
@@ -124,6 +153,36 @@ def sample_grid(root: str | Path, summary: Summary, columns: int = GRID_COLUMNS)
     grid.save(tmp, format="PNG")
     tmp.replace(path)
     return path
+
+
+class _Desc:
+    """Orders sample ids in reverse, so that among equal scores the smallest id ranks first."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __lt__(self, other: "_Desc") -> bool:
+        return self.value > other.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and self.value == other.value
+
+
+def _keep_top(heap: list, item: tuple, k: int) -> None:
+    if len(heap) < k:
+        heapq.heappush(heap, item)
+    elif heap[0] < item:
+        heapq.heapreplace(heap, item)
+
+
+def _row_groups(files: list[Path], columns: list[str]):
+    """Each row group of each shard as a dict of columns, one at a time."""
+    for path in files:
+        pf = pq.ParquetFile(path)
+        for i in range(pf.num_row_groups):
+            yield pf.read_row_group(i, columns=columns).to_pydict()
 
 
 def _font(size: int):
@@ -171,13 +230,6 @@ def _info(name: str, features_yaml: list, sizes: dict[str, int], summary: Summar
         "download_size": int(sum(summary.split_bytes.values())),
         "dataset_size": int(sum(x["num_bytes"] for x in split_list)),
     }
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "min": min(values),
-            "max": max(values)}
 
 
 def changes_since_previous(manifest: Manifest) -> dict[str, int]:
@@ -237,8 +289,8 @@ def build_card(root: str | Path, repo_id: str | None = None) -> DatasetCard:
         splits=[s for s in recipe.splits if summary.split_sizes.get(s)],
         by=by,
         by_values=by_values,
-        clip_stats={v: _stats(summary.clip[v]) for v in recipe.attributes[recipe.primary].values},
-        confidence_stats={v: _stats(summary.confidence[v]) for v in recipe.attributes[recipe.primary].values},
+        clip_stats={v: summary.clip[v].as_dict() for v in recipe.attributes[recipe.primary].values},
+        confidence_stats={v: summary.confidence[v].as_dict() for v in recipe.attributes[recipe.primary].values},
         grid_path=grid.relative_to(root).as_posix(),
         version=manifest.get("version", FIRST_VERSION),
         previous=manifest.get("previous"),
