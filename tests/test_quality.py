@@ -308,6 +308,17 @@ def test_a_refilled_row_reproduces_exactly(deduped):
         assert reproducer.reproduce(full).identical
 
 
+def test_generate_prints_what_the_gates_rejected(tmp_path, pair_recipe):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(main, ["generate", pair_recipe, "--model", "tiny", "-n", "12", "--out", str(out),
+                                       "-q", "--dedupe-threshold", str(TINY_THRESHOLD), "--max-refills", "30"])
+    assert result.exit_code == 0, result.output
+    total = json.loads((out / "manifest.json").read_text())["quality"]["total"]
+    assert total["rejected"] > 0
+    assert (f"Quality gates rejected {total['rejected']} of {total['checked']} candidates checked "
+            f"(duplicate {total['rejected']}); {total['refills']} refills kept every quota.") in result.output
+
+
 def test_safety_screen_never_writes_a_flagged_candidate(tmp_path, pair_recipe, tiny_pipe, tiny_scorer):
     recipe = parse_recipe(open(pair_recipe).read(), pair_recipe)
     probe = make_engine(tiny_pipe, tiny_scorer, recipe, QualityOptions(safety=True))

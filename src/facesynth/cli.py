@@ -193,6 +193,11 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
     who = "" if result.worker.alone else f"worker {result.worker.index} of {result.worker.count}: "
     click.echo(f"{who}{result.out}: {result.rows} rows ({result.shards_written} shards written, "
                f"{result.shards_skipped} already done).")
+    q = result.quality
+    if q and q["rejected"]:
+        reasons = ", ".join(f"{r} {n}" for r, n in q["by_reason"].items() if n)
+        click.echo(f"Quality gates rejected {q['rejected']} of {q['checked']} candidates checked ({reasons}); "
+                   f"{q['refills']} refills kept every quota.")
     if result.merged:
         click.echo(f"Load it with datasets.load_dataset('{result.out}')")
     else:

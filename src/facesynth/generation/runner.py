@@ -109,6 +109,7 @@ class GenerateResult:
     timings: dict[str, float]
     worker: Worker = field(default_factory=Worker)
     merged: bool = True
+    quality: dict[str, Any] | None = None  # totals of this worker's shards (see quality.quality_report)
 
 
 def layout(plan: Plan, per_shard: int) -> list[ShardTask]:
@@ -414,7 +415,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
 
         write_card(out)
     return GenerateResult(out, sum(len(t.samples) for t in mine), len(todo), len(mine) - len(todo), timings,
-                          worker, merged)
+                          worker, merged, manifest.data["quality"]["total"])
 
 
 def _merge_if_last(out: Path, worker: Worker) -> bool:
