@@ -333,6 +333,22 @@ def test_safety_screen_never_writes_a_flagged_candidate(tmp_path, pair_recipe, t
     report = quality_report(json.loads((out / "manifest.json").read_text())["shards"])
     assert report["total"]["by_reason"]["unsafe"] > 0
     assert set(report["total"]["by_reason"]) == set(REASONS)
+    from facesynth.validate import validate
+
+    assert validate(out).problems == []
+    # validate holds every row to the run's threshold: a row above it is reported
+    path = sorted((out / "data").glob("*.parquet"))[0]
+    table = pq.read_table(path)
+    scores = table["safety_score"].to_pylist()
+    scores[0] = threshold + 0.01
+    import pyarrow as pa
+
+    pq.write_table(table.set_column(table.schema.get_field_index("safety_score"), "safety_score",
+                                    pa.array(scores, pa.float32())), path)
+    problems = [str(p) for p in validate(out).problems]
+    sid = table["sample_id"][0].as_py()
+    assert len(problems) >= 1
+    assert any(f"{sid}: safety_score " in p and f"is above the run's threshold {threshold}" in p for p in problems)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -347,3 +363,19 @@ def test_bad_gate_options_are_one_line(args, message, tmp_path):
                                        str(tmp_path / "x"), *args])
     assert result.exit_code == 2
     assert result.output == f"Error: {message}\n"
+
+
+def test_validate_holds_rows_to_the_face_gate_the_run_claims(deduped, tmp_path):
+    import shutil
+
+    from facesynth.validate import validate
+
+    _, out = deduped
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["parameters"]["quality"]["faces"] = True  # as if the rows had passed --faces
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    problems = [str(p) for p in validate(copy, images=False).problems]
+    assert len(problems) == 24
+    assert all("no face_box, but the run kept only rows with one face" in p for p in problems)

@@ -90,12 +90,13 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     names = {a: list(attr.values) for a, attr in recipe.attributes.items()}
     seen: Counter = Counter()
     cells: Counter = Counter()
+    gates = (manifest.get("parameters") or {}).get("quality") or {}
     files = [n for n in sorted(manifest.shards) if (root / n).exists()]
     bar = _bar(progress, sum(manifest.shards[n]["rows"] for n in files))
     with ThreadPoolExecutor(IMAGE_THREADS) as pool:
         for name in files:
             _check_shard(root, name, manifest.shards[name], features, names, expected, seen, cells, report, images,
-                         pool, bar)
+                         pool, bar, gates)
     bar.close()
     for sid, n in sorted(seen.items()):
         if n > 1:
@@ -126,7 +127,7 @@ def _bar(progress: bool, total: int):
 
 
 def _check_shard(root, name, record, features: Features, names, expected, seen: Counter, cells: Counter,
-                 report: Report, images: bool, pool: ThreadPoolExecutor, bar) -> None:
+                 report: Report, images: bool, pool: ThreadPoolExecutor, bar, gates: dict) -> None:
     try:
         pf = pq.ParquetFile(root / name)
     except Exception as exc:  # noqa: BLE001 - any failure to open is the finding
@@ -139,7 +140,8 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
         return
     if pf.metadata.num_rows != record["rows"]:
         report.add(name, f"{pf.metadata.num_rows} rows, the manifest says {record['rows']}")
-    columns = ["sample_id", *names, "prompt", "width", "height"] + (["image"] if images else [])
+    columns = ["sample_id", *names, "prompt", "width", "height", "face_box", "safety_score"]
+    columns += ["image"] if images else []
     for i in range(pf.num_row_groups):
         try:
             table = pf.read_row_group(i, columns=columns).to_pydict()
@@ -160,6 +162,7 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
                 report.add(name, f"{sid}: labels {labels} differ from the plan's {sample.labels}")
             if table["prompt"][r] != sample.prompt:
                 report.add(name, f"{sid}: prompt differs from the plan's")
+            _check_gates(name, sid, table["face_box"][r], table["safety_score"][r], gates, report)
         if images:
             sizes = list(zip(table["width"], table["height"]))
             for sid, size, error in pool.map(_decode, table["sample_id"], table["image"], sizes):
@@ -167,6 +170,15 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
                 if error:
                     report.add(name, f"{sid}: image {error}")
         bar.update(len(table["sample_id"]))
+
+
+def _check_gates(name: str, sid: str, face_box, safety_score, gates: dict, report: Report) -> None:
+    """What the run's gates promise of every kept row: one face recorded, a safety score within the threshold."""
+    if gates.get("faces") and not (face_box and len(face_box) == 4):
+        report.add(name, f"{sid}: no face_box, but the run kept only rows with one face")
+    limit = gates.get("safety_threshold")
+    if gates.get("safety") and (safety_score is None or safety_score > limit):
+        report.add(name, f"{sid}: safety_score {safety_score} is above the run's threshold {limit}")
 
 
 def _decode(sid: str, cell: dict, size: tuple[int, int]) -> tuple[str, tuple, str | None]:
