@@ -379,3 +379,15 @@ def test_validate_holds_rows_to_the_face_gate_the_run_claims(deduped, tmp_path):
     problems = [str(p) for p in validate(copy, images=False).problems]
     assert len(problems) == 24
     assert all("no face_box, but the run kept only rows with one face" in p for p in problems)
+
+
+def test_shard_embeddings_read_back_each_row_and_its_cell(deduped):
+    from facesynth.quality import shard_embeddings
+
+    _, out = deduped
+    path = sorted((out / "data").glob("*.parquet"))[0]
+    rows = pq.read_table(path, columns=["emotion", "clip_embedding"]).to_pylist()
+    read = list(shard_embeddings(path, {"emotion": ["happy", "sad"]}))
+    assert [cell for cell, _ in read] == [("happy", "sad")[r["emotion"]] for r in rows]
+    for (_, emb), row in zip(read, rows):
+        assert emb.dtype == np.float32 and np.array_equal(emb, np.asarray(row["clip_embedding"], np.float32))

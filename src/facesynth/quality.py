@@ -295,8 +295,11 @@ def shard_embeddings(path: Path, attributes: dict[str, list[str]]) -> Iterable[t
     pf = pq.ParquetFile(path)
     for i in range(pf.num_row_groups):
         table = pf.read_row_group(i, columns=[*attributes, "clip_embedding"])
-        labels = {a: table[a].to_pylist() for a in attributes}
-        embeddings = table["clip_embedding"].to_pylist()
-        for r, emb in enumerate(embeddings):
+        if not table.num_rows:
+            continue
+        labels = {a: table[a].to_numpy() for a in attributes}
+        column = table["clip_embedding"].combine_chunks()  # fixed length per row: one flat float32 buffer
+        embeddings = column.flatten().to_numpy().reshape(table.num_rows, -1)
+        for r in range(table.num_rows):
             cell = cell_key({a: values[labels[a][r]] for a, values in attributes.items()})
-            yield cell, np.asarray(emb, dtype=np.float32)
+            yield cell, embeddings[r]
