@@ -170,3 +170,13 @@ def test_cross_product_prefixes_balance_pairs_of_axes(n):
         full = len(EMOTIONS.attributes[a].values) * len(EMOTIONS.attributes[b].values)
         counts = list(pairs.values()) + [0] * (full - len(pairs))
         assert max(counts) - min(counts) <= slack
+
+
+def test_samples_share_equal_labels_settings_and_captions():
+    """A plan holds every sample; equal dicts and captions are stored once."""
+    plan = Plan(load_recipe("emotions"), 2000, None, 3)
+    cells = {tuple(s.labels.items()) for s in plan.samples}
+    assert len({id(s.labels) for s in plan.samples}) == len(cells) == 56
+    assert len({id(s.settings) for s in plan.samples}) == len({tuple(s.settings.items()) for s in plan.samples})
+    assert len({id(s.caption) for s in plan.samples}) == len({s.caption for s in plan.samples})
+    assert not hasattr(plan.samples[0], "__dict__")  # slots

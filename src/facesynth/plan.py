@@ -41,9 +41,14 @@ def _hash_int(*parts: Any) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
-    """One planned row: labels, chosen phrasings, prompts, settings, seeds and split."""
+    """One planned row: labels, chosen phrasings, prompts, settings, seeds and split.
+
+    Samples of one plan share equal ``labels``, ``phrases`` and ``settings`` dicts and
+    equal captions (a plan holds every sample, so this keeps it small); treat them
+    as read-only.
+    """
 
     index: int
     sample_id: str
@@ -189,6 +194,7 @@ class Plan:
                             "split larger collections into several datasets")
         self.num_samples = num_samples
         self._samples: list[Sample] | None = None
+        self._shared: dict[tuple, Any] = {}  # equal dicts and strings, stored once
 
     # Cell order -----------------------------------------------------------------------
     def _cells(self) -> list[dict[str, str]]:
@@ -242,19 +248,23 @@ class Plan:
             phrases[name] = value.phrases[_hash_int("phrase", self.seed, sample_id, name) % len(value.phrases)]
             settings.update(value.generation.overrides())
         captions = {name: attr.caption(labels[name]) for name, attr in r.attributes.items()}
+        caption = r.caption_template.format(**captions)
         return Sample(
             index=index,
             sample_id=sample_id,
-            labels=labels,
-            phrases=phrases,
+            labels=self._share("labels", labels),
+            phrases=self._share("phrases", phrases),
             prompt=r.template.format(**phrases),
             negative_prompt=r.negative_prompt,
-            caption=r.caption_template.format(**captions),
-            settings=settings,
+            caption=self._shared.setdefault(("caption", caption), caption),
+            settings=self._share("settings", settings),
             split=split,
             seeds=tuple(derive_seed(self.seed, sample_id, c) for c in range(self.num_candidates)),
             master_seed=self.seed,
         )
+
+    def _share(self, kind: str, d: dict[str, Any]) -> dict[str, Any]:
+        return self._shared.setdefault((kind, *d.items()), d)
 
     # Summaries ------------------------------------------------------------------------
     def counts(self) -> dict[str, dict[str, Counter]]:
