@@ -391,3 +391,15 @@ def test_shard_embeddings_read_back_each_row_and_its_cell(deduped):
     assert [cell for cell, _ in read] == [("happy", "sad")[r["emotion"]] for r in rows]
     for (_, emb), row in zip(read, rows):
         assert emb.dtype == np.float32 and np.array_equal(emb, np.asarray(row["clip_embedding"], np.float32))
+
+
+def test_quality_report_groups_cells_by_primary_label(demo_dataset):
+    shards = json.loads((demo_dataset / "manifest.json").read_text())["shards"]
+    per_cell = quality_report(shards)["cells"]
+    grouped = quality_report(shards, group=lambda cell: cell.split("/")[0])["cells"]
+    assert set(grouped) == {cell.split("/")[0] for cell in per_cell}
+    for emotion, q in grouped.items():
+        mine = [c for cell, c in per_cell.items() if cell.split("/")[0] == emotion]
+        assert q["rows"] == sum(c["rows"] for c in mine) and q["checked"] == sum(c["checked"] for c in mine)
+        weighted = sum(c["label_confidence"] * c["rows"] for c in mine) / q["rows"]
+        assert q["label_confidence"] == pytest.approx(weighted, abs=1e-9)

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .builder import read_manifest, shard_paths
 from .errors import OutputError
 from .folder import FIRST_VERSION
-from .quality import REASONS, CellStats, quality_report
+from .quality import REASONS, quality_report
 from .recipe import Recipe, parse_recipe
 from .schema import features as build_features
 from .writer import Manifest
@@ -248,11 +248,7 @@ def quality_tables(recipe: Recipe, manifest: Manifest) -> dict[str, Any]:
     grouping = " / ".join(recipe.attributes)
     if len(cells) > MAX_CARD_CELLS:
         at = list(recipe.attributes).index(recipe.primary)
-        stats = CellStats()
-        for record in manifest.shards.values():
-            for cell, s in (record.get("quality") or {}).items():
-                stats.add(cell.split("/")[at], s)
-        cells = quality_report({"all": {"quality": stats.to_json()}})["cells"]
+        cells = quality_report(manifest.shards, group=lambda cell: cell.split("/")[at])["cells"]
         grouping = recipe.primary
     gates = (manifest.get("generation") or {}).get("quality") or {}
     return {"total": report["total"], "cells": cells, "grouping": grouping, "gates": gates,

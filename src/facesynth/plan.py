@@ -26,7 +26,7 @@ from .errors import PlanError
 from .recipe import Recipe
 
 SEED_BITS = 63
-MAX_SAMPLES = 1_000_000  # the plan is held in memory: about 2 GB at this size
+MAX_SAMPLES = 1_000_000  # the plan is held in memory: about 0.7 GB at this size
 MAX_CANDIDATES = 64
 
 

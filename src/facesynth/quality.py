@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,10 +240,8 @@ class Tally:
 class CellStats:
     """Per label cell: rows, candidates checked, rejections by reason, refills, label confidence."""
 
-    def __init__(self, data: dict[str, dict[str, Any]] | None = None):
+    def __init__(self):
         self.data: dict[str, dict[str, Any]] = {}
-        for cell, stats in (data or {}).items():
-            self.add(cell, stats)
 
     def add(self, cell: str, stats: dict[str, Any]) -> None:
         mine = self.data.setdefault(cell, {"rows": 0, "checked": 0, "refills": 0, "label_confidence_sum": 0.0,
@@ -261,12 +259,12 @@ class CellStats:
         return {cell: {**s, "rejected": dict(sorted(s["rejected"].items()))} for cell, s in sorted(self.data.items())}
 
 
-def quality_report(shards: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Totals and per-cell rates from the shards' ``quality`` records (what the card shows)."""
+def quality_report(shards: dict[str, dict[str, Any]], group: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Totals and rates per label cell (or per ``group(cell)``) from the shards' ``quality`` records."""
     stats = CellStats()
     for record in shards.values():
         for cell, s in (record.get("quality") or {}).items():
-            stats.add(cell, s)
+            stats.add(group(cell) if group else cell, s)
     cells = {}
     total = CellStats()
     for cell, s in stats.to_json().items():

@@ -200,8 +200,10 @@ class Engine:
             tally.checked += 1
             return self.pick(scored, scored.best)
         cell = cell_key(scored.sample.labels)
-        pending = [w.embedding for sid, w in chosen.items()
-                   if sid != scored.sample.sample_id and cell_key(w.sample.labels) == cell]
+        pending = []  # rows of this cell chosen earlier in the batch, for deduplication
+        if self.gates.index is not None:
+            pending = [w.embedding for sid, w in chosen.items()
+                       if sid != scored.sample.sample_id and cell_key(w.sample.labels) == cell]
         for k in sorted(range(len(scored.seeds)), key=lambda k: (-scored.scores[k], k)):
             tally.checked += 1
             unsafe = None if scored.unsafe is None else scored.unsafe[k]
