@@ -107,7 +107,7 @@ def kill_and_resume(out: Path, num_samples: int, rows_per_shard: int, kills: lis
 
 
 def _layout(num_samples: int, rows_per_shard: int):
-    from facesynth.generation.runner import layout
+    from facesynth.layout import layout
     from facesynth.plan import Plan
     from facesynth.recipe import load_recipe
 

@@ -44,18 +44,38 @@ def test_generate_then_load(tmp_path, capsys):
 
 SCHEDULERS = "'default', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'unipc'"
 GEN = ["generate", "emotions", "-n", "4", "-o", "TMP/out"]
+
+
+def usage(command, message):
+    """A click usage error: one line, then click's pointer to the command's help."""
+    return f"Error: {message}\nTry 'facesynth{' ' + command if command else ''} -h' for help.\n"
+
+
 BAD_ARGS = [
     (["plan", "nope"], "nope: no such recipe file, and not a shipped recipe (agfd, emotions)"),
     (["plan", "emotions"], "recipe 'emotions' balances a cross product: give --num-samples"),
-    (["plan", "emotions", "-n", "x"], "Invalid value for '--num-samples' / '-n': 'x' is not a valid integer."),
+    (["plan", "emotions", "-n", "x"],
+     usage("plan", "Invalid value for '--num-samples' / '-n': 'x' is not a valid integer.")),
     (["plan", "emotions", "-n", "0"], "--num-samples: must be at least 1 (got 0)"),
     (["plan", "agfd", "-n", "99999"],
      "--num-samples: 99999 exceeds the 28400 samples that the strata of recipe 'agfd' add up to"),
     (["plan", "emotions", "-n", "4", "--by", "age"],
-     "Invalid value for --by: 'age' is not an attribute (emotion, gender, ethnicity)"),
-    (["generate", "emotions", "-n", "4"], "Missing option '--out' / '-o'."),
-    (GEN + ["--scheduler", "fast"], f"Invalid value for '--scheduler': 'fast' is not one of {SCHEDULERS}."),
-    (GEN + ["--steps", "0"], "Invalid value for '--steps': 0 is not in the range 1<=x<=1000."),
+     usage("plan", "Invalid value for --by: 'age' is not an attribute (emotion, gender, ethnicity)")),
+    (["generate", "emotions", "-n", "4"], usage("generate", "Missing option '--out' / '-o'.")),
+    (GEN + ["--scheduler", "fast"],
+     usage("generate", f"Invalid value for '--scheduler': 'fast' is not one of {SCHEDULERS}.")),
+    (GEN + ["--steps", "0"], usage("generate", "Invalid value for '--steps': 0 is not in the range 1<=x<=1000.")),
+    (GEN + ["--width", "12"], usage("generate", "Invalid value for '--width': 12 is not a multiple of 8 "
+                                                "(the VAE works on 8x8 pixel blocks).")),
+    (GEN + ["--height", "500"], usage("generate", "Invalid value for '--height': 500 is not a multiple of 8 "
+                                                  "(the VAE works on 8x8 pixel blocks).")),
+    (GEN + ["--guidance", "nan"], usage("generate", "Invalid value for '--guidance': 'nan' is not a finite number.")),
+    (GEN + ["--min-label-confidence", "nan"],
+     usage("generate", "Invalid value for '--min-label-confidence': 'nan' is not a finite number.")),
+    (GEN + ["--dedupe-threshold", "NaN"],
+     usage("generate", "Invalid value for '--dedupe-threshold': 'NaN' is not a finite number.")),
+    (GEN + ["--safety-threshold", "-nan"],
+     usage("generate", "Invalid value for '--safety-threshold': '-nan' is not a finite number.")),
     (GEN + ["--model", "tiny", "--candidates", "0"], "--candidates: must be between 1 and 64 (got 0)"),
     (GEN + ["--model", "tiny", "-n", "2000000"],
      "--num-samples: at most 1000000 per dataset (got 2000000); split larger collections into several datasets"),
@@ -74,26 +94,35 @@ BAD_ARGS = [
     (["generate", "emotions", "-n", "4", "-o", "TMP/file.txt/ds", "--model", "tiny"],
      "--out: cannot create 'TMP/file.txt/ds': Not a directory"),
     (["generate", "emotions", "-n", "4", "-o", "TMP/file.txt", "--model", "tiny"],
-     "Invalid value for '--out' / '-o': Directory 'TMP/file.txt' is a file."),
+     usage("generate", "Invalid value for '--out' / '-o': Directory 'TMP/file.txt' is a file.")),
     (["generate", "emotions", "-n", "4", "-o", "TMP", "--model", "tiny"],
-     "--out: 'TMP' is not empty and holds no facesynth manifest; use an empty folder"),
-    (["card", "TMP/out"], "Invalid value for 'DIRECTORY': Directory 'TMP/out' does not exist."),
+     "--out: 'TMP' is not empty (file.txt) and holds no facesynth manifest; use an empty folder (nothing was "
+     "changed)"),
+    (["generate", "emotions", "-n", "4", "-o", "TMP", "--model", "tiny", "--overwrite"],
+     "--out: 'TMP' is not empty (file.txt) and holds no facesynth manifest; use an empty folder (nothing was "
+     "changed)"),
+    (["card", "TMP/out"], usage("card", "Invalid value for 'DIRECTORY': Directory 'TMP/out' does not exist.")),
     (["card", "TMP"], "'TMP': no manifest.json; is this a facesynth dataset folder?"),
     (["validate", "TMP"], "'TMP': no manifest.json; is this a facesynth dataset folder?"),
-    (["validate", "TMP", "--reproduce", "-1"], "Invalid value for '--reproduce': -1 is not in the range x>=0."),
-    (["reproduce", "TMP"], "Missing argument 'SAMPLE_ID'."),
+    (["validate", "TMP", "--reproduce", "-1"],
+     usage("validate", "Invalid value for '--reproduce': -1 is not in the range x>=0.")),
+    (["reproduce", "TMP"], usage("reproduce", "Missing argument 'SAMPLE_ID'.")),
     (["reproduce", "TMP", "x-1"], "'TMP': no manifest.json; is this a facesynth dataset folder?"),
     (["merge", "TMP"], "'TMP': no worker manifests in .facesynth/workers/; was it generated with --num-workers?"),
-    (["nonsense"], "No such command 'nonsense'."),
+    (["nonsense"], usage("", "No such command 'nonsense'.")),
+    (["plan", "emotions", "-n", "4", "--bogus", "--debug"], usage("plan", "No such option '--bogus'. Did you mean '--verbose'?")),
 ]
 
 
 @pytest.mark.parametrize("args,message", BAD_ARGS, ids=[" ".join(a[:4]) for a, _ in BAD_ARGS])
 def test_bad_input_is_one_exact_line_and_exit_2(args, message, tmp_path, capsys):
     (tmp_path / "file.txt").write_text("not a folder")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     args = [a.replace("TMP", str(tmp_path)) for a in args]
     assert invoke(args) == 2
-    assert capsys.readouterr().err == f"Error: {message.replace('TMP', str(tmp_path))}\n"
+    expected = message if message.startswith("Error: ") else f"Error: {message}\n"
+    assert capsys.readouterr().err == expected.replace("TMP", str(tmp_path))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing created or deleted
 
 
 def test_bad_recipe_file_exits_2_with_one_line(tmp_path, capsys):
@@ -103,12 +132,31 @@ def test_bad_recipe_file_exits_2_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == f"Error: {bad}: attributes.emotion.values: must not be empty\n"
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "facesynth.cli", "--debug", "plan", "nope"], capture_output=True,
-                          text=True)
+@pytest.mark.parametrize("args", [["--debug", "plan", "nope"], ["plan", "nope", "--debug"],
+                                  ["plan", "--debug", "nope"], ["-v", "plan", "nope", "--debug", "-v"]])
+def test_debug_shows_the_traceback_wherever_it_stands(args):
+    proc = subprocess.run([sys.executable, "-m", "facesynth", *args], capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "RecipeError" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "facesynth.cli", "plan", "nope"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "NoSuchOption" not in proc.stderr  # the flag is known after the subcommand too
+
+
+def test_python_dash_m_and_verbose_after_the_subcommand():
+    proc = subprocess.run([sys.executable, "-m", "facesynth", "plan", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr == ("Error: nope: no such recipe file, and not a shipped recipe "
+                                                    "(agfd, emotions)\n")
+    proc = subprocess.run([sys.executable, "-m", "facesynth", "plan", "emotions", "-n", "4", "-v"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "recipe emotions: 4 samples" in proc.stdout
+
+
+def test_plan_breaks_down_by_the_primary_label_without_a_gender(tmp_path, capsys):
+    recipe = tmp_path / "moods.yaml"
+    recipe.write_text("name: moods\nprimary: mood\nattributes:\n  mood:\n    values: {calm: , wild: }\n"
+                      "  light:\n    values: {day: , night: }\ntemplate: '{mood} face, {light}'\n"
+                      "balance: {cross: [mood, light]}\n")
+    assert invoke(["plan", str(recipe), "-n", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "light  total  train  validation  test  calm  wild" in out
 
 
 def test_refuses_another_recipe_in_the_same_folder(tmp_path, capsys):

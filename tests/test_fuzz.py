@@ -6,6 +6,7 @@ on failure, exactly one ``Error:`` line.
 
 import contextlib
 import io
+import math
 import string
 
 import yaml
@@ -23,8 +24,11 @@ SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 CLI_SETTINGS = settings(SETTINGS, max_examples=60)
 
+templates = st.lists(st.sampled_from(["{gender}", "{emotion}", "{gender:d}", "{gender!r}", "{mood}", "{}", "{0}",
+                                      "{{", "}}", "{", "}", "{gender:>9999999}", "{emotion.x}", " face ", ""]),
+                     max_size=4).map("".join)
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12))
+                    st.text(max_size=12), templates)
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                        st.dictionaries(st.text(max_size=8), inner, max_size=3)),
                       max_leaves=8)
@@ -56,14 +60,40 @@ def _mutate(tree, path, value):
     return tree
 
 
+def _numbers(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _numbers(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _numbers(v)
+    elif isinstance(tree, float):
+        yield tree
+
+
+def _assert_usable(recipe):
+    """A recipe that parses is usable all the way: no late failure after a model has loaded."""
+    assert all(math.isfinite(x) for x in _numbers(recipe.model_dump()))
+    names = {a: "x" for a in recipe.attributes}
+    assert recipe.template.strip()
+    recipe.template.format(**names)
+    recipe.caption_template.format(**names)
+    for attr in recipe.attributes.values():
+        attr.label_prompt.format("x")
+    assert recipe.splits.get("train", 0) > 0 and math.isclose(sum(recipe.splits.values()), 1)
+    assert "default" not in recipe.attributes[recipe.primary].values
+
+
 def _load(text):
     try:
         recipe = parse_recipe(text, "fuzz.yaml")
     except RecipeError as exc:
         assert str(exc).startswith("fuzz.yaml: ") and "\n" not in str(exc)
         return None
+    _assert_usable(recipe)
     try:
-        Plan(recipe, 7)
+        plan = Plan(recipe, 7)
+        assert {s.split for s in plan.samples} <= set(recipe.splits)
     except FacesynthError as exc:
         assert "\n" not in str(exc)
     return recipe

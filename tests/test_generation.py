@@ -173,7 +173,7 @@ def test_other_parameters_against_an_existing_folder_are_refused(demo_dataset, t
         generate(GenerateConfig(recipe="emotions", out=demo_dataset, num_samples=24, model="tiny", seed=99,
                                 rows_per_shard=8, quiet=True))
     (tmp_path / "stuff.txt").write_text("mine")
-    with pytest.raises(OutputError, match="is not empty and holds no facesynth manifest"):
+    with pytest.raises(OutputError, match=r"is not empty \(stuff.txt\) and holds no facesynth manifest"):
         generate(GenerateConfig(recipe="emotions", out=tmp_path, num_samples=4, model="tiny", quiet=True))
 
 

@@ -81,6 +81,48 @@ BAD = [
      "x.yaml: attributes.emotion.values: name 'Happy!' must use lowercase letters, digits and '_' only"),
     ("- a\n- b\n", "x.yaml: the recipe must be a YAML mapping of keys to values"),
     (GOOD.replace("name: mini\n", ""), "x.yaml: name: required key is missing"),
+    # non-finite numbers, anywhere
+    (GOOD.replace("splits: {train: 0.5, validation: 0.25, test: 0.25}", "splits: {train: .nan, validation: 1.0}"),
+     "x.yaml: splits.train: must be a finite number (not NaN or infinity)"),
+    (GOOD.replace("splits: {train: 0.5, validation: 0.25, test: 0.25}", "splits: {train: .nan}"),
+     "x.yaml: splits.train: must be a finite number (not NaN or infinity)"),
+    (GOOD.replace("generation: {steps: 10}", "generation: {guidance: .inf}"),
+     "x.yaml: generation.guidance: must be a finite number (not NaN or infinity)"),
+    (GOOD.replace("{guidance: 9}", "{guidance: -.inf}"),
+     "x.yaml: attributes.gender.values.female.generation.guidance: must be a finite number (not NaN or infinity)"),
+    # placeholders must be bare names
+    (GOOD.replace("{gender}, {emotion}", "{gender:d}, {emotion}"),
+     "x.yaml: template: placeholder '{gender:d}' must be a bare attribute name such as '{gender}'"),
+    (GOOD.replace("{gender}, {emotion}", "{gender!x}, {emotion}"),
+     "x.yaml: template: placeholder '{gender!x}' must be a bare attribute name such as '{gender}'"),
+    (GOOD.replace("{gender}, {emotion}", "{gender:{foo}}, {emotion}"),
+     "x.yaml: template: placeholder '{gender:{foo}}' must be a bare attribute name such as '{gender}'"),
+    (GOOD.replace("{gender}, {emotion}", "{gender:>100000000000}, {emotion}"),
+     "x.yaml: template: placeholder '{gender:>100000000000}' must be a bare attribute name such as '{gender}'"),
+    (GOOD.replace("{gender}, {emotion}", "{gender.real}, {emotion}"),
+     "x.yaml: template: placeholder '{gender.real}' must be a bare attribute name such as '{gender}'"),
+    (GOOD.replace("{gender}, {emotion}", "{gender}, {emotion"),
+     "x.yaml: template: bad placeholder syntax (expected '}' before end of string); write a literal brace as "
+     "'{{' or '}}'"),
+    (GOOD.replace('template: "photo of a {gender}, {emotion}"', 'template: "  "'),
+     "x.yaml: template: must not be empty"),
+    (GOOD.replace("  gender:\n    values:", "  gender:\n    label_prompt: 'a {} {foo}'\n    values:"),
+     "x.yaml: attributes.gender.label_prompt: must contain '{}' exactly once, and no other placeholder"),
+    (GOOD.replace("  gender:\n    values:", "  gender:\n    label_prompt: 'a {0}'\n    values:"),
+     "x.yaml: attributes.gender.label_prompt: must contain '{}' exactly once, and no other placeholder"),
+    # strata values and unknown keys
+    (GOOD.replace("cross: [emotion, gender]", "strata: [{emotion: happy, gender: [male, female], count: 3}]"),
+     "x.yaml: balance.strata.0.gender: must be one value name, or a mapping of value names to counts "
+     "(got list ['male', 'female'])"),
+    (GOOD.replace("balance:", "balanse:"), "x.yaml: balanse: unknown key (did you mean 'balance'?)"),
+    # reserved names
+    (GOOD.replace("  gender:", "  seed:").replace("{gender}", "{seed}").replace("emotion, gender]", "emotion, seed]"),
+     "x.yaml: attributes: 'seed' is a column every dataset has; name the attribute otherwise"),
+    (GOOD.replace("  gender:", "  image:").replace("{gender}", "{image}").replace("emotion, gender]", "emotion, image]"),
+     "x.yaml: attributes: 'image' is a column every dataset has; name the attribute otherwise"),
+    (GOOD.replace("      sad: frowning", "      default: frowning"),
+     "x.yaml: attributes.emotion.values: 'default' is reserved for the dataset's all-rows config; "
+     "name the value otherwise"),
 ]
 
 
@@ -107,3 +149,17 @@ def test_fingerprint_changes_with_content():
     b = parse_recipe(GOOD.replace("steps: 10", "steps: 11"))
     assert a.fingerprint() == parse_recipe(GOOD).fingerprint()
     assert a.fingerprint() != b.fingerprint()
+
+
+def test_reserved_attribute_names_cover_every_built_in_column():
+    from facesynth.recipe import RESERVED_ATTRIBUTES
+    from facesynth.schema import features
+
+    recipe = parse_recipe(GOOD)
+    built_in = set(features(recipe)) - set(recipe.attributes)
+    assert built_in <= RESERVED_ATTRIBUTES
+
+
+def test_a_non_primary_value_may_be_called_default():
+    recipe = parse_recipe(GOOD.replace("      male:\n", "      default:\n"))
+    assert "default" in recipe.attributes["gender"].values

@@ -96,15 +96,12 @@ def test_validate_lists_every_problem(demo_copy, capsys):
                              table["clip_score"].cast(pa.float64()))
     _rewrite(demo_copy, "data/validation-00000.parquet", table)
     (demo_copy / "data" / "extra.parquet").write_bytes(b"stray")
-    shards = json.loads((demo_copy / "manifest.json").read_text())["shards"]
-    unread = shards["data/train-00002.parquet"]["rows"] + shards["data/validation-00000.parquet"]["rows"]
-
-    problems = [str(p) for p in validate(demo_copy).problems]
+    report = validate(demo_copy)
+    problems = [str(p) for p in report.problems]
     expected = [
         "data/train-00002.parquet: damaged: 5000 bytes, the manifest says",
-        "data/train-00002.parquet: unreadable Parquet",
         f"{rows[0]['sample_id']}: sample_id appears 2 times",
-        f"data/: {1 + unread} planned rows are missing: ",  # the lost row, and the rows of the unread shards
+        "data/: 1 planned rows are missing: ",  # the lost row; a damaged shard's rows are reported with it, once
         f"data/train-00001.parquet: {rows[2]['sample_id']}: image is 32x32, the row says 64x64",
         "data/validation-00000.parquet: schema differs from the declared features (clip_score)",
         "data/extra.parquet: file in data/ that the manifest does not record",
@@ -114,6 +111,9 @@ def test_validate_lists_every_problem(demo_copy, capsys):
         assert any(p.startswith(start) for p in problems), (start, "\n".join(problems))
     assert any(p.startswith("data/: ") and lost["sample_id"] in p for p in problems)
     assert any(p.startswith("train ") and "rows, the plan has" in p for p in problems)
+    assert sum(p.startswith("data/train-00002.parquet") for p in problems) == 1  # once, not once per row
+    assert not any(p.startswith("validation ") for p in problems)  # the unreadable shard's cells are not recounted
+    assert report.shards == 3  # of 5: the truncated and the mis-typed shard are not counted as read
 
     assert invoke(["validate", str(demo_copy), "-q"]) == 1
     captured = capsys.readouterr()
@@ -234,3 +234,34 @@ def test_bf16_on_cpu_generates_and_reproduces_exactly(tmp_path):
     assert manifest["runtime"]["dtype"] == "bfloat16"
     report = validate(out, reproduce=2, seed=0, device="cpu")
     assert report.ok and report.reproduced == 2, [str(p) for p in report.problems]
+
+
+def _write_labels(root, name, column, values):
+    """Rewrite one label column of a shard with raw ids (out of range, or null), checksums updated."""
+    table = pq.read_table(root / name)
+    index = table.schema.get_field_index(column)
+    table = table.set_column(index, table.schema.field(index), pa.array(values, type=table.schema.field(index).type))
+    _rewrite(root, name, table)
+    return table["sample_id"].to_pylist()
+
+
+def test_validate_reports_rows_with_bad_label_ids(demo_copy, capsys):
+    name = "data/train-00000.parquet"
+    n = pq.read_metadata(demo_copy / name).num_rows
+    ids = _write_labels(demo_copy, name, "emotion", [99, None] + [0] * (n - 2))
+    problems = [str(p) for p in validate(demo_copy).problems]
+    assert f"{name}: {ids[0]}: emotion is 99, not a label id (0..3)" in problems
+    assert f"{name}: {ids[1]}: emotion is None, not a label id (0..3)" in problems
+    assert invoke(["validate", str(demo_copy), "-q", "--no-images"]) == 1
+    assert "unexpected" not in capsys.readouterr().err
+
+
+def test_validate_flags_temp_files_left_by_interrupted_writes(demo_copy):
+    (demo_copy / ".manifest.json.12345.tmp").write_text("{")
+    (demo_copy / "data" / ".train-00000.parquet.ab12cd.tmp").write_bytes(b"PAR1")
+    problems = [str(p) for p in validate(demo_copy).problems]
+    assert problems == [
+        ".manifest.json.12345.tmp: temp file left by an interrupted write (not part of the dataset); delete it",
+        "data/.train-00000.parquet.ab12cd.tmp: temp file left by an interrupted write (not part of the dataset); "
+        "delete it",
+    ]

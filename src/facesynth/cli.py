@@ -14,6 +14,18 @@ from .recipe import SCHEDULER_NAMES
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what Slurm and Kubernetes send
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled exactly like Ctrl-C: the shard in progress is dropped, finished ones are kept."""
+
+
+class _State:
+    """Global flags, which may stand before or after the subcommand."""
+
+    debug = False
+    verbose = 0
 
 
 def _message(exc: BaseException) -> tuple[str, int]:
@@ -22,6 +34,8 @@ def _message(exc: BaseException) -> tuple[str, int]:
         return str(exc), exc.exit_code
     if isinstance(exc, click.ClickException):
         return exc.format_message().replace("\n", " "), EXIT_USAGE
+    if isinstance(exc, Terminated):
+        return "terminated (SIGTERM): finished shards are kept; run the same command again to resume", EXIT_TERMINATED
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted: finished shards are kept; run the same command again to resume", EXIT_INTERRUPTED
     if isinstance(exc, PermissionError):
@@ -33,34 +47,50 @@ def _message(exc: BaseException) -> tuple[str, int]:
     return f"unexpected {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)", EXIT_FAILURE
 
 
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 class FacesynthGroup(click.Group):
     """A group that reports every error as one line, with a traceback only under --debug."""
 
     def main(self, args=None, prog_name=None, **kwargs):  # type: ignore[override]
+        import signal
+
         args = list(sys.argv[1:] if args is None else args)
-        debug = "--debug" in args
+        _State.debug, _State.verbose = False, 0
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:  # click's form of KeyboardInterrupt (Ctrl-C, SIGINT)
-            message, code = _message(KeyboardInterrupt())
-            click.echo(f"Error: {message}", err=True)
-            sys.exit(code)
+            self._fail(KeyboardInterrupt())
+        except click.UsageError as exc:  # one line, then click's pointer to the help
+            click.echo(f"Error: {_message(exc)[0]}", err=True)
+            if exc.ctx is not None:
+                click.echo(f"Try '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}' for help.", err=True)
+            sys.exit(EXIT_USAGE)
         except BaseException as exc:  # noqa: BLE001 - this is the one place errors become messages
             if isinstance(exc, SystemExit):
                 raise
-            if debug:
+            if _State.debug:
                 raise
-            message, code = _message(exc)
-            click.echo(f"Error: {message}", err=True)
-            sys.exit(code)
+            self._fail(exc)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+    @staticmethod
+    def _fail(exc: BaseException) -> None:
+        message, code = _message(exc)
+        click.echo(f"Error: {message}", err=True)
+        sys.exit(code)
 
 
 def _setup_logging(verbose: int, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     if not debug:
         import os
 
@@ -70,11 +100,62 @@ def _setup_logging(verbose: int, debug: bool) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-@click.group(cls=FacesynthGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        _State.debug = True
+        _setup_logging(_State.verbose, True)
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if value:
+        _State.verbose += value
+        _setup_logging(_State.verbose, _State.debug)
+
+
+def global_options() -> list[click.Option]:
+    """``--debug`` and ``-v``: accepted before the subcommand and after it."""
+    return [
+        click.Option(["--debug"], is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+                     help="Show tracebacks and debug logs."),
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, is_eager=True, callback=_set_verbose,
+                     help="More logging."),
+    ]
+
+
+class FacesynthCommand(click.Command):
+    """Every subcommand also takes the global flags."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.extend(global_options())
+
+
+FacesynthGroup.command_class = FacesynthCommand
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses NaN and infinity (which compare false with any bound)."""
+
+    def convert(self, value, param, ctx):
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+def _multiple_of_8(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and value % 8:
+        raise click.BadParameter(f"{value} is not a multiple of 8 (the VAE works on 8x8 pixel blocks).",
+                                 ctx, param)
+    return value
+
+
+@click.group(cls=FacesynthGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             params=global_options())
 @click.version_option(package_name="facesynth")
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
-@click.option("-v", "--verbose", count=True, help="More logging.")
-def main(debug: bool, verbose: int) -> None:
+def main() -> None:
     """Build balanced, labelled, reproducible synthetic face datasets.
 
     \b
@@ -83,7 +164,7 @@ def main(debug: bool, verbose: int) -> None:
       facesynth generate emotions --model tiny --num-samples 32 --out demo
       facesynth card demo
     """
-    _setup_logging(verbose, debug)
+    _setup_logging(_State.verbose, _State.debug)
 
 
 @main.command("recipes")
@@ -101,9 +182,9 @@ def recipes_cmd() -> None:
 @click.option("--num-samples", "-n", type=int, help="Samples to plan (default: all strata of a strata recipe).")
 @click.option("--seed", type=int, help="Master seed (default: the recipe's).")
 @click.option("--candidates", type=int, default=3, show_default=True, help="Candidates per sample.")
-@click.option("--by", default="gender", show_default=True, help="Attribute to break counts down by.")
+@click.option("--by", help="Attribute to break counts down by (default: gender if there is one, else the primary).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan as JSONL.")
-def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates: int, by: str,
+def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates: int, by: str | None,
              output: Path | None) -> None:
     """Print the counts a recipe plans, per attribute value and split.
 
@@ -117,6 +198,8 @@ def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates:
     from .recipe import load_recipe
 
     r = load_recipe(recipe)
+    if by is None:
+        by = "gender" if "gender" in r.attributes and r.primary != "gender" else r.primary
     plan = Plan(r, num_samples, seed, candidates)
     if by not in r.attributes:
         raise click.BadParameter(f"'{by}' is not an attribute ({', '.join(r.attributes)})", param_hint="--by")
@@ -140,25 +223,27 @@ def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates:
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Default: fp16 on CUDA, fp32 elsewhere.")
 @click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Override the recipe's scheduler.")
 @click.option("--steps", type=click.IntRange(1, 1000), help="Override the recipe's steps.")
-@click.option("--guidance", type=click.FloatRange(0, 50), help="Override the recipe's guidance scale.")
-@click.option("--width", type=click.IntRange(8, 4096), help="Override the recipe's width.")
-@click.option("--height", type=click.IntRange(8, 4096), help="Override the recipe's height.")
+@click.option("--guidance", type=FiniteFloat(0, 50), help="Override the recipe's guidance scale.")
+@click.option("--width", type=click.IntRange(8, 4096), callback=_multiple_of_8,
+              help="Override the recipe's width (a multiple of 8).")
+@click.option("--height", type=click.IntRange(8, 4096), callback=_multiple_of_8,
+              help="Override the recipe's height (a multiple of 8).")
 @click.option("--rerank", type=click.Choice(["caption", "prompt"]), default="caption", show_default=True,
               help="Score candidates against the attribute caption or the full prompt.")
-@click.option("--min-label-confidence", type=click.FloatRange(0, 1),
+@click.option("--min-label-confidence", type=FiniteFloat(0, 1),
               help="Retry a sample with fresh seeds while CLIP's zero-shot probability of its label is lower.")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Attempts per sample under --min-label-confidence.")
 @click.option("--faces", is_flag=True,
               help="Keep only candidates with exactly one face (OpenCV Haar cascades; pip install 'facesynth[faces]').")
-@click.option("--min-face-size", type=click.FloatRange(0, 1, min_open=True), default=0.2, show_default=True,
+@click.option("--min-face-size", type=FiniteFloat(0, 1, min_open=True), default=0.2, show_default=True,
               help="Smallest face counted by --faces, as a fraction of the image's shorter side.")
-@click.option("--dedupe-threshold", type=click.FloatRange(-1, 1),
+@click.option("--dedupe-threshold", type=FiniteFloat(-1, 1),
               help="Reject a candidate whose CLIP image cosine to a kept row of its label cell is higher "
                    "[default: 0.95; off with --model tiny].")
 @click.option("--no-dedupe", is_flag=True, help="Keep near-duplicates.")
 @click.option("--safety", is_flag=True, help="Reject candidates that CLIP finds likely unsafe (zero-shot screen).")
-@click.option("--safety-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--safety-threshold", type=FiniteFloat(0, 1), default=0.5, show_default=True,
               help="Unsafe probability above which --safety rejects.")
 @click.option("--max-refills", type=click.IntRange(0, 1000), default=8, show_default=True,
               help="Extra attempts, with fresh seeds, for a sample whose candidates all failed the gates.")
@@ -216,12 +301,14 @@ def merge_cmd(directory: Path, num_workers: int | None, no_card: bool) -> None:
       facesynth merge agfd
     """
     from .folder import merge
+    from .lock import FolderLock
 
-    merged = merge(directory, num_workers)
-    if not no_card:
-        from .dataset_card import write_card
+    with FolderLock(directory, "DIRECTORY"):
+        merged = merge(directory, num_workers)
+        if not no_card:
+            from .dataset_card import write_card
 
-        write_card(directory)
+            write_card(directory)
     click.echo(f"{directory}: merged {merged['workers']} workers, {len(merged.shards)} shards")
 
 
@@ -295,9 +382,13 @@ def card_cmd(directory: Path) -> None:
     Example:
       facesynth card demo
     """
+    from .builder import read_manifest
     from .dataset_card import write_card
+    from .lock import FolderLock
 
-    path = write_card(directory)
+    read_manifest(directory)  # a folder that is not a dataset stays untouched
+    with FolderLock(directory, "DIRECTORY"):
+        path = write_card(directory)
     click.echo(f"wrote {path}")
 
 

@@ -23,11 +23,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .builder import read_manifest, shard_paths
 from .errors import OutputError
+from .files import atomic_write
 from .folder import FIRST_VERSION
 from .quality import REASONS, quality_report
 from .recipe import Recipe, parse_recipe
 from .schema import features as build_features
-from .writer import Manifest
+from .writer import Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +149,8 @@ def sample_grid(root: str | Path, summary: Summary, columns: int = GRID_COLUMNS)
             tile = images[sid].resize((GRID_CELL, GRID_CELL), Image.Resampling.LANCZOS)
             grid.paste(tile, (label_w + col * GRID_CELL, row * GRID_CELL))
     path = root / "assets" / "samples.png"
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(".samples.png.tmp")
-    grid.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_write(path, "wb") as f:
+        grid.save(f, format="PNG")
     return path
 
 
@@ -298,11 +297,17 @@ def build_card(root: str | Path, repo_id: str | None = None) -> DatasetCard:
 
 
 def write_card(root: str | Path, repo_id: str | None = None) -> Path:
-    """Write ``README.md`` (atomically) for a dataset folder and return its path."""
+    """Write ``README.md`` and the sample grid (atomically), and list both in the manifest.
+
+    Listed with their sha256, they are what ``--overwrite`` may delete later: a card
+    someone edited since is no longer facesynth's to delete.
+    """
     root = Path(root)
     card = build_card(root, repo_id)
     path = root / "README.md"
-    tmp = root / ".README.md.tmp"
-    tmp.write_text(str(card), encoding="utf-8")
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        f.write(str(card))
+    manifest = read_manifest(root)
+    manifest.data["files"] = {name: sha256_file(root / name) for name in ("README.md", "assets/samples.png")}
+    manifest.save(root)
     return path

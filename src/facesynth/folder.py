@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError
+from .files import is_temp_file
+from .lock import WORKERS_DIR
 from .quality import quality_report
 from .writer import MANIFEST, WORK_DIR, Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 
-OWNED = ("data", "assets", WORK_DIR, MANIFEST, "README.md")
-WORKERS_DIR = f"{WORK_DIR}/workers"
 FIRST_VERSION = "1.0.0"
+OWN_FILES = (MANIFEST, "README.md", "assets/samples.png")  # files a run writes besides its shards
 
 
 @dataclass(frozen=True)
@@ -94,31 +95,90 @@ def check_shards(root: Path, manifest: Manifest, names: list[str]) -> dict[str, 
     return damaged
 
 
-def _clear(out: Path) -> None:
-    for name in OWNED:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
+def is_dataset(out: Path) -> bool:
+    """Whether ``out`` holds a facesynth manifest (a merged one, or a worker's)."""
+    return (out / MANIFEST).is_file() or any((out / WORKERS_DIR).glob("*-of-*.json"))
+
+
+def check_owner(out: Path, what: str = "--out") -> None:
+    """Accept a missing folder, an empty one (but for facesynth's own ``.facesynth/``) or a facesynth dataset.
+
+    Anything else holds someone's files, which facesynth must neither mix with its own nor replace.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{what}: '{out}' exists and is not a folder")
+    if not out.exists() or is_dataset(out):
+        return
+    try:
+        foreign = sorted(p.name for p in out.iterdir() if p.name != WORK_DIR)
+    except PermissionError:
+        raise OutputError(f"{what}: cannot read '{out}': permission denied") from None
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputError(f"{what}: '{out}' is not empty ({shown}) and holds no facesynth manifest; "
+                          "use an empty folder (nothing was changed)")
+
+
+def listed_files(out: Path, manifests: list[Manifest]) -> list[Path]:
+    """What these manifests say a run wrote: shards, card and grid (when unchanged), and the manifests."""
+    paths = []
+    for manifest in manifests:
+        paths += [out / name for name in manifest.shards]
+        for name, digest in (manifest.get("files") or {}).items():
+            path = out / name
+            if name in OWN_FILES and path.is_file() and sha256_file(path) == digest:
+                paths.append(path)  # facesynth's card or grid, as facesynth wrote it
+        paths.append(Manifest.path(out, manifest.file))
+    return paths
+
+
+def clear_listed(out: Path, manifests: list[Manifest]) -> None:
+    """Delete what the replaced run's manifests list (``--overwrite``), and nothing else."""
+    for path in dict.fromkeys(listed_files(out, manifests)):
+        if path.is_file():
+            logger.info("--overwrite: removing %s", path)
             path.unlink()
+    for folder in sorted({p.parent for p in listed_files(out, manifests)}, key=lambda p: -len(p.parts)):
+        if folder != out and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def remove_stale_temp_files(out: Path) -> None:
+    """Temp files of facesynth's own writes, left by a killed process (call only while holding the folder)."""
+    for folder in (out, out / "assets"):
+        for path in folder.glob(".*") if folder.is_dir() else []:
+            if is_temp_file(path) and any(path.name.startswith(f".{Path(n).name}.") for n in OWN_FILES):
+                path.unlink(missing_ok=True)
+
+
+def tidy(out: Path, worker: "Worker", created: bool) -> None:
+    """Leave nothing the user did not ask for: this worker's temp folder, empty work folders, a folder we made."""
+    shutil.rmtree(out / worker.tmp_dir, ignore_errors=True)
+    for folder in (out / WORK_DIR / "tmp", out / WORKERS_DIR, out / WORK_DIR, *((out,) if created else ())):
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
 
 
 def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], worker: Worker,
-                overwrite: bool = False, repair: bool = False, version: str | None = None) -> Manifest:
-    """The manifest this process builds on: resumed, grown from an earlier version, or new.
+                overwrite: bool = False, repair: bool = False,
+                version: str | None = None) -> tuple[Manifest, list[Manifest]]:
+    """The manifest this process builds on (resumed, grown from an earlier version, or new), and
+    the manifests of a run that ``--overwrite`` replaces (deleted later, by :func:`clear_listed`,
+    once the new run has shown it can start). Call it holding the folder's lock.
 
     ``header`` is a fresh manifest (``fingerprint``, ``parameters``, ...); ``layout_ids``
     maps every shard of the layout to the digest of its sample ids.
     """
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out: '{out}' exists and is not a folder")
-    if overwrite:
-        if not worker.alone:
-            raise OutputError("--overwrite: not with several workers (one would delete the others' shards)")
-        _clear(out)
+    check_owner(out)
     main = Manifest.load(out) if out.exists() else None
-    if main is None and out.exists() and any(p.name not in OWNED for p in out.iterdir()):
-        raise OutputError(f"--out: '{out}' is not empty and holds no facesynth manifest; use an empty folder")
+    if overwrite:
+        replaced = [m for m in [main, *(p for ps in worker_parts(out).values() for p in ps.values())] if m]
+        fresh = Manifest(dict(header))
+        fresh.data["version"] = version or FIRST_VERSION
+        fresh.data["complete"] = False
+        return fresh, replaced
     base = _base(out, main, header, layout_ids, version)
     if not worker.alone:
         part = Manifest.load(out, worker.manifest_file)
@@ -144,7 +204,7 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
         del base.shards[name]
         (out / name).unlink(missing_ok=True)
     base.data["complete"] = False
-    return base
+    return base, []
 
 
 def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: dict[str, str],

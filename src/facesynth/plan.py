@@ -14,8 +14,10 @@ Pure Python, no torch. Properties the tests check:
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PlanError
+from .files import atomic_write
 from .recipe import Recipe
 
 SEED_BITS = 63
@@ -84,21 +87,44 @@ def deficit_order(weights: Sequence[float], caps: Sequence[int] | None = None) -
     share falls due first (ties go to the lower index). Every count then stays within
     ``1 - 1 / (2(k - 1))`` of its exact share, for every prefix. Endless, unless ``caps``
     bound each index's count.
+
+    Two heaps make a step ``O(log k)``: indices waiting to turn eligible (by the step
+    at which they may), and eligible ones (by deadline).
     """
     k = len(weights)
     total = sum(weights)
     slack = 2 * (k - 1) if k > 1 else 1
     used = [0] * k
+
+    def deadline(i: int) -> tuple[float, int]:
+        return (slack * (used[i] + 1) - 1) / weights[i], i
+
+    def eligible(i: int, n: int) -> bool:  # deficit >= 1/slack, multiplied through to stay exact for integers
+        return slack * (n * weights[i] - used[i] * total) >= total
+
+    def release(i: int) -> int:  # a step at or before the one where i turns eligible; checked exactly then
+        return max(1, math.floor(total * (1 + slack * used[i]) / (slack * weights[i])) - 1)
+
+    alive = {i for i in range(k) if weights[i] > 0 and (caps is None or caps[i] > 0)}
+    waiting = sorted((release(i), i) for i in alive)
+    ready: list[tuple[float, int]] = []
     n = 0
-    while True:
+    while alive:
         n += 1
-        live = [i for i in range(k) if (caps is None or used[i] < caps[i]) and weights[i] > 0]
-        if not live:
-            return
-        # deficit >= 1/slack, multiplied through by slack * total to stay in exact integers where weights are
-        eligible = [i for i in live if slack * (n * weights[i] - used[i] * total) >= total] or live
-        best = min(eligible, key=lambda i: ((slack * (used[i] + 1) - 1) / weights[i], i))
+        while waiting and waiting[0][0] <= n:
+            _, i = heapq.heappop(waiting)
+            heapq.heappush(ready, deadline(i)) if eligible(i, n) else heapq.heappush(waiting, (n + 1, i))
+        if ready:
+            best = heapq.heappop(ready)[1]
+        else:  # nobody eligible (only near the end of a capped order): the earliest deadline of all
+            best = min(alive, key=deadline)
+            waiting = [(r, i) for r, i in waiting if i != best]
+            heapq.heapify(waiting)
         used[best] += 1
+        if caps is not None and used[best] >= caps[best]:
+            alive.discard(best)
+        else:
+            heapq.heappush(waiting, (release(best), best))
         yield best
 
 
@@ -107,45 +133,73 @@ def smooth_sequence(weights: Sequence[float], length: int) -> list[int]:
     return list(itertools.islice(deficit_order(weights), length))
 
 
-def _round_order(grids: list[list[str]]) -> list[tuple[str, ...]]:
+class RoundOrder:
     """One round through every cell of a cross product, ordered so each prefix balances every axis.
 
-    Greedy: next comes the unused cell whose values, and pairs of values, are least
-    used so far, the first axis (the primary label) weighing most. After a full round every count is equal
-    again, so the same order repeats round after round and prefixes stay balanced.
+    Greedy, one axis at a time: the primary label's least used value, then for each
+    further axis the value least used together with the values already chosen (pairs),
+    then least used alone, among values that still have an unused cell in this round.
+    After a full round every count is equal again, so the same order repeats round
+    after round and prefixes stay balanced. Cells are made on demand, each in
+    ``O(sum of axis sizes)`` numpy work, so a plan costs time in the samples asked
+    for, not in the number of cells.
     """
-    cells = list(itertools.product(*grids))
-    axes = range(len(grids))
-    pairs = list(itertools.combinations(axes, 2))
-    used = [Counter() for _ in axes]
-    used_pairs: Counter = Counter()
 
-    def cost(c: int) -> tuple:
-        cell = cells[c]
-        return (used[0][cell[0]],
-                sum(used_pairs[(j, k, cell[j], cell[k])] for j, k in pairs),
-                sum(used[k][cell[k]] for k in axes),
-                c)
+    def __init__(self, sizes: Sequence[int]):
+        import numpy as np
 
-    left = list(range(len(cells)))
-    order = []
-    while left:
-        best = min(left, key=cost)
-        left.remove(best)
-        cell = cells[best]
-        for k in axes:
-            used[k][cell[k]] += 1
-        for j, k in pairs:
-            used_pairs[(j, k, cell[j], cell[k])] += 1
-        order.append(cell)
-    return order
+        self.np = np
+        self.sizes = list(sizes)
+        self.size = math.prod(self.sizes)
+        m = len(self.sizes)
+        self.used = [np.zeros(k, np.int64) for k in self.sizes]
+        self.pairs = {(i, j): np.zeros((self.sizes[i], self.sizes[j]), np.int64)
+                      for j in range(m) for i in range(j)}
+        self.below = [math.prod(self.sizes[j + 1:]) for j in range(m)]  # cells under a prefix of length j + 1
+        self.taken: dict[tuple[int, ...], Any] = {}  # prefix -> cells used this round under each next value
+        self.cells: list[tuple[int, ...]] = []
+
+    def __getitem__(self, index: int) -> tuple[int, ...]:
+        index %= self.size
+        while len(self.cells) <= index:
+            self.cells.append(self._next())
+        return self.cells[index]
+
+    def _next(self) -> tuple[int, ...]:
+        np = self.np
+        cell: list[int] = []
+        scale = len(self.cells) + 2
+        for j, k in enumerate(self.sizes):
+            cost = np.zeros(k, np.int64)
+            for i in range(j):
+                cost += self.pairs[(i, j)][cell[i]]
+            key = (cost * scale + self.used[j]) * k + np.arange(k)
+            taken = self.taken.get(tuple(cell))
+            if taken is not None:
+                key[taken >= self.below[j]] = np.iinfo(np.int64).max
+            cell.append(int(key.argmin()))
+        for j, v in enumerate(cell):
+            self.used[j][v] += 1
+            for i in range(j):
+                self.pairs[(i, j)][cell[i], v] += 1
+            taken = self.taken.setdefault(tuple(cell[:j]), np.zeros(self.sizes[j], np.int64))
+            taken[v] += 1
+        return tuple(cell)
 
 
 def _free_value(values: list[str], attr: str, cell: tuple, k: int) -> str:
-    """The k-th value of a free attribute in a cell: a hashed permutation per block of values."""
-    block, pos = divmod(k, len(values))
-    order = sorted(range(len(values)), key=lambda i: _hash_int("free", attr, cell, block, i))
-    return values[order[pos]]
+    """The k-th value of a free attribute in a cell: each block of ``len(values)`` uses every value once.
+
+    The order within a block is a hashed affine permutation ``(a * pos + b) mod n``, ``a``
+    coprime to ``n``: a bijection computed in constant time, however many values there are.
+    """
+    n = len(values)
+    block, pos = divmod(k, n)
+    a = _hash_int("free-a", attr, cell, block) % n or 1
+    while math.gcd(a, n) != 1:
+        a = a % n + 1
+    b = _hash_int("free-b", attr, cell, block) % n
+    return values[(a * pos + b) % n]
 
 
 class _SplitSequence:
@@ -202,8 +256,9 @@ class Plan:
         r = self.recipe
         if r.balance.cross is not None:
             axes = sorted(r.balance.cross, key=lambda a: a != r.primary)
-            cells = _round_order([list(r.attributes[a].values) for a in axes])
-            return [dict(zip(axes, cells[i % len(cells)])) for i in range(self.num_samples)]
+            grids = [list(r.attributes[a].values) for a in axes]
+            order = RoundOrder([len(g) for g in grids])
+            return [{a: grids[j][v] for j, (a, v) in enumerate(zip(axes, order[i]))} for i in range(self.num_samples)]
         strata = [s for s in r.strata if s.count > 0]
         counts = [s.count for s in strata]
         order = itertools.islice(deficit_order(counts, caps=counts), self.num_samples)
@@ -226,6 +281,7 @@ class Plan:
         r = self.recipe
         occurrences: Counter = Counter()
         split_seq = _SplitSequence(r.splits)
+        free_values = {name: list(attr.values) for name, attr in r.attributes.items()}
         for index, cell in enumerate(self._cells()):
             key = tuple(sorted(cell.items()))
             k = occurrences[key]
@@ -235,7 +291,7 @@ class Plan:
                 if name in cell:
                     labels[name] = cell[name]
                 else:  # a free attribute: each block of len(values) occurrences uses every value once
-                    labels[name] = _free_value(list(attr.values), name, key, k)
+                    labels[name] = _free_value(free_values[name], name, key, k)
             yield self._sample(index, labels, split_seq[k + _hash_int("split", key) % SPLIT_PHASES])
 
     def _sample(self, index: int, labels: dict[str, str], split: str) -> Sample:
@@ -290,12 +346,9 @@ class Plan:
 
     def write_jsonl(self, path: str | Path) -> None:
         """Write the plan, one sample per line (written to a temp file, then renamed)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_write(path) as f:
             for s in self.samples:
-                f.write(json.dumps(s.to_json(), sort_keys=True) + "\n")
-        tmp.replace(path)
+                f.write(json.dumps(s.to_json(), sort_keys=True, allow_nan=False) + "\n")
 
 
 def format_counts(plan: Plan, by: str | None = "gender") -> str:

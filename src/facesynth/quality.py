@@ -280,7 +280,7 @@ def _rates(s: dict[str, Any]) -> dict[str, Any]:
         "rows": s["rows"], "checked": checked, "rejected": rejected, "refills": s["refills"],
         "by_reason": {r: s["rejected"].get(r, 0) for r in REASONS},
         "rejection_rate": rejected / checked if checked else 0.0,
-        "label_confidence": s["label_confidence_sum"] / s["rows"] if s["rows"] else float("nan"),
+        "label_confidence": s["label_confidence_sum"] / s["rows"] if s["rows"] else None,
     }
 
 

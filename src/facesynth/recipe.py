@@ -9,6 +9,7 @@ line naming the file, the key path and what is wrong, for example
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import string
@@ -26,12 +27,22 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_SETTINGS = {"steps": 25, "guidance": 7.5, "scheduler": "default", "width": 512, "height": 512}
 NAME_CHARS = set(string.ascii_lowercase + string.digits + "_")
 SCHEDULER_NAMES = ("default", "ddim", "pndm", "euler", "euler_a", "dpm++_2m", "dpm++_2m_karras", "unipc")
+# Column names every dataset has (schema.BUILTIN_COLUMNS keeps them in step): no attribute may take one.
+RESERVED_ATTRIBUTES = frozenset((
+    "sample_id", "image", "prompt", "negative_prompt", "caption", "seed", "clip_score", "candidate_scores",
+    "candidate_index", "label_confidence", "attempt", "batch", "unet_calls", "clip_embedding", "face_box",
+    "safety_score", "steps", "guidance", "scheduler", "width", "height", "count", "split",
+))
+# Names the dataset card's configs use: no primary value may take one.
+RESERVED_CONFIGS = frozenset(("default", "all"))
+# Recipes hold only finite numbers: NaN or infinity is refused wherever a number is read.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Settings(BaseModel):
     """Generation settings; any field left out inherits from the level above."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     steps: int | None = Field(None, ge=1, le=1000)
     guidance: float | None = Field(None, ge=0, le=50)
@@ -53,7 +64,7 @@ class Settings(BaseModel):
 class Value(BaseModel):
     """One value of an attribute: its prompt phrasings, caption and settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     phrases: list[str] = Field(min_length=1)
     caption: str | None = None
@@ -83,7 +94,7 @@ class Value(BaseModel):
 class Attribute(BaseModel):
     """A label axis such as emotion or gender."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     values: dict[str, Value]
     label_prompt: str = "a photo of {}"
@@ -110,8 +121,8 @@ class Attribute(BaseModel):
     @field_validator("label_prompt")
     @classmethod
     def _label_prompt(cls, text: str) -> str:
-        if text.count("{}") != 1:
-            raise ValueError("must contain '{}' exactly once")
+        if placeholders(text) != [""]:
+            raise ValueError("must contain '{}' exactly once, and no other placeholder")
         return text
 
     def caption(self, value: str) -> str:
@@ -121,7 +132,7 @@ class Attribute(BaseModel):
 class Balance(BaseModel):
     """Either a full cross product over named axes, or explicit strata with counts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     cross: list[str] | None = None
     strata: list[dict[str, Any]] | None = None
@@ -148,7 +159,7 @@ class Stratum:
 class Recipe(BaseModel):
     """A validated recipe."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: str
     description: str = ""
@@ -173,7 +184,17 @@ class Recipe(BaseModel):
     @field_validator("attributes")
     @classmethod
     def _attributes(cls, attributes: dict[str, Attribute]) -> dict[str, Attribute]:
+        for name in attributes:
+            if name in RESERVED_ATTRIBUTES:
+                raise ValueError(f"'{name}' is a column every dataset has; name the attribute otherwise")
         return _named_mapping(attributes)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("must not be empty")
+        return text
 
     @field_validator("splits")
     @classmethod
@@ -309,23 +330,42 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
 
 
 def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
+    """The most telling problem: an unknown key before the missing key it was probably meant to be."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)
     if err["type"] == "extra_forbidden":
-        msg = "unknown key"
+        missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == err["loc"][:-1]]
+        known = difflib.get_close_matches(str(err["loc"][-1]), missing, n=1)
+        msg = f"unknown key (did you mean '{known[0]}'?)" if known else "unknown key"
     elif err["type"] == "missing":
         msg = "required key is missing"
+    elif err["type"] == "finite_number":
+        msg = "must be a finite number (not NaN or infinity)"
     return f"{loc}: {msg}" if loc else msg
 
 
-def _placeholders(template: str) -> list[str]:
+def placeholders(template: str) -> list[str]:
+    """The names of a template's placeholders; each must be bare: ``{name}`` (or ``{}``), no format spec.
+
+    ``{gender:d}``, ``{gender!r}`` or ``{gender:>99999}`` would fail or run away at format time,
+    so they are refused here, when the recipe is read.
+    """
     try:
-        fields = [f for _, f, spec, _ in string.Formatter().parse(template) if f is not None]
+        parts = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(f"bad placeholder syntax ({exc})") from None
+        raise ValueError(f"bad placeholder syntax ({exc}); write a literal brace as '{{{{' or '}}}}'") from None
+    fields = []
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if spec or conversion or not (field == "" or set(field) <= NAME_CHARS):
+            whole = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"placeholder '{whole}' must be a bare attribute name such as '{{{field.split('.')[0].split('[')[0] or 'name'}}}'")
+        fields.append(field)
     return fields
 
 
@@ -339,12 +379,17 @@ def _cross_check(recipe: Recipe) -> str | None:
         if text is None:
             continue
         try:
-            fields = _placeholders(text)
+            fields = placeholders(text)
         except ValueError as exc:
             return f"{key}: {exc}"
         for field in fields:
             if field not in attrs:
                 return f"{key}: placeholder '{{{field}}}' names no attribute"
+    primary_values = attrs[recipe.primary].values
+    for value in primary_values:
+        if value in RESERVED_CONFIGS:
+            return (f"attributes.{recipe.primary}.values: '{value}' is reserved for the dataset's "
+                    "all-rows config; name the value otherwise")
     if recipe.balance.cross is not None:
         seen = set()
         for i, axis in enumerate(recipe.balance.cross):
@@ -376,6 +421,9 @@ def _check_strata(recipe: Recipe) -> str | None:
                 continue
             if key not in attrs:
                 return f"{where}.{key}: not an attribute"
+            if not isinstance(value, (str, dict)):
+                return (f"{where}.{key}: must be one value name, or a mapping of value names to counts "
+                        f"(got {type(value).__name__} {value!r})")
             choices = value if isinstance(value, dict) else {value: 1}
             for name, n in choices.items():
                 if name not in attrs[key].values:

@@ -23,7 +23,9 @@ from datasets import Features
 from PIL import Image
 
 from .builder import read_manifest
+from .files import is_temp_file
 from .folder import check_shards
+from .layout import layout as shard_layout
 from .plan import Plan
 from .recipe import parse_recipe
 from .schema import features as build_features
@@ -78,38 +80,49 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     for name in manifest.shards:
         if name not in layout:
             report.add(name, "recorded in the manifest but not part of the layout")
-    on_disk = {p.relative_to(root).as_posix() for p in (root / "data").glob("*")} if (root / "data").exists() else set()
-    for name in sorted(on_disk - set(manifest.shards)):
+    temp = sorted({p for folder, pattern in ((root, ".*"), (root / "data", "**/.*"), (root / "assets", ".*"))
+                   if folder.is_dir() for p in folder.glob(pattern) if p.is_file() and is_temp_file(p)})
+    for path in temp:
+        report.add(path.relative_to(root).as_posix(), "temp file left by an interrupted write (not part of the "
+                                                      "dataset); delete it")
+    on_disk = ({p.relative_to(root).as_posix() for p in (root / "data").rglob("*") if p.is_file()}
+               if (root / "data").exists() else set())
+    for name in sorted(on_disk - set(manifest.shards) - {p.relative_to(root).as_posix() for p in temp}):
         report.add(name, "file in data/ that the manifest does not record (stale or foreign)")
     for name, why in check_shards(root, manifest, sorted(manifest.shards)).items():
         report.add(name, f"damaged: {why}; run generate with --repair to regenerate it", damaged=True)
 
     plan = Plan(recipe, manifest["plan"]["num_samples"], manifest["plan"]["seed"], manifest["plan"]["candidates"])
     expected = {s.sample_id: s for s in plan.samples}
+    per_shard = manifest["plan"].get("rows_per_shard")
+    usable = isinstance(per_shard, int) and per_shard > 0
+    held = {t.name: t.samples for t in shard_layout(plan, per_shard)} if usable else {}
     features = build_features(recipe)
     names = {a: list(attr.values) for a, attr in recipe.attributes.items()}
     seen: Counter = Counter()
     cells: Counter = Counter()
     gates = (manifest.get("parameters") or {}).get("quality") or {}
-    files = [n for n in sorted(manifest.shards) if (root / n).exists()]
+    files = [n for n in sorted(manifest.shards) if n not in report.damaged]
     bar = _bar(progress, sum(manifest.shards[n]["rows"] for n in files))
     with ThreadPoolExecutor(IMAGE_THREADS) as pool:
         for name in files:
             _check_shard(root, name, manifest.shards[name], features, names, expected, seen, cells, report, images,
                          pool, bar, gates)
     bar.close()
+    # the rows of a damaged shard are reported with it, once, not again as missing or miscounted
+    lost = {s.sample_id: s for name in report.damaged for s in held.get(name, [])}
     for sid, n in sorted(seen.items()):
         if n > 1:
             report.add(sid, f"sample_id appears {n} times")
-    missing = [sid for sid in expected if sid not in seen]
+    missing = [sid for sid in expected if sid not in seen and sid not in lost]
     if missing and manifest.get("complete"):
         more = ", ..." if len(missing) > 8 else ""
         report.add("data/", f"{len(missing)} planned rows are missing: {', '.join(missing[:8])}{more}")
-    planned = Counter((s.split, *s.labels.values()) for s in plan.samples)
+    planned = Counter((s.split, *s.labels.values()) for s in plan.samples if s.sample_id not in lost)
     for cell in sorted(set(planned) | set(cells)):
         if planned[cell] != cells[cell] and manifest.get("complete"):
             report.add(f"{cell[0]} {'/'.join(cell[1:])}", f"{cells[cell]} rows, the plan has {planned[cell]}")
-    report.shards = len(files)
+    report.shards = len([n for n in files if n not in report.damaged])
     report.rows = sum(seen.values())
     if report.damaged:
         report.add("README.md", "not compared with the data while shards are damaged")
@@ -150,6 +163,11 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
             continue
         for r, sid in enumerate(table["sample_id"]):
             seen[sid] += 1
+            bad = next((a for a in names if not isinstance(table[a][r], int) or not 0 <= table[a][r] < len(names[a])),
+                       None)
+            if bad is not None:
+                report.add(name, f"{sid}: {bad} is {table[bad][r]!r}, not a label id (0..{len(names[bad]) - 1})")
+                continue
             labels = {a: names[a][table[a][r]] for a in names}
             sample = expected.get(sid)
             if sample is None:

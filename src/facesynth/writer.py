@@ -11,7 +11,6 @@ finished shard's row count and sha256, and is itself replaced atomically.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -23,23 +22,15 @@ from datasets import Features
 from datasets.arrow_writer import ParquetWriter
 
 from .errors import OutputError
+from .files import load_json, write_json_atomic
+from .layout import ids_digest
+from .lock import WORK_DIR
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-WORK_DIR = ".facesynth"
 MAX_SHARD_BYTES = 500 * 10**6  # like push_to_hub's default max_shard_size
 ROW_GROUP_ROWS = 100
-
-
-def shard_name(split: str, index: int) -> str:
-    """``data/{split}-{index}.parquet``: no total in the name, so growing a dataset keeps its shards."""
-    return f"data/{split}-{index:05d}.parquet"
-
-
-def ids_digest(sample_ids: list[str]) -> str:
-    """A hash of a shard's sample ids in write order: equal digests mean equal content."""
-    return hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()[:16]
 
 
 def rows_per_shard(width: int, height: int) -> int:
@@ -54,17 +45,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file, fsync it, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique: workers may share the folder
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -146,9 +126,8 @@ class Manifest:
         if not path.exists():
             return None
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = load_json(path)
+        except (ValueError, UnicodeDecodeError) as exc:
             raise OutputError(f"'{path}': not a valid manifest ({exc})") from None
         if not isinstance(data, dict):
             raise OutputError(f"'{path}': not a valid manifest (not a JSON object)")

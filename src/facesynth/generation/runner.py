@@ -30,11 +30,14 @@ from PIL import Image
 
 from .. import __version__
 from ..errors import OutputError, PlanError, WriteError
-from ..folder import Worker, cell_counts, cell_key, merge, open_folder, worker_from
-from ..plan import Plan, Sample
+from ..folder import (Worker, cell_counts, cell_key, check_owner, clear_listed, merge, open_folder,
+                      remove_stale_temp_files, tidy, worker_from)
+from ..lock import WORK_DIR, FolderLock
+from ..plan import Plan
 from ..recipe import Recipe, load_recipe, resolve
 from ..schema import features as build_features
-from ..writer import ROW_GROUP_ROWS, WORK_DIR, Manifest, ShardWriter, ids_digest, rows_per_shard, shard_name
+from ..layout import ShardTask, layout
+from ..writer import ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
 from ..quality import CellStats, QualityOptions, quality_report, require_cv2, shard_embeddings
 from .engine import Engine, EngineOptions, Winner
 
@@ -88,19 +91,6 @@ class GenerateConfig:
 
 
 @dataclass
-class ShardTask:
-    """One shard of the layout and the samples it holds, in write order."""
-
-    name: str
-    split: str
-    samples: list[Sample] = field(default_factory=list)
-
-    @property
-    def ids(self) -> str:
-        return ids_digest([s.sample_id for s in self.samples])
-
-
-@dataclass
 class GenerateResult:
     out: Path
     rows: int
@@ -112,24 +102,12 @@ class GenerateResult:
     quality: dict[str, Any] | None = None  # totals of this worker's shards (see quality.quality_report)
 
 
-def layout(plan: Plan, per_shard: int) -> list[ShardTask]:
-    """Shards of every split: plan order cut into ``per_shard`` rows, then sorted by primary label.
-
-    Prefix-stable like the plan: a larger plan keeps every full shard of a smaller one.
-    """
-    recipe = plan.recipe
-    order = {v: i for i, v in enumerate(recipe.attributes[recipe.primary].values)}
-    tasks = []
-    for split, samples in plan.by_split().items():
-        for i in range(-(-len(samples) // per_shard)):
-            chunk = samples[i * per_shard: (i + 1) * per_shard]
-            chunk.sort(key=lambda s: (order[s.labels[recipe.primary]], sorted(s.settings.items()), s.index))
-            tasks.append(ShardTask(shard_name(split, i), split, chunk))
-    return tasks
-
-
 def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
-    """Preset settings (the tiny model's size and steps), then the command line's."""
+    """Preset settings (the tiny model's size and steps), then the command line's, checked like a recipe's."""
+    from pydantic import ValidationError
+
+    from ..recipe import Settings
+
     out: dict[str, Any] = {}
     if model == "tiny":
         from ..tiny import TINY_SETTINGS
@@ -138,6 +116,13 @@ def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
     for key in ("scheduler", "steps", "guidance", "width", "height"):
         value = getattr(cfg, key)
         if value is not None:
+            try:
+                Settings.model_validate({key: value})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                why = "must be a finite number" if err["type"] == "finite_number" else err["msg"].removeprefix(
+                    "Value error, ")
+                raise PlanError(f"--{key}: {why} (got {value})") from None
             out[key] = value
     return out
 
@@ -343,9 +328,11 @@ class ShardSink:
 
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
-    """Generate (or resume, repair or grow) a dataset folder, or this worker's part of it."""
-    from tqdm.auto import tqdm
+    """Generate (or resume, repair or grow) a dataset folder, or this worker's part of it.
 
+    Everything that can be checked without the model is checked first; then the folder
+    is locked for the whole run, so a second run on it is refused with the holder's pid.
+    """
     recipe = load_recipe(cfg.recipe)
     model = cfg.model or recipe.model
     if not model:
@@ -362,6 +349,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     if cfg.batch_size < 1:
         raise PlanError("--batch-size: must be at least 1")
     worker = worker_from(cfg.worker_index, cfg.num_workers)
+    if cfg.overwrite and not worker.alone:
+        raise OutputError("--overwrite: not with several workers (one would delete the others' shards)")
     quality = quality_options(cfg, model)
     plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     overrides = settings_overrides(cfg, model)
@@ -382,24 +371,44 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         "complete": False,
     }
     out = Path(cfg.out)
-    manifest = open_folder(out, header, {t.name: t.ids for t in tasks}, worker, overwrite=cfg.overwrite,
-                           repair=cfg.repair, version=cfg.dataset_version)
-    tmp_dir = out / worker.tmp_dir
+    check_owner(out)  # before anything is created in a folder that is not ours
+    created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_dir.mkdir(parents=True)
+        lock = FolderLock(out, "--out", worker.index, worker.count, header["fingerprint"]).acquire()
     except PermissionError:
         raise OutputError(f"--out: cannot write to '{out}': permission denied") from None
     except OSError as exc:
         raise OutputError(f"--out: cannot create '{out}': {exc.strerror or exc}") from None
+    try:
+        return _generate_locked(cfg, recipe, model, clip_model, overrides, quality, header, tasks, out, worker)
+    finally:
+        lock.release()
+        tidy(out, worker, created)
+
+
+def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model: str, overrides: dict[str, Any],
+                     quality: QualityOptions, header: dict[str, Any], tasks: list[ShardTask], out: Path,
+                     worker: Worker) -> GenerateResult:
+    """The run, holding the folder: resume, grow, repair or replace, then the card."""
+    from tqdm.auto import tqdm
+
+    manifest, replaced = open_folder(out, header, {t.name: t.ids for t in tasks}, worker, overwrite=cfg.overwrite,
+                                     repair=cfg.repair, version=cfg.dataset_version)
+    remove_stale_temp_files(out)
+    tmp_dir = out / worker.tmp_dir
     mine = worker.share(tasks)
     todo = [t for t in mine if t.name not in manifest.shards]
     done_rows = sum(len(t.samples) for t in mine if t not in todo)
     engine = None
-    if todo:
+    if todo:  # load the model before changing anything: a model that fails to load leaves the folder as it was
         engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest, quality)
-    manifest.save(out)
+    try:
+        clear_listed(out, replaced)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tmp_dir.mkdir(parents=True)
+        manifest.save(out)
+    except PermissionError:
+        raise OutputError(f"--out: cannot write to '{out}': permission denied") from None
     timings: dict[str, float] = {}
     if todo:
         start = time.perf_counter()

@@ -1,0 +1,54 @@
+"""The layout: which planned samples each shard holds, in write order. Pure: no torch, no files.
+
+Shards are cut from the plan alone, so every process (a resumed run, a worker,
+``validate``) computes the same layout and knows which rows belong where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from .plan import Plan, Sample
+
+
+def shard_name(split: str, index: int) -> str:
+    """``data/{split}-{index}.parquet``: no total in the name, so growing a dataset keeps its shards."""
+    return f"data/{split}-{index:05d}.parquet"
+
+
+def ids_digest(sample_ids: list[str]) -> str:
+    """A hash of a shard's sample ids in write order: equal digests mean equal content."""
+    return hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()[:16]
+
+
+
+@dataclass
+class ShardTask:
+    """One shard of the layout and the samples it holds, in write order."""
+
+    name: str
+    split: str
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def ids(self) -> str:
+        return ids_digest([s.sample_id for s in self.samples])
+
+
+def layout(plan: Plan, per_shard: int) -> list[ShardTask]:
+    """Shards of every split: plan order cut into ``per_shard`` rows, then sorted by primary label.
+
+    Prefix-stable like the plan: a larger plan keeps every full shard of a smaller one.
+    """
+    recipe = plan.recipe
+    order = {v: i for i, v in enumerate(recipe.attributes[recipe.primary].values)}
+    tasks = []
+    for split, samples in plan.by_split().items():
+        for i in range(-(-len(samples) // per_shard)):
+            chunk = samples[i * per_shard: (i + 1) * per_shard]
+            chunk.sort(key=lambda s: (order[s.labels[recipe.primary]], sorted(s.settings.items()), s.index))
+            tasks.append(ShardTask(shard_name(split, i), split, chunk))
+    return tasks
+
+
