@@ -44,6 +44,16 @@ def test_sigkill_and_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, de
     assert after_sigint >= 3 and after_sigint >= kept[-1]
     assert not any((out / ".facesynth" / "tmp").rglob("*.parquet"))  # the shard in progress was dropped
 
+    # SIGTERM (what Slurm and Kubernetes send) behaves like Ctrl-C
+    terminated, proc = kill_resume.run_and_kill(args, out, after_sigint + 1, 0.0, sig=signal.SIGTERM)
+    assert terminated and proc.returncode == 143
+    err = proc.stderr.read()
+    assert err.strip().splitlines()[-1] == ("Error: terminated (SIGTERM): finished shards are kept; run the same "
+                                            "command again to resume")
+    assert "Traceback" not in err
+    assert kill_resume.check_folder(out) > after_sigint
+    assert not any((out / ".facesynth" / "tmp").rglob("*.parquet"))
+
     done = subprocess.run(args, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert kill_resume.shard_sums(out) == kill_resume.shard_sums(demo_dataset)  # same bytes, shard for shard

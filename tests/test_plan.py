@@ -180,3 +180,61 @@ def test_samples_share_equal_labels_settings_and_captions():
     assert len({id(s.settings) for s in plan.samples}) == len({tuple(s.settings.items()) for s in plan.samples})
     assert len({id(s.caption) for s in plan.samples}) == len({s.caption for s in plan.samples})
     assert not hasattr(plan.samples[0], "__dict__")  # slots
+
+
+def _reference_deficit_order(weights, caps=None):
+    """The rule written plainly, O(k) a step: the oracle for the heap-based deficit_order."""
+    k, total = len(weights), sum(weights)
+    slack = 2 * (k - 1) if k > 1 else 1
+    used, n = [0] * k, 0
+    while True:
+        n += 1
+        live = [i for i in range(k) if (caps is None or used[i] < caps[i]) and weights[i] > 0]
+        if not live:
+            return
+        eligible = [i for i in live if slack * (n * weights[i] - used[i] * total) >= total] or live
+        best = min(eligible, key=lambda i: ((slack * (used[i] + 1) - 1) / weights[i], i))
+        used[best] += 1
+        yield best
+
+
+@settings(max_examples=300, deadline=None)
+@given(weights=st.lists(st.one_of(st.integers(0, 40), st.sampled_from([0.8, 0.1, 0.05, 1 / 3, 0.25])), min_size=1,
+                        max_size=9).filter(lambda w: sum(w) > 0), capped=st.booleans())
+def test_heap_deficit_order_equals_the_plain_rule(weights, capped):
+    import itertools
+
+    from facesynth.plan import deficit_order
+
+    caps = [int(w) for w in weights] if capped else None
+    length = sum(caps) + 1 if capped else 300
+    assert list(itertools.islice(deficit_order(weights, caps), length)) == \
+        list(itertools.islice(_reference_deficit_order(weights, caps), length))
+
+
+def _wide(a, b):
+    values = "\n".join(f"      a{i}:" for i in range(a))
+    other = "\n".join(f"      b{i}:" for i in range(b))
+    return parse_recipe(f"name: wide\nprimary: x\nattributes:\n  x:\n    values:\n{values}\n  y:\n    values:\n"
+                        f"{other}\ntemplate: '{{x}} {{y}}'\nbalance: {{cross: [x, y]}}\n")
+
+
+def test_a_small_plan_of_a_huge_cross_product_makes_only_what_it_needs():
+    """300 x 300 = 90,000 cells: -n 16 touches 16 cells (the old order built all 90,000, quadratically)."""
+    plan = Plan(_wide(300, 300), 16)
+    samples = plan.samples
+    assert len({s.labels["x"] for s in samples}) == 16  # the primary label round-robins
+    assert len({tuple(s.labels.items()) for s in samples}) == 16
+
+
+def test_one_attribute_of_10000_values_and_free_attributes_of_many_values():
+    recipe = _wide(10_000, 3)
+    samples = Plan(recipe, 12_000).samples
+    counts = Counter(s.labels["x"] for s in samples)
+    assert len(counts) == 10_000 and set(counts.values()) == {1, 2}
+    free = parse_recipe("name: free\nprimary: x\nattributes:\n  x:\n    values: {a: , b: }\n  y:\n    values:\n"
+                        + "\n".join(f"      v{i}:" for i in range(5000))
+                        + "\ntemplate: '{x} {y}'\nbalance: {cross: [x]}\n")
+    samples = Plan(free, 10_000).samples
+    per_cell = Counter((s.labels["x"], s.labels["y"]) for s in samples)
+    assert set(per_cell.values()) == {1}  # each cell's block of 5000 uses every free value once

@@ -30,7 +30,7 @@ from .errors import OutputError
 from .recipe import parse_recipe
 from .schema import features as build_features
 from .schema import label_ids
-from .writer import Manifest
+from .writer import FORMAT_VERSION, Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ class _Manifest(_Open):
     shards: dict[str, _Shard]
     layout: list[str]
     complete: bool = False
+    format: int = 0
+    parameters: dict = {}
+    files: dict[str, str] = {}
 
 
 class _Generated(_Manifest):
@@ -84,10 +87,11 @@ class _Generated(_Manifest):
     generation: dict = {}
 
 
-def read_manifest(root: str | Path, generated: bool = False) -> Manifest:
+def read_manifest(root: str | Path, generated: bool = False, current: bool = False) -> Manifest:
     """The folder's manifest, checked for the keys and types every reader relies on.
 
-    ``generated`` also requires what regenerating rows needs: the model and CLIP records.
+    ``generated`` also requires what regenerating rows needs: the model and CLIP records;
+    ``current``, a folder made by this version's plan and layout (loading needs neither).
     """
     manifest = Manifest.load(Path(root))
     if manifest is None:
@@ -98,7 +102,16 @@ def read_manifest(root: str | Path, generated: bool = False) -> Manifest:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise OutputError(f"'{Manifest.path(root)}': not a valid facesynth manifest ({where}: {err['msg']})") from None
+    if (current or generated) and manifest.get("format", 0) != FORMAT_VERSION:
+        raise OutputError(outdated(root, manifest))
     return manifest
+
+
+def outdated(root: str | Path, manifest: Manifest) -> str:
+    """One line for a folder made by another facesynth version's plan and layout."""
+    return (f"'{root}': made by another facesynth version (manifest format {manifest.get('format', 0)}; this "
+            f"version's is {FORMAT_VERSION}), whose plan and layout differ; it still loads with load_dataset, and "
+            "the same generate command with --overwrite remakes it in this version's layout")
 
 
 def shard_paths(root: str | Path, manifest: Manifest) -> dict[str, Path]:

@@ -17,8 +17,11 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what Slurm and Kubernetes send
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled exactly like Ctrl-C: the shard in progress is dropped, finished ones are kept."""
+class Terminated(BaseException):
+    """SIGTERM, handled like Ctrl-C: the shard in progress is dropped, finished ones are kept.
+
+    Not a KeyboardInterrupt, which click would turn into a plain ``Abort``.
+    """
 
 
 class _State:
@@ -386,7 +389,7 @@ def card_cmd(directory: Path) -> None:
     from .dataset_card import write_card
     from .lock import FolderLock
 
-    read_manifest(directory)  # a folder that is not a dataset stays untouched
+    read_manifest(directory, current=True)  # a folder that is not a current dataset stays untouched
     with FolderLock(directory, "DIRECTORY"):
         path = write_card(directory)
     click.echo(f"wrote {path}")

@@ -81,7 +81,7 @@ class Summary:
 def summarize(root: str | Path) -> Summary:
     """Count labels per split and gather scores, streaming the label columns of every shard."""
     root = Path(root)
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, current=True)
     if not manifest.shards:
         raise OutputError(f"'{root}': no finished shards yet, so nothing to describe; run generate first")
     recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])

@@ -173,6 +173,10 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
     """
     check_owner(out)
     main = Manifest.load(out) if out.exists() else None
+    if main is not None and main.get("format") != header["format"] and not overwrite:
+        from .builder import outdated
+
+        raise OutputError(f"--out: {outdated(out, main)}")
     if overwrite:
         replaced = [m for m in [main, *(p for ps in worker_parts(out).values() for p in ps.values())] if m]
         fresh = Manifest(dict(header))

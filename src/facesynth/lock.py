@@ -100,7 +100,7 @@ class FolderLock:
             fd = self._take(main, fcntl.LOCK_EX)
             _write_pid(fd)
             return self
-        self._take(main, fcntl.LOCK_SH)
+        os.ftruncate(self._take(main, fcntl.LOCK_SH), 0)  # a pid there is a dead lone run's: no lone run holds it now
         index, count = self.worker
         folder = self.root / WORKERS_DIR
         self._mkdir(folder)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import string
 from dataclasses import dataclass
 from importlib import resources
@@ -364,7 +365,8 @@ def placeholders(template: str) -> list[str]:
             continue
         if spec or conversion or not (field == "" or set(field) <= NAME_CHARS):
             whole = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            raise ValueError(f"placeholder '{whole}' must be a bare attribute name such as '{{{field.split('.')[0].split('[')[0] or 'name'}}}'")
+            name = re.match(r"[a-z0-9_]*", field).group() or "name"
+            raise ValueError(f"placeholder '{whole}' must be a bare attribute name such as '{{{name}}}'")
         fields.append(field)
     return fields
 

@@ -68,7 +68,7 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
              dtype: str | None = None, progress: bool = False) -> Report:
     """Check everything; return a report listing every problem found."""
     root = Path(root)
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, current=True)
     report = Report(root)
     recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
     if not manifest.get("complete"):

@@ -29,6 +29,9 @@ from .lock import WORK_DIR
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# The manifest's format: it changes whenever an older folder's plan or layout would no longer be this
+# version's (4: the plan's near-linear cross-product order and free-value permutation).
+FORMAT_VERSION = 4
 MAX_SHARD_BYTES = 500 * 10**6  # like push_to_hub's default max_shard_size
 ROW_GROUP_ROWS = 100
 

@@ -37,13 +37,12 @@ from ..plan import Plan
 from ..recipe import Recipe, load_recipe, resolve
 from ..schema import features as build_features
 from ..layout import ShardTask, layout
-from ..writer import ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
+from ..writer import FORMAT_VERSION, ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
 from ..quality import CellStats, QualityOptions, quality_report, require_cv2, shard_embeddings
 from .engine import Engine, EngineOptions, Winner
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3
 DEFAULT_DEDUPE = 0.95
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
