@@ -107,11 +107,21 @@ def test_repush_of_a_grown_version_deletes_stale_shards_and_tags(tmp_path, api, 
 
     code, out, err = push([str(folder), "--repo-id", REPO, "--dry-run"], capsys)
     assert code == 0, err
-    assert "upload  data/train-00001.parquet" in out and "(changed)" in out
-    assert "upload  data/train-00002.parquet" in out and "(new)" in out
-    assert "keep    data/train-00000.parquet" in out and "(unchanged)" in out
+    before = {e.path: e.lfs.sha256 for e in old if e.lfs}
+    after = {n: r["sha256"] for n, r in json.loads((folder / "manifest.json").read_text())["shards"].items()}
+    kept = [n for n in after if before.get(n) == after[n]]
+    changed = [n for n in after if n in before and before[n] != after[n]]
+    new = [n for n in after if n not in before]
+    assert kept and new  # full shards of 1.0.0 are kept, the grown rows are new
+    for name in kept:
+        assert f"keep    {name}" in out
+    for name in changed:
+        assert f"upload  {name}" in out and f"{name}  " in out
+    for name in new:
+        assert f"upload  {name}" in out
     assert "delete  data/train-00007.parquet  4.1 kB (stale)" in out
-    assert out.splitlines()[-1].startswith("dry run: would upload 5 files (")  # 2 shards, card, manifest, grid
+    uploads = len(changed) + len(new) + 3  # the shards, card, manifest and grid
+    assert out.splitlines()[-1].startswith(f"dry run: would upload {uploads} files (")
     assert api.method_calls == [call.list_repo_tree(REPO, repo_type="dataset", revision=None, recursive=True)]
 
     api.reset_mock()

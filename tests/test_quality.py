@@ -352,15 +352,15 @@ def test_safety_screen_never_writes_a_flagged_candidate(tmp_path, pair_recipe, t
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--min-face-size", "0"], "Invalid value for '--min-face-size': 0.0 is not in the range 0<x<=1."),
-    (["--dedupe-threshold", "1.5"], "Invalid value for '--dedupe-threshold': 1.5 is not in the range -1<=x<=1."),
+    (["--min-face-size", "0"], "Invalid value for '--min-face-size': 0.0 is not in the range 0<x<=1.\nTry 'facesynth generate -h' for help."),
+    (["--dedupe-threshold", "1.5"], "Invalid value for '--dedupe-threshold': 1.5 is not in the range -1<=x<=1.\nTry 'facesynth generate -h' for help."),
     (["--dedupe-threshold", "0.9", "--no-dedupe"], "--no-dedupe and --dedupe-threshold: give one or the other"),
-    (["--safety-threshold", "2"], "Invalid value for '--safety-threshold': 2.0 is not in the range 0<=x<=1."),
-    (["--max-refills", "-1"], "Invalid value for '--max-refills': -1 is not in the range 0<=x<=1000."),
+    (["--safety-threshold", "2"], "Invalid value for '--safety-threshold': 2.0 is not in the range 0<=x<=1.\nTry 'facesynth generate -h' for help."),
+    (["--max-refills", "-1"], "Invalid value for '--max-refills': -1 is not in the range 0<=x<=1000.\nTry 'facesynth generate -h' for help."),
 ])
 def test_bad_gate_options_are_one_line(args, message, tmp_path):
     result = CliRunner().invoke(main, ["generate", "emotions", "--model", "tiny", "-n", "4", "--out",
-                                       str(tmp_path / "x"), *args])
+                                       str(tmp_path / "x"), *args], prog_name="facesynth")
     assert result.exit_code == 2
     assert result.output == f"Error: {message}\n"
 

@@ -52,7 +52,8 @@ class Report:
     shards: int = 0
     images: int = 0
     reproduced: int = 0
-    damaged: set[str] = field(default_factory=set)  # shards that could not be read whole
+    damaged: set[str] = field(default_factory=set)  # shards that are missing, altered or unreadable
+    unread: set[str] = field(default_factory=set)  # shards whose rows could not be read
 
     @property
     def ok(self) -> bool:
@@ -102,15 +103,16 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     seen: Counter = Counter()
     cells: Counter = Counter()
     gates = (manifest.get("parameters") or {}).get("quality") or {}
-    files = [n for n in sorted(manifest.shards) if n not in report.damaged]
+    report.unread = {n for n in manifest.shards if not (root / n).is_file()}
+    files = [n for n in sorted(manifest.shards) if n not in report.unread]
     bar = _bar(progress, sum(manifest.shards[n]["rows"] for n in files))
     with ThreadPoolExecutor(IMAGE_THREADS) as pool:
         for name in files:
             _check_shard(root, name, manifest.shards[name], features, names, expected, seen, cells, report, images,
                          pool, bar, gates)
     bar.close()
-    # the rows of a damaged shard are reported with it, once, not again as missing or miscounted
-    lost = {s.sample_id: s for name in report.damaged for s in held.get(name, [])}
+    # the rows of an unreadable shard are reported with it, once, not again as missing or miscounted
+    lost = {s.sample_id: s for name in report.unread for s in held.get(name, [])}
     for sid, n in sorted(seen.items()):
         if n > 1:
             report.add(sid, f"sample_id appears {n} times")
@@ -122,7 +124,7 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     for cell in sorted(set(planned) | set(cells)):
         if planned[cell] != cells[cell] and manifest.get("complete"):
             report.add(f"{cell[0]} {'/'.join(cell[1:])}", f"{cells[cell]} rows, the plan has {planned[cell]}")
-    report.shards = len([n for n in files if n not in report.damaged])
+    report.shards = len([n for n in files if n not in report.unread])
     report.rows = sum(seen.values())
     if report.damaged:
         report.add("README.md", "not compared with the data while shards are damaged")
@@ -144,12 +146,15 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
     try:
         pf = pq.ParquetFile(root / name)
     except Exception as exc:  # noqa: BLE001 - any failure to open is the finding
-        report.add(name, f"unreadable Parquet: {exc}", damaged=True)
+        report.unread.add(name)
+        if name not in report.damaged:  # a shard already reported (truncated, altered) is reported once
+            report.add(name, f"unreadable Parquet: {exc}", damaged=True)
         return
     got = Features.from_arrow_schema(pf.schema_arrow)
     if got != features or pf.schema_arrow.remove_metadata() != features.arrow_schema.remove_metadata():
         diff = sorted(set(got) ^ set(features)) or [k for k in features if got.get(k) != features[k]]
         report.add(name, f"schema differs from the declared features ({', '.join(diff) or 'types'})", damaged=True)
+        report.unread.add(name)
         return
     if pf.metadata.num_rows != record["rows"]:
         report.add(name, f"{pf.metadata.num_rows} rows, the manifest says {record['rows']}")
@@ -159,7 +164,8 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
         try:
             table = pf.read_row_group(i, columns=columns).to_pydict()
         except Exception as exc:  # noqa: BLE001
-            report.add(name, f"row group {i} unreadable: {exc}", damaged=True)
+            if name not in report.damaged:
+                report.add(name, f"row group {i} unreadable: {exc}", damaged=True)
             continue
         for r, sid in enumerate(table["sample_id"]):
             seen[sid] += 1
