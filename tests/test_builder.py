@@ -99,3 +99,19 @@ def test_bad_filters_and_folders(demo_dataset, tmp_path):
         facesynth.load(str(demo_dataset), emotion="glum")
     with pytest.raises(OutputError, match="no manifest.json"):
         Facesynth(data_dir=str(tmp_path))
+
+
+def test_builder_configs_are_the_primary_labels_and_splits_come_in_order(demo_dataset):
+    b = Facesynth(data_dir=str(demo_dataset), config_name="sad")
+    b.download_and_prepare()
+    ds = b.as_dataset()
+    assert list(ds) == ["train", "validation", "test"]
+    assert all(_labels(d, "emotion") == {"sad"} for d in ds.values())
+    whole = Facesynth(data_dir=str(demo_dataset), config_name="default")
+    whole.download_and_prepare()
+    assert list(whole.as_dataset()) == ["train", "validation", "test"]
+    with pytest.raises(OutputError, match=r"config_name: 'glum' is not a config of this dataset \(default, happy, "
+                                          r"sad, angry, surprised\)"):
+        Facesynth(data_dir=str(demo_dataset), config_name="glum")
+    with pytest.raises(OutputError, match="contradicts config 'sad'"):
+        Facesynth(data_dir=str(demo_dataset), config_name="sad", filters={"emotion": "happy"})

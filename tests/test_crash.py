@@ -33,7 +33,7 @@ def test_sigkill_and_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, de
         assert killed, "the run finished before the kill"
         assert proc.returncode == -signal.SIGKILL
         kept.append(kill_resume.check_folder(out))  # only whole, checksummed shards
-    assert not (out / "data").exists() or all(p.suffix == ".parquet" for p in (out / "data").iterdir())
+    assert not (out / "data").exists() or all(p.suffix == ".parquet" for p in (out / "data").glob("*/*"))
 
     interrupted, proc = kill_resume.run_and_kill(args, out, 3, 0.0, sig=signal.SIGINT)
     assert interrupted and proc.returncode == 130

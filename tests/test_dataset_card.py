@@ -61,7 +61,7 @@ def test_sample_grid_shows_the_best_scoring_images_of_each_label(demo_dataset):
 
     from facesynth.dataset_card import GRID_CELL, GRID_COLUMNS
 
-    rows = [r for f in sorted((demo_dataset / "data").glob("*.parquet"))
+    rows = [r for f in sorted((demo_dataset / "data").glob("*/*.parquet"))
             for r in pq.read_table(f, columns=["sample_id", "emotion", "clip_score", "image"]).to_pylist()]
     grid = np.asarray(Image.open(demo_dataset / "assets" / "samples.png").convert("RGB"))
     for label in range(4):
@@ -89,3 +89,18 @@ def test_running_stats_match_two_pass_statistics():
     assert math.isclose(d["mean"], statistics.fmean(values), rel_tol=1e-12)
     assert math.isclose(d["std"], statistics.pstdev(values), rel_tol=1e-9)
     assert math.isnan(RunningStats().as_dict()["mean"])
+
+
+def test_each_per_label_config_holds_only_its_label_through_data_files_alone(demo_dataset):
+    """What the Hub's viewer does: read a config's data_files whole, with no filters."""
+    data = DatasetCard.load(demo_dataset / "README.md").data.to_dict()
+    names = None
+    for config in data["configs"][1:]:
+        assert "filters" not in config
+        files = {f["split"]: str(demo_dataset / f["path"]) for f in config["data_files"]}
+        ds = datasets.load_dataset("parquet", data_files=files)
+        names = names or ds["train"].features["emotion"].names
+        assert list(ds) == ["train", "validation", "test"]
+        assert {names[i] for d in ds.values() for i in d["emotion"]} == {config["config_name"]}
+    default = {f["split"]: str(demo_dataset / f["path"]) for f in data["configs"][0]["data_files"]}
+    assert sum(len(d) for d in datasets.load_dataset("parquet", data_files=default).values()) == 24

@@ -101,9 +101,10 @@ def test_dataset_schema_features_and_row_groups(demo_dataset, emotions):
     assert manifest["complete"] and manifest["plan"]["num_samples"] == 24
     assert manifest["model"]["name"] == "tiny" and manifest["clip_model"]["name"] == "tiny"
     assert {"torch", "diffusers", "transformers", "datasets"} <= set(manifest["versions"])
-    files = sorted((demo_dataset / "data").glob("*.parquet"))
-    assert [f.name for f in files] == sorted(n.split("/")[1] for n in manifest["shards"])
+    files = sorted((demo_dataset / "data").glob("*/*.parquet"))
+    assert [f.relative_to(demo_dataset).as_posix() for f in files] == sorted(manifest["shards"])
     expected = features(emotions)
+    names = expected["emotion"].names
     for f in files:
         pf = pq.ParquetFile(f)
         from datasets import Features
@@ -116,7 +117,8 @@ def test_dataset_schema_features_and_row_groups(demo_dataset, emotions):
             assert len(set(labels[start:start + n])) == 1
             start += n
         import hashlib
-        assert hashlib.sha256(f.read_bytes()).hexdigest() == manifest["shards"][f"data/{f.name}"]["sha256"]
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == manifest["shards"][f.relative_to(demo_dataset).as_posix()]["sha256"]
+        assert set(labels) == {names.index(f.parent.name)}  # one folder per primary label
     assert not list((demo_dataset / ".facesynth" / "tmp").glob("*"))
 
 
@@ -161,7 +163,7 @@ def test_resume_after_a_crash_gives_the_same_dataset(tmp_path, demo_dataset, mon
         generate(cfg)
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["shards"]) == 1 and not manifest["complete"]
-    assert len(list((out / "data").glob("*.parquet"))) == 1  # no partial shard in data/
+    assert len(list((out / "data").glob("*/*.parquet"))) == 1  # no partial shard in data/
     monkeypatch.setattr(runner.ShardSink, "_finish", real_finish)
     result = generate(cfg)
     assert result.shards_skipped == 1 and result.shards_written == len(manifest["layout"]) - 1 >= 2
@@ -187,11 +189,11 @@ def test_overwrite_replaces(tmp_path):
 
 
 def test_rerun_of_a_finished_dataset_does_nothing(demo_dataset):
-    before = {p: p.stat().st_mtime_ns for p in (demo_dataset / "data").glob("*.parquet")}
+    before = {p: p.stat().st_mtime_ns for p in (demo_dataset / "data").glob("*/*.parquet")}
     r = generate(GenerateConfig(recipe="emotions", out=demo_dataset, num_samples=24, model="tiny", quiet=True,
                                 rows_per_shard=8, write_card=False))
     assert r.shards_written == 0 and r.shards_skipped == len(before)
-    assert before == {p: p.stat().st_mtime_ns for p in (demo_dataset / "data").glob("*.parquet")}
+    assert before == {p: p.stat().st_mtime_ns for p in (demo_dataset / "data").glob("*/*.parquet")}
 
 
 def test_local_diffusers_folder_loads_through_from_pretrained(tiny_pipe, tmp_path):

@@ -238,3 +238,19 @@ def test_one_attribute_of_10000_values_and_free_attributes_of_many_values():
     samples = Plan(free, 10_000).samples
     per_cell = Counter((s.labels["x"], s.labels["y"]) for s in samples)
     assert set(per_cell.values()) == {1}  # each cell's block of 5000 uses every free value once
+
+
+@pytest.mark.parametrize("n", [12, 32, 100])
+def test_every_primary_label_gets_train_validation_and_test_at_small_sizes(n):
+    """Each label's first rows take train, validation and test in turn, then follow the ratios."""
+    samples = Plan(EMOTIONS, n).samples
+    per_label = Counter((s.labels["emotion"], s.split) for s in samples)
+    for label in EMOTIONS.attributes["emotion"].values:
+        assert all(per_label[(label, split)] >= 1 for split in ("train", "validation", "test")), (label, per_label)
+    if n == 32:
+        assert {per_label[(label, "train")] for label in EMOTIONS.attributes["emotion"].values} == {6}
+
+
+def test_a_label_with_two_rows_keeps_one_for_training():
+    samples = Plan(EMOTIONS, 8).samples
+    assert Counter(s.split for s in samples if s.labels["emotion"] == "happy") == {"train": 1, "validation": 1}

@@ -229,7 +229,7 @@ def test_an_existing_tag_is_refused_before_uploading(folder, api, hub, capsys):
 
 
 def test_an_invalid_folder_is_refused(folder, api, hub, capsys):
-    (folder / "data" / "train-00000.parquet").write_bytes(b"garbage")
+    (folder / "data" / "happy" / "train-00000.parquet").write_bytes(b"garbage")
     code, _, err = push([str(folder), "--repo-id", REPO], capsys)
     assert code == 2
     assert err.startswith(f"Error: '{folder}' is not ready to publish: ")

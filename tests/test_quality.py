@@ -65,12 +65,12 @@ def pair_recipe(tmp_path):
 
 
 def _rows(out, columns=None):
-    files = sorted((out / "data").glob("*.parquet"))
+    files = sorted((out / "data").glob("*/*.parquet"))
     return [row for f in files for row in pq.read_table(f, columns=columns).to_pylist()]
 
 
 def _shard_bytes(out):
-    return {p.name: p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))}
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "data").glob("*/*.parquet"))}
 
 
 # Faces ------------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def test_resume_with_dedupe_gives_the_same_dataset(deduped, tmp_path, monkeypatc
                          rows_per_shard=6, dedupe_threshold=TINY_THRESHOLD, max_refills=30)
     with pytest.raises(RuntimeError, match="power cut"):
         generate(cfg)
-    assert len(list((again / "data").glob("*.parquet"))) == 2
+    assert len(list((again / "data").glob("*/*.parquet"))) == 2
     monkeypatch.setattr(runner.ShardSink, "_finish", real_finish)
     result = generate(cfg)
     assert result.shards_skipped == 2
@@ -337,7 +337,7 @@ def test_safety_screen_never_writes_a_flagged_candidate(tmp_path, pair_recipe, t
 
     assert validate(out).problems == []
     # validate holds every row to the run's threshold: a row above it is reported
-    path = sorted((out / "data").glob("*.parquet"))[0]
+    path = sorted((out / "data").glob("*/*.parquet"))[0]
     table = pq.read_table(path)
     scores = table["safety_score"].to_pylist()
     scores[0] = threshold + 0.01
@@ -385,7 +385,7 @@ def test_shard_embeddings_read_back_each_row_and_its_cell(deduped):
     from facesynth.quality import shard_embeddings
 
     _, out = deduped
-    path = sorted((out / "data").glob("*.parquet"))[0]
+    path = sorted((out / "data").glob("*/*.parquet"))[0]
     rows = pq.read_table(path, columns=["emotion", "clip_embedding"]).to_pylist()
     read = list(shard_embeddings(path, {"emotion": ["happy", "sad"]}))
     assert [cell for cell, _ in read] == [("happy", "sad")[r["emotion"]] for r in rows]

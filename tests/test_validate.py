@@ -61,13 +61,13 @@ def _png(size):
 def test_a_generated_folder_is_valid_and_rows_reproduce_exactly(demo_dataset, capsys):
     report = validate(demo_dataset, reproduce=3, seed=1)
     assert report.ok, [str(p) for p in report.problems]
-    assert (report.rows, report.shards, report.images, report.reproduced) == (24, 5, 24, 3)
+    assert (report.rows, report.shards, report.images, report.reproduced) == (24, 12, 24, 3)
     assert invoke(["validate", str(demo_dataset), "--reproduce", "2", "-q"]) == 0
-    assert "valid (24 rows in 5 shards, 24 images decoded, 2 rows regenerated)" in capsys.readouterr().out
+    assert "valid (24 rows in 12 shards, 24 images decoded, 2 rows regenerated)" in capsys.readouterr().out
 
 
 def test_reproduce_regenerates_one_row_from_its_columns_and_the_manifest(demo_dataset, tmp_path, capsys):
-    row = pq.read_table(demo_dataset / "data" / "validation-00000.parquet").to_pylist()[0]
+    row = pq.read_table(demo_dataset / "data" / "sad" / "validation-00000.parquet").to_pylist()[0]
     png = tmp_path / "row.png"
     assert invoke(["reproduce", str(demo_dataset), row["sample_id"], "--out", str(png)]) == 0
     assert f"{row['sample_id']}: identical to the stored image" in capsys.readouterr().out
@@ -81,29 +81,29 @@ def test_reproduce_regenerates_one_row_from_its_columns_and_the_manifest(demo_da
 
 
 def test_validate_lists_every_problem(demo_copy, capsys):
-    truncated = demo_copy / "data" / "train-00002.parquet"
+    truncated = demo_copy / "data" / "angry" / "train-00000.parquet"
     truncated.write_bytes(truncated.read_bytes()[:5000])
     # a shard with a duplicated row, a lost row and an image at the wrong size, checksums updated
-    table = pq.read_table(demo_copy / "data" / "train-00001.parquet")
+    table = pq.read_table(demo_copy / "data" / "happy" / "train-00000.parquet")
     rows = table.to_pylist()
     lost = rows.pop()
     rows.append(dict(rows[0]))
     rows[2]["image"] = {"bytes": _png(32), "path": None}
-    _rewrite(demo_copy, "data/train-00001.parquet", pa.Table.from_pylist(rows, schema=table.schema))
+    _rewrite(demo_copy, "data/happy/train-00000.parquet", pa.Table.from_pylist(rows, schema=table.schema))
     # a shard whose schema is not the declared features
-    table = pq.read_table(demo_copy / "data" / "validation-00000.parquet")
+    table = pq.read_table(demo_copy / "data" / "sad" / "validation-00000.parquet")
     table = table.set_column(table.schema.get_field_index("clip_score"), "clip_score",
                              table["clip_score"].cast(pa.float64()))
-    _rewrite(demo_copy, "data/validation-00000.parquet", table)
+    _rewrite(demo_copy, "data/sad/validation-00000.parquet", table)
     (demo_copy / "data" / "extra.parquet").write_bytes(b"stray")
     report = validate(demo_copy)
     problems = [str(p) for p in report.problems]
     expected = [
-        "data/train-00002.parquet: damaged: 5000 bytes, the manifest says",
+        "data/angry/train-00000.parquet: damaged: 5000 bytes, the manifest says",
         f"{rows[0]['sample_id']}: sample_id appears 2 times",
         "data/: 1 planned rows are missing: ",  # the lost row; a damaged shard's rows are reported with it, once
-        f"data/train-00001.parquet: {rows[2]['sample_id']}: image is 32x32, the row says 64x64",
-        "data/validation-00000.parquet: schema differs from the declared features (clip_score)",
+        f"data/happy/train-00000.parquet: {rows[2]['sample_id']}: image is 32x32, the row says 64x64",
+        "data/sad/validation-00000.parquet: schema differs from the declared features (clip_score)",
         "data/extra.parquet: file in data/ that the manifest does not record",
         "README.md: not compared with the data while shards are damaged",
     ]
@@ -111,9 +111,9 @@ def test_validate_lists_every_problem(demo_copy, capsys):
         assert any(p.startswith(start) for p in problems), (start, "\n".join(problems))
     assert any(p.startswith("data/: ") and lost["sample_id"] in p for p in problems)
     assert any(p.startswith("train ") and "rows, the plan has" in p for p in problems)
-    assert sum(p.startswith("data/train-00002.parquet") for p in problems) == 1  # once, not once per row
-    assert not any(p.startswith("validation ") for p in problems)  # the unreadable shard's cells are not recounted
-    assert report.shards == 3  # of 5: the truncated and the mis-typed shard are not counted as read
+    assert sum(p.startswith("data/angry/train-00000.parquet") for p in problems) == 1  # once, not once per row
+    assert not any(p.startswith("validation sad/") for p in problems)  # unread shards' cells are not recounted
+    assert report.shards == 10  # of 12: the truncated and the mis-typed shard are not counted as read
 
     assert invoke(["validate", str(demo_copy), "-q"]) == 1
     captured = capsys.readouterr()
@@ -133,18 +133,18 @@ def test_validate_catches_a_card_that_disagrees_with_the_data(demo_copy):
 
 
 def test_generate_refuses_a_damaged_shard_and_repair_regenerates_only_it(demo_copy, demo_dataset):
-    shard = demo_copy / "data" / "train-00001.parquet"
+    shard = demo_copy / "data" / "happy" / "train-00000.parquet"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, altered content
     shard.write_bytes(bytes(data))
-    with pytest.raises(OutputError, match=r"damaged shard\(s\): data/train-00001.parquet \(sha256 differs "
+    with pytest.raises(OutputError, match=r"damaged shard\(s\): data/happy/train-00000.parquet \(sha256 differs "
                                           r"from the manifest\); run the same command with --repair"):
         generate(GenerateConfig(out=demo_copy, **DEMO))
-    others = {p.name: p.stat().st_mtime_ns for p in (demo_copy / "data").iterdir() if p != shard}
+    others = {p: p.stat().st_mtime_ns for p in (demo_copy / "data").glob("*/*.parquet") if p != shard}
     result = generate(GenerateConfig(out=demo_copy, repair=True, **DEMO))
-    assert (result.shards_written, result.shards_skipped) == (1, 4)
-    assert shard.read_bytes() == (demo_dataset / "data" / "train-00001.parquet").read_bytes()
-    assert others == {p.name: p.stat().st_mtime_ns for p in (demo_copy / "data").iterdir() if p != shard}
+    assert (result.shards_written, result.shards_skipped) == (1, 11)
+    assert shard.read_bytes() == (demo_dataset / "data" / "happy" / "train-00000.parquet").read_bytes()
+    assert others == {p: p.stat().st_mtime_ns for p in (demo_copy / "data").glob("*/*.parquet") if p != shard}
     assert validate(demo_copy).ok
 
 
@@ -246,7 +246,7 @@ def _write_labels(root, name, column, values):
 
 
 def test_validate_reports_rows_with_bad_label_ids(demo_copy, capsys):
-    name = "data/train-00000.parquet"
+    name = "data/happy/train-00000.parquet"
     n = pq.read_metadata(demo_copy / name).num_rows
     ids = _write_labels(demo_copy, name, "emotion", [99, None] + [0] * (n - 2))
     problems = [str(p) for p in validate(demo_copy).problems]
@@ -258,10 +258,10 @@ def test_validate_reports_rows_with_bad_label_ids(demo_copy, capsys):
 
 def test_validate_flags_temp_files_left_by_interrupted_writes(demo_copy):
     (demo_copy / ".manifest.json.12345.tmp").write_text("{")
-    (demo_copy / "data" / ".train-00000.parquet.ab12cd.tmp").write_bytes(b"PAR1")
+    (demo_copy / "data" / "happy" / ".train-00000.parquet.ab12cd.tmp").write_bytes(b"PAR1")
     problems = [str(p) for p in validate(demo_copy).problems]
     assert problems == [
         ".manifest.json.12345.tmp: temp file left by an interrupted write (not part of the dataset); delete it",
-        "data/.train-00000.parquet.ab12cd.tmp: temp file left by an interrupted write (not part of the dataset); "
+        "data/happy/.train-00000.parquet.ab12cd.tmp: temp file left by an interrupted write (not part of the dataset); "
         "delete it",
     ]

@@ -44,7 +44,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, demo_dataset):
 def test_independent_workers_rerun_alone_and_merge(tmp_path, demo_dataset, capsys):
     out = tmp_path / "array"
     first = generate(GenerateConfig(out=out, worker_index=0, num_workers=2, **DEMO))
-    assert not first.merged and first.shards_written == 3  # shards 0, 2, 4 of 5
+    assert not first.merged and first.shards_written == 6  # shards 0, 2, ..., 10 of 12
     assert not (out / "manifest.json").exists() and not (out / "README.md").exists()
     with pytest.raises(OutputError, match=r"worker\(s\) 1 of 2 have not finished; run them again"):
         merge(out)
@@ -66,16 +66,16 @@ def test_independent_workers_rerun_alone_and_merge(tmp_path, demo_dataset, capsy
             generate(GenerateConfig(out=out, worker_index=1, num_workers=2, **DEMO))
     finally:
         runner.ShardSink._finish = real_finish
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
+    before = {p: p.stat().st_mtime_ns for p in (out / "data").glob("*/*.parquet")}
     again = generate(GenerateConfig(out=out, worker_index=1, num_workers=2, write_card=False, **DEMO))
     assert (again.shards_written, again.shards_skipped) == (1, 1) and again.merged  # the last worker merges
-    after = {p.name: p.stat().st_mtime_ns for p in (out / "data").iterdir()}
+    after = {p: p.stat().st_mtime_ns for p in (out / "data").glob("*/*.parquet")}
     assert all(after[n] == t for n, t in before.items())
     assert shard_sums(out) == shard_sums(demo_dataset)
     with pytest.raises(SystemExit) as exit_info:
         main.main(args=["merge", str(out)], prog_name="facesynth")  # explicit merge: idempotent, writes the card
     assert exit_info.value.code == 0
-    assert f"{out}: merged 2 workers, 5 shards" in capsys.readouterr().out
+    assert f"{out}: merged 2 workers, 12 shards" in capsys.readouterr().out
     assert validate(out).ok
 
 

@@ -156,13 +156,25 @@ class Facesynth(datasets.ArrowBasedBuilder):
 
     BUILDER_CONFIG_CLASS = FacesynthConfig
 
-    def __init__(self, *args, data_dir: str | None = None, **kwargs):
+    def __init__(self, *args, data_dir: str | None = None, config_name: str | None = None, **kwargs):
         if not data_dir:
             raise OutputError("data_dir: give the dataset folder")
         self.root = Path(data_dir)
         self._fragments: dict[str, pads.ParquetFileFragment] = {}
         self.manifest = read_manifest(self.root)
         self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
+        labels = list(self.recipe.attributes[self.recipe.primary].values)
+        if config_name not in (None, "default", *labels):  # one config per primary label, as in the card
+            raise OutputError(f"config_name: '{config_name}' is not a config of this dataset "
+                              f"(default, {', '.join(labels)})")
+        if config_name in labels:
+            filters = dict(kwargs.pop("filters", None) or {})
+            if filters.get(self.recipe.primary, config_name) not in (config_name, [config_name]):
+                raise OutputError(f"filters: {self.recipe.primary}={filters[self.recipe.primary]!r} contradicts "
+                                  f"config '{config_name}'")
+            kwargs["filters"] = {**filters, self.recipe.primary: config_name}
+        if config_name not in (None, "default"):
+            kwargs["config_name"] = config_name
         kwargs.setdefault("dataset_name", f"facesynth_{camelcase_to_snakecase(type(self).__name__)}")
         kwargs.setdefault("hash", content_fingerprint(self.manifest))
         super().__init__(*args, data_dir=str(self.root), **kwargs)
@@ -180,13 +192,19 @@ class Facesynth(datasets.ArrowBasedBuilder):
         if not self.manifest.get("complete"):
             logger.warning("%s is not complete yet; loading the shards finished so far", self.root)
         by_split: dict[str, list[str]] = {}
+        wanted = (self.config.filters or {}).get(self.recipe.primary)
+        wanted = {wanted} if isinstance(wanted, str) else set(wanted or [])
         for name, path in shard_paths(self.root, self.manifest).items():
+            if wanted and name.count("/") == 2 and name.split("/")[1] not in wanted:
+                continue  # another label's folder: not even opened
             by_split.setdefault(self.manifest.shards[name]["split"], []).append(str(path))
         expr = filter_expression(self.recipe, self.config.filters)
         if expr is not None:  # a split with no matching row cannot be materialised: leave it out
             exact = set(self.config.filters) == {self.recipe.primary}
             by_split = {k: v for k, v in by_split.items() if self._has_rows(v, expr, exact)}
-        return [datasets.SplitGenerator(name=split, gen_kwargs={"files": files}) for split, files in by_split.items()]
+        order = list(self.recipe.splits)  # train, validation, test
+        return [datasets.SplitGenerator(name=split, gen_kwargs={"files": by_split[split]})
+                for split in sorted(by_split, key=lambda s: order.index(s) if s in order else len(order))]
 
     def _fragment(self, file: str) -> pads.ParquetFileFragment:
         """One fragment per file with its footer read once, for pruning and for reading."""

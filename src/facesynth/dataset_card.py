@@ -67,6 +67,7 @@ class Summary:
     manifest: Manifest
     split_sizes: Counter = field(default_factory=Counter)
     split_bytes: Counter = field(default_factory=Counter)
+    label_bytes: Counter = field(default_factory=Counter)  # bytes of each primary label's files
     # attribute -> value -> Counter over (split or gender value)
     counts: dict[str, dict[str, Counter]] = field(default_factory=dict)
     primary_split: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
@@ -94,6 +95,7 @@ def summarize(root: str | Path) -> Summary:
         rec = manifest.shards[name]
         split = rec["split"]
         summary.split_bytes[split] += rec["bytes"]
+        summary.label_bytes[name.split("/")[1]] += rec["bytes"]
         pf = pq.ParquetFile(path)
         for i in range(pf.num_row_groups):
             table = pf.read_row_group(i, columns=cols).to_pydict()
@@ -199,34 +201,38 @@ def size_category(n: int) -> str:
 
 
 def configs_and_infos(summary: Summary) -> tuple[list[dict], list[dict]]:
-    """The README YAML: a default config with every split, plus one config per primary label."""
+    """The README YAML: a default config over every file, plus one config per primary label over its own folder.
+
+    Each label's shards live in ``data/<label>/``, so a per-label config is declared by ``data_files``
+    alone: the Hub's viewer (which copies a config's files and applies no ``filters``) shows only that
+    label, and a non-streaming load downloads only its files.
+    """
     recipe = summary.recipe
     splits = [s for s in recipe.splits if summary.split_sizes.get(s)]
     features_yaml = build_features(recipe)._to_yaml_list()
-    files = [{"split": s, "path": f"data/{s}-*"} for s in splits]
+    files = [{"split": s, "path": f"data/*/{s}-*"} for s in splits]
     configs = [{"config_name": "default", "default": True, "data_files": files}]
     infos = [_info("default", features_yaml, {s: summary.split_sizes[s] for s in splits}, summary)]
-    for label_id, value in enumerate(recipe.attributes[recipe.primary].values):
+    for value in recipe.attributes[recipe.primary].values:
         sizes = {s: summary.primary_split[value][s] for s in splits if summary.primary_split[value][s]}
         if not sizes:
             continue
-        configs.append({
-            "config_name": value,
-            "data_files": [{"split": s, "path": f"data/{s}-*"} for s in sizes],
-            "filters": [[recipe.primary, "==", label_id]],
-        })
-        infos.append(_info(value, features_yaml, sizes, summary))
+        configs.append({"config_name": value, "data_files": [{"split": s, "path": f"data/{value}/{s}-*"}
+                                                             for s in sizes]})
+        infos.append(_info(value, features_yaml, sizes, summary, value))
     return configs, infos
 
 
-def _info(name: str, features_yaml: list, sizes: dict[str, int], summary: Summary) -> dict[str, Any]:
+def _info(name: str, features_yaml: list, sizes: dict[str, int], summary: Summary,
+          label: str | None = None) -> dict[str, Any]:
     per_row = {s: summary.split_bytes[s] / max(1, summary.split_sizes[s]) for s in sizes}
     split_list = [{"name": s, "num_bytes": int(per_row[s] * n), "num_examples": n} for s, n in sizes.items()]
+    download = summary.label_bytes[label] if label else sum(summary.split_bytes.values())
     return {
         "config_name": name,
         "features": features_yaml,
         "splits": split_list,
-        "download_size": int(sum(summary.split_bytes.values())),
+        "download_size": int(download),
         "dataset_size": int(sum(x["num_bytes"] for x in split_list)),
     }
 

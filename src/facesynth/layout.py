@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from .plan import Plan, Sample
 
 
-def shard_name(split: str, index: int) -> str:
-    """``data/{split}-{index}.parquet``: no total in the name, so growing a dataset keeps its shards."""
-    return f"data/{split}-{index:05d}.parquet"
+def shard_name(label: str, split: str, index: int) -> str:
+    """``data/{label}/{split}-{index}.parquet``: one folder per primary label, so each per-label config (and
+    the Hub viewer's subset) is exactly its own files; no total in the name, so growing keeps the shards."""
+    return f"data/{label}/{split}-{index:05d}.parquet"
 
 
 def ids_digest(sample_ids: list[str]) -> str:
@@ -37,18 +38,21 @@ class ShardTask:
 
 
 def layout(plan: Plan, per_shard: int) -> list[ShardTask]:
-    """Shards of every split: plan order cut into ``per_shard`` rows, then sorted by primary label.
+    """Shards per primary label and split: that label's rows of the split in plan order, cut into
+    ``per_shard`` rows, each shard sorted by settings (so equal settings batch together).
 
     Prefix-stable like the plan: a larger plan keeps every full shard of a smaller one.
     """
     recipe = plan.recipe
-    order = {v: i for i, v in enumerate(recipe.attributes[recipe.primary].values)}
+    groups: dict[tuple[str, str], list[Sample]] = {}
+    for s in plan.samples:
+        groups.setdefault((s.labels[recipe.primary], s.split), []).append(s)
     tasks = []
-    for split, samples in plan.by_split().items():
-        for i in range(-(-len(samples) // per_shard)):
-            chunk = samples[i * per_shard: (i + 1) * per_shard]
-            chunk.sort(key=lambda s: (order[s.labels[recipe.primary]], sorted(s.settings.items()), s.index))
-            tasks.append(ShardTask(shard_name(split, i), split, chunk))
+    for label in recipe.attributes[recipe.primary].values:
+        for split in recipe.splits:
+            samples = groups.get((label, split), [])
+            for i in range(-(-len(samples) // per_shard)):
+                chunk = samples[i * per_shard: (i + 1) * per_shard]
+                chunk.sort(key=lambda s: (sorted(s.settings.items()), s.index))
+                tasks.append(ShardTask(shard_name(label, split, i), split, chunk))
     return tasks
-
-

@@ -203,20 +203,25 @@ def _free_value(values: list[str], attr: str, cell: tuple, k: int) -> str:
 
 
 class _SplitSequence:
-    """The per-cell split pattern, extended lazily (prefix-stable)."""
+    """The split pattern, extended lazily (prefix-stable): first each split once (train, validation,
+    test), then whichever split is furthest below its share."""
 
     def __init__(self, ratios: dict[str, float]):
         self.names = list(ratios)
-        self._order = deficit_order([ratios[n] for n in self.names])
+        self.ratios = [ratios[n] for n in self.names]
+        self.used = [0] * len(self.names)
         self.seq: list[str] = []
 
     def __getitem__(self, k: int) -> str:
         while len(self.seq) <= k:
-            self.seq.append(self.names[next(self._order)])
+            n = len(self.seq)
+            if n < len(self.names):
+                i = n
+            else:
+                i = max(range(len(self.names)), key=lambda j: ((n + 1) * self.ratios[j] - self.used[j], -j))
+            self.used[i] += 1
+            self.seq.append(self.names[i])
         return self.seq[k]
-
-
-SPLIT_PHASES = 97  # cells start the split pattern at different places, so small plans fill every split
 
 
 class Plan:
@@ -282,6 +287,8 @@ class Plan:
         occurrences: Counter = Counter()
         split_seq = _SplitSequence(r.splits)
         free_values = {name: list(attr.values) for name, attr in r.attributes.items()}
+        cells_of_label: Counter = Counter()  # distinct cells seen per primary label
+        phase: dict[tuple, int] = {}
         for index, cell in enumerate(self._cells()):
             key = tuple(sorted(cell.items()))
             k = occurrences[key]
@@ -292,7 +299,11 @@ class Plan:
                     labels[name] = cell[name]
                 else:  # a free attribute: each block of len(values) occurrences uses every value once
                     labels[name] = _free_value(free_values[name], name, key, k)
-            yield self._sample(index, labels, split_seq[k + _hash_int("split", key) % SPLIT_PHASES])
+            if k == 0:  # the j-th cell of a label starts the split pattern at j: the label's first rows
+                label = labels[r.primary]  # take train, validation and test in turn; each cell stays stratified
+                phase[key] = cells_of_label[label]
+                cells_of_label[label] += 1
+            yield self._sample(index, labels, split_seq[k + phase[key]])
 
     def _sample(self, index: int, labels: dict[str, str], split: str) -> Sample:
         r = self.recipe

@@ -23,8 +23,8 @@ from .writer import MANIFEST, Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 
-UPLOAD_PATTERNS = [MANIFEST, "README.md", "assets/*", "data/*.parquet"]
-STALE_PATTERNS = ["data/*.parquet"]
+UPLOAD_PATTERNS = [MANIFEST, "README.md", "assets/*", "data/**/*.parquet"]
+STALE_PATTERNS = ["data/**/*.parquet"]
 
 
 class PublishError(FacesynthError):

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 # The manifest's format: it changes whenever an older folder's plan or layout would no longer be this
-# version's (4: the plan's near-linear cross-product order and free-value permutation).
+# version's (4: the plan's near-linear cross-product order, splits balanced per primary label, and one
+# shard folder per primary label, data/<label>/<split>-NNNNN.parquet).
 FORMAT_VERSION = 4
 MAX_SHARD_BYTES = 500 * 10**6  # like push_to_hub's default max_shard_size
 ROW_GROUP_ROWS = 100
@@ -74,7 +75,7 @@ class ShardWriter:
         self.split = split
         tmp_dir = tmp_dir or root / WORK_DIR / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp = tmp_dir / Path(name).name
+        self.tmp = tmp_dir / name.replace("/", "__")  # unique per shard: labels share split file names
         self.tmp.unlink(missing_ok=True)
         self._writer = ParquetWriter(path=str(self.tmp), features=features)
         self.rows = 0
