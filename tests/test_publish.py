@@ -2,17 +2,18 @@
 
 import json
 import shutil
-from unittest.mock import call, create_autospec
+from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import ANY, call, create_autospec
 
 import httpx2
 import pytest
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationDelete, DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.hf_api import CommitInfo, GitRefInfo, GitRefs, RepoFile
 
 from facesynth.cli import main
 from facesynth.generation import GenerateConfig, generate
-from facesynth.publish import STALE_PATTERNS, UPLOAD_PATTERNS
 
 REPO = "me/faces-demo"
 TOKEN = "hf_live_secret_0123456789"
@@ -38,13 +39,25 @@ def remote_tree(root, extra=()):
     return files + list(extra)
 
 
+HEAD = "5ea1f00d" * 5
+
+
 @pytest.fixture
 def api():
     api = create_autospec(HfApi, instance=True)
     api.list_repo_tree.side_effect = http_error(404, RepositoryNotFoundError, "GET")
     api.list_repo_refs.return_value = GitRefs(branches=[], converts=[], tags=[])
-    api.upload_folder.return_value = commit()
+    api.repo_info.return_value = SimpleNamespace(sha=HEAD)
+    api.create_commit.return_value = commit()
     return api
+
+
+@pytest.fixture(autouse=True)
+def online(monkeypatch):
+    """The suite runs offline; these tests talk to the autospec'd HfApi as if the Hub answered."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
 
 @pytest.fixture
@@ -76,9 +89,26 @@ def push(args, capsys):
 
 
 def upload_call(folder, revision=None, create_pr=False, message="facesynth emotions 1.0.0: 24 rows"):
-    return call.upload_folder(repo_id=REPO, folder_path=str(folder), repo_type="dataset", revision=revision,
-                              commit_message=message, allow_patterns=UPLOAD_PATTERNS,
-                              delete_patterns=STALE_PATTERNS, create_pr=create_pr)
+    """The commit call, whatever its operations (checked separately with ``operations``)."""
+    return call.create_commit(repo_id=REPO, repo_type="dataset", revision=revision, operations=ANY,
+                              commit_message=message, create_pr=create_pr, parent_commit=HEAD)
+
+
+def listing_calls(revision=None):
+    return [call.repo_info(REPO, repo_type="dataset", revision=revision),
+            call.list_repo_tree(REPO, repo_type="dataset", revision=revision, recursive=True)]
+
+
+def operations(api):
+    """The last commit's operations: path -> bytes added (or None for a delete)."""
+    ops = {}
+    for op in api.create_commit.call_args.kwargs["operations"]:
+        if isinstance(op, CommitOperationDelete):
+            ops[op.path_in_repo] = None
+        else:
+            src = op.path_or_fileobj
+            ops[op.path_in_repo] = src if isinstance(src, bytes) else Path(src).read_bytes()
+    return ops
 
 
 def test_first_push(folder, api, hub, capsys):
@@ -86,9 +116,11 @@ def test_first_push(folder, api, hub, capsys):
     assert code == 0, err
     assert api.method_calls == [
         call.create_repo(REPO, repo_type="dataset", private=False, exist_ok=True),
-        call.list_repo_tree(REPO, repo_type="dataset", revision=None, recursive=True),
+        *listing_calls(),
         upload_call(folder),
     ]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(operations(api)) == {"README.md", "manifest.json", "assets/samples.png", *manifest["shards"]}
     assert hub == [TOKEN]  # from HF_TOKEN
     assert f"https://huggingface.co/datasets/{REPO}\n" in out
     assert f'load_dataset("{REPO}", revision="c0ffee1234567890")' in out
@@ -112,7 +144,7 @@ def test_repush_of_a_grown_version_deletes_stale_shards_and_tags(tmp_path, api, 
     kept = [n for n in after if before.get(n) == after[n]]
     changed = [n for n in after if n in before and before[n] != after[n]]
     new = [n for n in after if n not in before]
-    assert kept and new  # full shards of 1.0.0 are kept, the grown rows are new
+    assert kept and (changed or new)  # shards of 1.0.0 that did not grow are kept, the grown ones are sent
     for name in kept:
         assert f"keep    {name}" in out
     for name in changed:
@@ -125,18 +157,25 @@ def test_repush_of_a_grown_version_deletes_stale_shards_and_tags(tmp_path, api, 
     assert api.method_calls == [call.list_repo_tree(REPO, repo_type="dataset", revision=None, recursive=True)]
 
     api.reset_mock()
+    api.list_repo_tree.return_value = old + [stale]
+    api.hf_hub_download.return_value = str(_remote_card(folder, tmp_path, lambda text: text))  # 1.0.0's card
     code, out, err = push([str(folder), "--repo-id", REPO, "--tag", "v1.1.0"], capsys)
     assert code == 0, err
     assert api.method_calls == [
         call.list_repo_refs(REPO, repo_type="dataset"),
         call.create_repo(REPO, repo_type="dataset", private=False, exist_ok=True),
-        call.list_repo_tree(REPO, repo_type="dataset", revision=None, recursive=True),
+        *listing_calls(),
+        call.hf_hub_download(REPO, "README.md", repo_type="dataset", revision=HEAD),
         upload_call(folder, message="facesynth emotions 1.1.0: 24 rows"),
         call.create_tag(REPO, tag="v1.1.0", tag_message="version 1.1.0", revision="c0ffee1234567890",
                         repo_type="dataset"),
     ]
     assert "tagged c0ffee1234 as v1.1.0" in out
     assert f'load_dataset("{REPO}", revision="v1.1.0")' in out
+    sent = operations(api)
+    assert sent["data/train-00007.parquet"] is None  # the stale shard is deleted in the same commit
+    assert not any(name in sent for name in kept)  # unchanged shards are not sent again
+    assert all(sent[name] == (folder / name).read_bytes() for name in changed + new)
 
 
 def test_branch_private_and_message(folder, api, hub, capsys):
@@ -145,13 +184,13 @@ def test_branch_private_and_message(folder, api, hub, capsys):
     assert api.method_calls == [
         call.create_repo(REPO, repo_type="dataset", private=True, exist_ok=True),
         call.create_branch(REPO, repo_type="dataset", branch="dev", exist_ok=True),
-        call.list_repo_tree(REPO, repo_type="dataset", revision="dev", recursive=True),
+        *listing_calls("dev"),
         upload_call(folder, revision="dev", message="try"),
     ]
 
 
 def test_pull_request(folder, api, hub, capsys):
-    api.upload_folder.return_value = commit(pr=f"https://huggingface.co/datasets/{REPO}/discussions/3")
+    api.create_commit.return_value = commit(pr=f"https://huggingface.co/datasets/{REPO}/discussions/3")
     code, out, err = push([str(folder), "--repo-id", REPO, "--create-pr"], capsys)
     assert code == 0, err
     assert api.method_calls[-1] == upload_call(folder, create_pr=True)
@@ -172,10 +211,13 @@ def test_token_option_wins_and_is_never_printed_or_written(folder, api, hub, cap
 ERRORS = [
     ("create_repo", http_error(403),
      f"creating the repo: no write access to '{REPO}': use a token with write permission for that namespace"),
-    ("upload_folder", http_error(429),
+    ("create_commit", http_error(412),
+     f"uploading: '{REPO}' changed since this push compared with it (someone else pushed); run the same command "
+     "again to finish (files already uploaded are not sent twice)"),
+    ("create_commit", http_error(429),
      "uploading: rate limited by the Hub: wait a few minutes, then run the same command again to finish "
      "(files already uploaded are not sent twice)"),
-    ("upload_folder", http_error(503),
+    ("create_commit", http_error(503),
      "uploading: the Hub answered 503: run the same command again to finish (files already uploaded are not sent "
      "twice)"),
     ("list_repo_tree", httpx2.ConnectError("dns failure"),
@@ -235,3 +277,124 @@ def test_an_invalid_folder_is_refused(folder, api, hub, capsys):
     assert err.startswith(f"Error: '{folder}' is not ready to publish: ")
     assert err.endswith(f"run `facesynth validate {folder}`\n")
     assert api.method_calls == []
+
+
+def test_the_uploaded_card_names_the_repo_and_tag_and_no_local_path(folder, api, hub, capsys):
+    code, out, err = push([str(folder), "--repo-id", REPO, "--tag", "v1.0.0", "--gated"], capsys)
+    assert code == 0, err
+    sent = operations(api)
+    text = sent["README.md"].decode()
+    assert "/tmp" not in text and str(folder) not in text and f'"{folder.name}"' not in text
+    snippets = [line for line in text.splitlines() if "load_dataset(" in line or "facesynth.load(" in line]
+    assert snippets and all(f'"{REPO}"' in line for line in snippets)
+    assert f'load_dataset("{REPO}", revision="v1.0.0")' in text and 'revision="v1.0"' not in text
+    assert f"https://huggingface.co/datasets/{REPO}" in text
+    data = DatasetCard(text).data.to_dict()
+    for key, value in {"annotations_creators": ["machine-generated"], "language_creators": ["machine-generated"],
+                       "language": ["en"], "source_datasets": ["original"],
+                       "task_ids": ["multi-class-image-classification"], "pretty_name": "facesynth emotions"}.items():
+        assert data[key] == value, key
+    assert {"emotion", "gender", "ethnicity", "synthetic", "test-data"} <= set(data["tags"])
+    assert data["extra_gated_prompt"] and data["extra_gated_fields"]
+    assert "## Out-of-scope use" in text and "## Personal and sensitive information" in text
+    assert "random weights" in text and "test noise" in text  # a tiny dataset says so plainly
+    # each per-label config's data_files match only that label's rows, among the files pushed
+    import fnmatch
+
+    import pyarrow.parquet as pq
+
+    shards = [p for p in sent if p.startswith("data/")]
+    for config in data["configs"][1:]:
+        for entry in config["data_files"]:
+            matched = fnmatch.filter(shards, entry["path"])
+            assert matched
+            labels = {x for p in matched for x in pq.read_table(folder / p, columns=["emotion"])["emotion"].to_pylist()}
+            names = DatasetCard(text).data.to_dict()["dataset_info"][0]["features"][2]["dtype"]["class_label"]["names"]
+            assert {names[str(i)] for i in labels} == {config["config_name"]}
+    manifest = sent["manifest.json"].decode()
+    assert "/tmp" not in manifest and json.loads(manifest)["recipe"]["source"] == "emotions.yaml"
+
+
+def test_a_local_model_is_named_by_its_folder_in_what_is_pushed(tiny_pipe, tmp_path, api, hub, capsys):
+    model = tmp_path / "models" / "my-sd"
+    tiny_pipe.save_pretrained(model, safe_serialization=True)
+    out = tmp_path / "local"
+    generate(GenerateConfig(recipe="emotions", out=out, num_samples=4, model=str(model), clip_model="tiny", steps=2,
+                            width=64, height=64, quiet=True))
+    local = json.loads((out / "manifest.json").read_text())
+    assert local["model"]["name"] == "my-sd" and local["model"]["path"] == str(model.resolve())
+    code, _, err = push([str(out), "--repo-id", REPO], capsys)
+    assert code == 0, err
+    sent = operations(api)
+    assert str(tmp_path) not in sent["manifest.json"].decode() + sent["README.md"].decode()
+    published = json.loads(sent["manifest.json"])
+    assert published["model"]["name"] == "my-sd" and "path" not in published["model"]
+    assert published["parameters"]["model"] == "my-sd"
+
+
+def _remote_card(folder, tmp_path, edit):
+    """The Hub has a README: the one facesynth pushed, edited by people there."""
+    from facesynth.dataset_card import build_card
+
+    text = edit(str(build_card(folder, REPO, "v1.0.0")))
+    path = tmp_path / "remote-README.md"
+    path.write_text(text)
+    return path
+
+
+def test_a_re_push_keeps_what_people_wrote_on_the_hub(folder, tmp_path, api, hub, capsys):
+    edited = _remote_card(folder, tmp_path, lambda t: t.replace("---\nannotations_creators", "---\nmy_key: kept\n"
+                                                                 "annotations_creators", 1)
+                          .replace("<!-- facesynth:end -->", "<!-- facesynth:end -->\n\n## Notes from the team\n\n"
+                                   "Reviewed by hand.\n"))
+    api.list_repo_tree.side_effect = None
+    api.list_repo_tree.return_value = remote_tree(folder)
+    api.hf_hub_download.return_value = str(edited)
+    code, _, err = push([str(folder), "--repo-id", REPO, "--tag", "v1.1.0"], capsys)
+    assert code == 0, err
+    api.hf_hub_download.assert_called_once_with(REPO, "README.md", repo_type="dataset", revision=HEAD)
+    text = operations(api)["README.md"].decode()
+    assert "Reviewed by hand." in text and DatasetCard(text).data.to_dict()["my_key"] == "kept"
+    assert 'revision="v1.1.0"' in text and 'revision="v1.0.0"' not in text  # the generated part is new
+
+
+def test_a_hub_readme_facesynth_did_not_write_is_refused_unless_overwritten(folder, tmp_path, api, hub, capsys):
+    foreign = tmp_path / "theirs.md"
+    foreign.write_text("---\nlicense: mit\n---\n# Someone's own card\n")
+    api.list_repo_tree.side_effect = None
+    api.list_repo_tree.return_value = remote_tree(folder)
+    api.hf_hub_download.return_value = str(foreign)
+    code, _, err = push([str(folder), "--repo-id", REPO], capsys)
+    assert code == 2
+    assert err == (f"Error: --repo-id: the README.md of '{REPO}' was not written by facesynth (or its facesynth "
+                   "markers were removed), so it cannot be merged; give --overwrite-card to replace it\n")
+    api.create_commit.assert_not_called()
+    code, _, err = push([str(folder), "--repo-id", REPO, "--overwrite-card"], capsys)
+    assert code == 0, err
+    assert "Someone's own card" not in operations(api)["README.md"].decode()
+
+
+def test_a_dry_run_works_offline(folder, api, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("facesynth.publish.make_api", lambda token=None: api)
+    code, out, err = push([str(folder), "--repo-id", REPO, "--dry-run"], capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    listed = {line.split()[1] for line in lines[:-1]}
+    assert listed == {"README.md", "manifest.json", "assets/samples.png", *manifest["shards"]}
+    assert all(line.startswith("upload  ") and line.endswith("(not compared)") for line in lines[:-1])
+    assert lines[-1].startswith(f"dry run: the Hub could not be reached (HF_HUB_OFFLINE is set), so '{REPO}' was "
+                                f"not compared: all {len(listed)} files (")
+    assert "files already uploaded" not in out and api.method_calls == []
+
+
+def test_the_hub_client_names_facesynth(monkeypatch):
+    from facesynth import __version__
+    from facesynth.publish import make_api
+
+    api = make_api("hf_x")
+    assert api.library_name == "facesynth" and api.library_version == __version__

@@ -378,21 +378,42 @@ def reproduce_cmd(directory: Path, sample_id: str, out_png: Path | None, device:
 
 @main.command("card")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def card_cmd(directory: Path) -> None:
+@click.option("--repo-id", help="Write the card for this Hub repo, ORG/NAME (its load snippets and citation).")
+@click.option("--tag", help="The tag the snippets pin, e.g. v1.0.0.")
+@click.option("--gated", is_flag=True, help="Ask for gated access on the Hub (extra_gated_* fields).")
+def card_cmd(directory: Path, repo_id: str | None, tag: str | None, gated: bool) -> None:
     """Regenerate a dataset folder's README.md card and sample grid from its data.
 
+    Text you add outside the card's facesynth markers is kept.
+
     \b
-    Example:
+    Examples:
       facesynth card demo
+      facesynth card demo --repo-id me/faces-demo --tag v1.0.0
     """
     from .builder import read_manifest
     from .dataset_card import write_card
     from .lock import FolderLock
 
     read_manifest(directory, current=True)  # a folder that is not a current dataset stays untouched
+    if repo_id is not None:
+        _check_repo_id(repo_id)
     with FolderLock(directory, "DIRECTORY"):
-        path = write_card(directory)
+        path = write_card(directory, repo_id, tag, gated)
     click.echo(f"wrote {path}")
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        ok = "/" in repo_id
+    except HFValidationError:
+        ok = False
+    if not ok:
+        raise FacesynthError(f"--repo-id: '{repo_id}' is not a dataset repo id of the form ORG/NAME")
 
 
 def _size(n: float) -> str:
@@ -415,8 +436,11 @@ def _size(n: float) -> str:
 @click.option("--message", "-m", help="Commit message (default: recipe, version and row count).")
 @click.option("--token", help="Hub token (default: $HF_TOKEN, then `hf auth login`). Never printed or saved.")
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded and deleted, with sizes; change nothing.")
+@click.option("--gated", is_flag=True, help="Ask visitors for their intended use before they can download.")
+@click.option("--overwrite-card", is_flag=True,
+              help="Replace a Hub README.md that facesynth did not write, instead of refusing.")
 def push_cmd(directory: Path, repo_id: str, private: bool, branch: str | None, tag: str | None, create_pr: bool,
-             message: str | None, token: str | None, dry_run: bool) -> None:
+             message: str | None, token: str | None, dry_run: bool, gated: bool, overwrite_card: bool) -> None:
     """Validate DIRECTORY and publish it to the Hub as one commit; optionally tag it.
 
     Shards that the previous version had and this one lacks are deleted in the same
@@ -431,12 +455,18 @@ def push_cmd(directory: Path, repo_id: str, private: bool, branch: str | None, t
     from .publish import push
 
     report = push(directory, repo_id, private=private, branch=branch, tag=tag, create_pr=create_pr,
-                  message=message, token=token, dry_run=dry_run)
-    verbs = {"new": "upload", "changed": "upload", "unchanged": "keep", "stale": "delete"}
+                  message=message, token=token, dry_run=dry_run, gated=gated, overwrite_card=overwrite_card)
+    verbs = {"new": "upload", "changed": "upload", "unchanged": "keep", "stale": "delete", "unknown": "upload"}
     if dry_run:
         for change in report.changes:
-            click.echo(f"{verbs[change.reason]:7s} {change.path}  {_size(change.size)} ({change.reason})")
+            why = "not compared" if change.reason == "unknown" else change.reason
+            click.echo(f"{verbs[change.reason]:7s} {change.path}  {_size(change.size)} ({why})")
         up, gone = report.uploads, report.deletes
+        if report.remote_error:
+            click.echo(f"dry run: the Hub could not be reached ({report.remote_error}), so '{repo_id}' was not "
+                       f"compared: all {len(up)} files ({_size(sum(c.size for c in up))}) are listed as uploads; "
+                       "nothing was changed")
+            return
         click.echo(f"dry run: would upload {len(up)} files ({_size(sum(c.size for c in up))}) and delete "
                    f"{len(gone)} ({_size(sum(c.size for c in gone))}) in {repo_id}; nothing was changed")
         return

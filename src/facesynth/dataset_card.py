@@ -7,6 +7,7 @@ per primary label is written to ``assets/samples.png`` and shown in the card.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import heapq
@@ -35,7 +36,11 @@ logger = logging.getLogger(__name__)
 GRID_COLUMNS = 6
 GRID_CELL = 128
 MAX_CARD_CELLS = 64  # beyond this the card groups the quality table by primary label
-TAGS = ["synthetic", "faces", "emotion", "facesynth", "stable-diffusion"]
+TAGS = ["synthetic", "faces", "facesynth", "stable-diffusion"]
+SENSITIVE = ("gender", "ethnicity", "race", "age", "religion", "skin", "disability")  # attribute names that mark one
+GATED_PROMPT = ("This dataset holds synthetic faces labelled by gender, ethnicity and other sensitive attributes. "
+                "Say what you will use it for; it may not be used to identify people or to infer these attributes "
+                "of real people.")
 
 
 class RunningStats:
@@ -230,7 +235,7 @@ def _info(name: str, features_yaml: list, sizes: dict[str, int], summary: Summar
     download = summary.label_bytes[label] if label else sum(summary.split_bytes.values())
     return {
         "config_name": name,
-        "features": features_yaml,
+        "features": copy.deepcopy(features_yaml),  # one copy per config: no YAML anchors on the Hub page
         "splits": split_list,
         "download_size": int(download),
         "dataset_size": int(sum(x["num_bytes"] for x in split_list)),
@@ -260,30 +265,74 @@ def quality_tables(recipe: Recipe, manifest: Manifest) -> dict[str, Any]:
             "per_cell_in_manifest": len(report["cells"]) > MAX_CARD_CELLS, "reasons": REASONS}
 
 
-def build_card(root: str | Path, repo_id: str | None = None) -> DatasetCard:
-    """Build the card for a dataset folder (and refresh its sample grid)."""
+def card_license(recipe: Recipe, manifest: Manifest) -> tuple[str, str | None, str | None]:
+    """``(license, license_name, license_link)``: the model's licence when it is recorded, else the recipe's."""
+    model = manifest.get("model") or {}
+    license = model.get("license") or recipe.license or "other"
+    if license != "other":
+        return license, None, None
+    name = model.get("name") if model.get("kind") == "hub" else None
+    return "other", "model-licence", f"https://huggingface.co/{name}" if name else None
+
+
+def build_card(root: str | Path, repo_id: str | None = None, revision: str | None = None,
+               gated: bool = False) -> DatasetCard:
+    """Build the card for a dataset folder (and refresh its sample grid).
+
+    ``repo_id`` (ORG/NAME) is the Hub repo the card is for; without it the snippets name the folder
+    by its own name, never by an absolute path. ``revision`` is the tag the snippets pin.
+    """
     root = Path(root)
     summary = summarize(root)
     grid = sample_grid(root, summary)
     recipe, manifest = summary.recipe, summary.manifest
     configs, infos = configs_and_infos(summary)
     pretty = f"facesynth {recipe.name}"
+    license, license_name, license_link = card_license(recipe, manifest)
+    model = manifest.get("model") or {}
+    tiny = model.get("kind") == "tiny"
+    sensitive = [a for a in recipe.attributes if any(word in a for word in SENSITIVE)]
+    extra = {}
+    if license_name:
+        extra.update(license_name=license_name, **({"license_link": license_link} if license_link else {}))
+    if gated:
+        extra.update(extra_gated_prompt=GATED_PROMPT,
+                     extra_gated_fields={"Affiliation": "text", "Intended use": "text",
+                                         "I will not use this dataset to identify people or to infer attributes of "
+                                         "real people": "checkbox"})
     data = DatasetCardData(
-        license=recipe.license or "other",
+        license=license,
+        annotations_creators=["machine-generated"],
+        language_creators=["machine-generated"],
+        language=["en"],
+        source_datasets=["original"],
         task_categories=["image-classification"],
-        tags=TAGS,
+        task_ids=["multi-class-image-classification"],
+        tags=[*TAGS, *(t.replace("_", "-") for t in recipe.attributes), *(["test-data"] if tiny else [])],
         size_categories=[size_category(summary.total)],
         pretty_name=pretty,
         configs=configs,
         dataset_info=infos,
+        **extra,
     )
     by = "gender" if "gender" in recipe.attributes else None
     by_values = list(recipe.attributes[by].values) if by else []
     template = resources.files("facesynth") / "templates" / "card.md"
+    overrides = (manifest.get("generation") or {}).get("overrides") or {}
     return DatasetCard.from_template(
         data,
         template_str=template.read_text(encoding="utf-8"),
-        repo_id=repo_id or str(root),
+        repo_id=repo_id or root.name,
+        hub=repo_id is not None,
+        revision=revision,
+        tiny=tiny,
+        license=license,
+        license_link=license_link,
+        model_license=model.get("license"),
+        model_name=model.get("name"),
+        recipe_file=Path(str(manifest["recipe"].get("source", ""))).name,
+        overrides=", ".join(f"{k} {v}" for k, v in overrides.items()),
+        sensitive=sensitive,
         recipe=recipe,
         manifest=manifest.data,
         summary=summary,
@@ -302,17 +351,42 @@ def build_card(root: str | Path, repo_id: str | None = None) -> DatasetCard:
     )
 
 
-def write_card(root: str | Path, repo_id: str | None = None) -> Path:
+BEGIN = "<!-- facesynth:begin"
+END = "<!-- facesynth:end -->"
+
+
+def merge_card(card: DatasetCard, existing: str | None) -> str | None:
+    """``card`` merged into an existing README: our YAML keys replace theirs and other keys stay (as
+    ``push_to_hub`` merges), our generated body replaces the part between the markers and the text
+    around it stays. None when ``existing`` has no markers, so it is not a card facesynth can merge into.
+    """
+    if existing is None:
+        return str(card)
+    old = DatasetCard(existing, ignore_metadata_errors=True)
+    if BEGIN not in old.text or END not in old.text:
+        return None
+    before, rest = old.text.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    ours = card.text[card.text.index(BEGIN):]
+    ours = ours[:ours.index(END) + len(END)]
+    data = DatasetCardData(**{**old.data.to_dict(), **card.data.to_dict()})
+    return f"---\n{data.to_yaml()}\n---\n{before.lstrip(chr(10)) if before.strip() else ''}{ours}{after}"
+
+
+def write_card(root: str | Path, repo_id: str | None = None, revision: str | None = None,
+               gated: bool = False) -> Path:
     """Write ``README.md`` and the sample grid (atomically), and list both in the manifest.
 
     Listed with their sha256, they are what ``--overwrite`` may delete later: a card
     someone edited since is no longer facesynth's to delete.
     """
     root = Path(root)
-    card = build_card(root, repo_id)
+    card = build_card(root, repo_id, revision, gated)
     path = root / "README.md"
+    existing = path.read_text(encoding="utf-8") if path.is_file() else None
+    text = merge_card(card, existing) or str(card)  # a card without markers is an older facesynth's: replaced
     with atomic_write(path) as f:
-        f.write(str(card))
+        f.write(text)
     manifest = read_manifest(root)
     manifest.data["files"] = {name: sha256_file(root / name) for name in ("README.md", "assets/samples.png")}
     manifest.save(root)

@@ -1,31 +1,33 @@
 """``facesynth push``: publish a validated dataset folder to the Hub as one commit, optionally tagged.
 
 In order: validate the folder; create the dataset repo (and branch) if needed; list
-what the Hub holds; upload the card, manifest, sample grid and shards in one
-``upload_folder`` commit that also deletes shards the new version no longer has
-(resumable with hf_xet; unchanged files are not sent again); tag that commit.
+what the Hub holds, at which commit; build the card for the repo and tag (merged into
+the Hub's README, so what people wrote there stays); upload the card, a manifest
+without local paths, the sample grid and the new or changed shards in one commit
+that also deletes shards the new version no longer has, based on the commit that was
+compared (so two pushes cannot overwrite each other); tag that commit.
 Every Hub failure becomes one line that says what to do; re-running finishes the job.
 The token is passed to ``HfApi`` only: never printed, logged or written.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from . import __version__
 from .builder import read_manifest
 from .errors import FacesynthError
 from .folder import FIRST_VERSION
 from .writer import MANIFEST, Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
-
-UPLOAD_PATTERNS = [MANIFEST, "README.md", "assets/*", "data/**/*.parquet"]
-STALE_PATTERNS = ["data/**/*.parquet"]
-
 
 class PublishError(FacesynthError):
     """The Hub refused or could not be reached; nothing is left half-done without saying so."""
@@ -37,7 +39,7 @@ class PublishError(FacesynthError):
 class FileChange:
     path: str
     size: int
-    reason: str  # new | changed | unchanged | stale
+    reason: str  # new | changed | unchanged | stale | unknown (the remote could not be compared)
 
 
 @dataclass
@@ -50,10 +52,11 @@ class PushReport:
     pr_url: str | None = None
     tag: str | None = None
     dry_run: bool = False
+    remote_error: str | None = None  # why a dry run could not compare with the Hub
 
     @property
     def uploads(self) -> list[FileChange]:
-        return [c for c in self.changes if c.reason in ("new", "changed")]
+        return [c for c in self.changes if c.reason in ("new", "changed", "unknown")]
 
     @property
     def deletes(self) -> list[FileChange]:
@@ -75,7 +78,7 @@ def make_api(token: str | None):
     """The Hub client (the one boundary the tests replace)."""
     from huggingface_hub import HfApi
 
-    return HfApi(token=token)
+    return HfApi(token=token, library_name="facesynth", library_version=__version__)
 
 
 def resolve_token(token: str | None) -> str | None:
@@ -108,6 +111,8 @@ def hub_errors(repo_id: str, step: str):
             msg = f"no write access to '{repo_id}': use a token with write permission for that namespace"
         elif status == 429:
             msg = f"rate limited by the Hub: wait a few minutes, then {again}"
+        elif status == 412:
+            msg = f"'{repo_id}' changed since this push compared with it (someone else pushed); {again}"
         elif status is not None and status >= 500:
             msg = f"the Hub answered {status}: {again}"
         else:
@@ -118,47 +123,76 @@ def hub_errors(repo_id: str, step: str):
                            f"{again}") from None
 
 
-def local_files(root: Path, manifest: Manifest) -> dict[str, Path]:
-    """What a push sends: card, manifest, sample grid and the manifest's shards."""
-    files = {MANIFEST: root / MANIFEST, "README.md": root / "README.md"}
+def public_manifest(manifest: Manifest) -> dict[str, Any]:
+    """The manifest as published: local paths (model folder or file, recipe file, CLIP folder) become names."""
+    data = copy.deepcopy(manifest.data)
+    for key in ("model", "clip_model"):
+        record = data.get(key) or {}
+        record.pop("path", None)
+        if record.get("kind") in ("folder", "file") or (record.get("name") and os.path.isabs(record["name"])):
+            record["name"] = Path(record["name"]).name
+    params = data.get("parameters") or {}
+    for key in ("model", "clip_model"):
+        if isinstance(params.get(key), str) and (os.sep in params[key] or params[key].endswith(".safetensors")):
+            params[key] = Path(params[key]).name
+    if isinstance(data.get("recipe"), dict) and data["recipe"].get("source"):
+        data["recipe"]["source"] = Path(data["recipe"]["source"]).name
+    return data
+
+
+def local_files(root: Path, manifest: Manifest, generated: dict[str, bytes]) -> dict[str, Path | bytes]:
+    """What a push sends: the card and manifest made for the repo, the sample grid and the shards."""
+    files: dict[str, Path | bytes] = dict(generated)
     files.update({p.relative_to(root).as_posix(): p for p in sorted((root / "assets").glob("*")) if p.is_file()})
     files.update({name: root / name for name in sorted(manifest.shards)})
     return files
 
 
-def plan_changes(root: Path, manifest: Manifest, api, repo_id: str, revision: str | None) -> list[FileChange]:
-    """Compare the folder with the repo: new, changed, unchanged and stale (to delete) files."""
+def remote_files(api, repo_id: str, revision: str | None) -> dict[str, Any] | None:
+    """The repo's files by path (None when the repo does not exist); a missing branch lists main."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    remote = {}
     try:
-        for entry in api.list_repo_tree(repo_id, repo_type="dataset", revision=revision, recursive=True):
-            if hasattr(entry, "size"):
-                remote[entry.path] = entry
+        return {e.path: e for e in api.list_repo_tree(repo_id, repo_type="dataset", revision=revision,
+                                                       recursive=True) if hasattr(e, "size")}
     except RevisionNotFoundError:  # a new branch starts from main
-        return plan_changes(root, manifest, api, repo_id, None) if revision else []
+        return remote_files(api, repo_id, None) if revision else None
     except RepositoryNotFoundError:
-        remote = {}
+        return None
+
+
+def plan_changes(root: Path, manifest: Manifest, files: dict[str, Path | bytes],
+                 remote: dict[str, Any] | None) -> list[FileChange]:
+    """Compare the folder with the repo: new, changed, unchanged and stale (to delete) files."""
+    remote = remote or {}
     changes = []
-    for path, local in local_files(root, manifest).items():
+    for path, local in files.items():
         entry = remote.get(path)
-        size = local.stat().st_size
+        size = len(local) if isinstance(local, bytes) else local.stat().st_size
         if entry is None:
             changes.append(FileChange(path, size, "new"))
             continue
-        known = manifest.shards.get(path, {}).get("sha256") if path.startswith("data/") else None
-        same = entry.lfs is not None and entry.lfs.sha256 == (known or sha256_file(local))
+        if isinstance(local, bytes):
+            same = entry.lfs is None and entry.size == size and entry.blob_id == _git_blob_id(local)
+        else:
+            known = manifest.shards.get(path, {}).get("sha256") if path.startswith("data/") else None
+            same = entry.lfs is not None and entry.lfs.sha256 == (known or sha256_file(local))
         changes.append(FileChange(path, size, "unchanged" if same else "changed"))
-    local = {c.path for c in changes}
     for path, entry in sorted(remote.items()):
-        if path.startswith("data/") and path.endswith(".parquet") and path not in local:
+        if path.startswith("data/") and path.endswith(".parquet") and path not in files:
             changes.append(FileChange(path, entry.size, "stale"))
     return changes
 
 
+def _git_blob_id(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str | None = None,
          tag: str | None = None, create_pr: bool = False, message: str | None = None, token: str | None = None,
-         dry_run: bool = False, api=None) -> PushReport:
+         dry_run: bool = False, gated: bool = False, overwrite_card: bool = False, api=None) -> PushReport:
     """Publish ``root`` to the dataset repo ``repo_id``; see the module docstring for the steps."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -176,28 +210,35 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
     token = resolve_token(token)
     if token is None and not dry_run:
         raise PublishError("not logged in: give --token, set HF_TOKEN, or run `hf auth login`")
-    api = api or make_api(token)
     manifest = read_manifest(root)
     report = PushReport(repo_id, branch, tag=tag, dry_run=dry_run)
-    if tag and not dry_run:
+    if dry_run:
+        return _dry_run(root, manifest, report, api or make_api(token), gated)
+    api = api or make_api(token)
+    if tag:
         with hub_errors(repo_id, "checking tags"):
             _refuse_existing_tag(api, repo_id, tag)
-    if not dry_run:
-        with hub_errors(repo_id, "creating the repo"):
-            api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-            if branch:
-                api.create_branch(repo_id, repo_type="dataset", branch=branch, exist_ok=True)
+    with hub_errors(repo_id, "creating the repo"):
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        if branch:
+            api.create_branch(repo_id, repo_type="dataset", branch=branch, exist_ok=True)
     with hub_errors(repo_id, "listing the repo"):
-        report.changes = plan_changes(root, manifest, api, repo_id, branch)
-    if dry_run:
-        return report
+        head = api.repo_info(repo_id, repo_type="dataset", revision=branch).sha
+        remote = remote_files(api, repo_id, branch)
+        existing = None
+        if remote and "README.md" in remote:
+            existing = Path(api.hf_hub_download(repo_id, "README.md", repo_type="dataset",
+                                                revision=head)).read_text(encoding="utf-8")
+    generated = _generated(root, manifest, repo_id, tag, gated, existing, overwrite_card)
+    files = local_files(root, manifest, generated)
+    report.changes = plan_changes(root, manifest, files, remote)
     version = manifest.get("version", FIRST_VERSION)
     rows = sum(r["rows"] for r in manifest.shards.values())
     with hub_errors(repo_id, "uploading"):
-        info = api.upload_folder(
-            repo_id=repo_id, folder_path=str(root), repo_type="dataset", revision=branch,
+        info = api.create_commit(
+            repo_id=repo_id, repo_type="dataset", revision=branch, operations=_operations(files, report.changes),
             commit_message=message or f"facesynth {manifest['recipe'].get('name', '')} {version}: {rows} rows",
-            allow_patterns=UPLOAD_PATTERNS, delete_patterns=STALE_PATTERNS, create_pr=create_pr,
+            create_pr=create_pr, parent_commit=head,
         )
     report.commit, report.commit_url, report.pr_url = info.oid, info.commit_url, info.pr_url
     if tag:
@@ -206,6 +247,68 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
                            repo_type="dataset")
     logger.info("pushed %s to %s at %s", root, repo_id, info.oid)
     return report
+
+
+def _generated(root: Path, manifest: Manifest, repo_id: str, tag: str | None, gated: bool, existing: str | None,
+               overwrite_card: bool) -> dict[str, bytes]:
+    """The card for the repo and tag (merged into the Hub's README) and the published manifest, as bytes."""
+    from .dataset_card import build_card, merge_card
+
+    card = build_card(root, repo_id, tag, gated)
+    text = merge_card(card, existing)
+    if text is None:
+        if not overwrite_card:
+            raise FacesynthError(f"--repo-id: the README.md of '{repo_id}' was not written by facesynth (or its "
+                                 "facesynth markers were removed), so it cannot be merged; give --overwrite-card to "
+                                 "replace it")
+        text = str(card)
+    manifest_text = json.dumps(public_manifest(manifest), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return {"README.md": text.encode(), MANIFEST: manifest_text.encode()}
+
+
+def _operations(files: dict[str, Path | bytes], changes: list[FileChange]) -> list:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    ops: list = []
+    for change in changes:
+        if change.reason in ("new", "changed"):
+            local = files[change.path]
+            ops.append(CommitOperationAdd(path_in_repo=change.path,
+                                          path_or_fileobj=local if isinstance(local, bytes) else str(local)))
+        elif change.reason == "stale":
+            ops.append(CommitOperationDelete(path_in_repo=change.path))
+    return ops
+
+
+def _dry_run(root: Path, manifest: Manifest, report: PushReport, api, gated: bool) -> PushReport:
+    """Compare with the Hub if it answers; offline, list every local file and say the remote was not compared."""
+    from huggingface_hub import constants
+
+    try:
+        if constants.HF_HUB_OFFLINE:
+            raise PublishError("HF_HUB_OFFLINE is set")
+        with _quiet_hub(), hub_errors(report.repo_id, "listing the repo"):
+            remote = remote_files(api, report.repo_id, report.revision)
+    except PublishError as exc:
+        report.remote_error = str(exc).split(": ", 1)[-1]
+        remote = None
+    files = local_files(root, manifest, _generated(root, manifest, report.repo_id, report.tag, gated, None, True))
+    report.changes = plan_changes(root, manifest, files, remote)
+    if report.remote_error:
+        report.changes = [FileChange(c.path, c.size, "unknown") for c in report.changes]
+    return report
+
+
+@contextmanager
+def _quiet_hub():
+    """No retries' warnings from huggingface_hub during a dry run: the one-line summary says it all."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _check_folder(root: Path) -> None:

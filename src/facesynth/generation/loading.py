@@ -36,11 +36,14 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 class ModelInfo:
     """What the manifest records about the diffusion model."""
 
-    name: str
+    name: str  # a Hub id, or a local folder's or file's name (never its absolute path, which the card shows)
     kind: str  # tiny | hub | folder | file
     revision: str | None = None
     commit: str | None = None
     architecture: str = "sd"  # sd | sdxl
+    path: str | None = None  # a local model's path, kept for `reproduce` and left out of what is published
+    sha256: str | None = None  # a single-file checkpoint's
+    license: str | None = None  # as the model's Hub card says, when it says
     preset_settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,15 +106,17 @@ def _load_real(model: str, revision: str | None, dtype: torch.dtype):
     common = {"torch_dtype": dtype, "use_safetensors": True}
     try:
         if path.is_file():
-            return _load_single_file(path, dtype), ModelInfo(str(path), "file")
+            pipe = _load_single_file(path, dtype)
+            return pipe, ModelInfo(path.name, "file", path=str(path.resolve()), sha256=_sha256(path))
         if path.is_dir():
             pipe = AutoPipelineForText2Image.from_pretrained(str(path), **common, **_no_safety(path))
-            return pipe, ModelInfo(str(path), "folder")
+            return pipe, ModelInfo(path.resolve().name, "folder", path=str(path.resolve()))
         if model.endswith((".ckpt", ".bin", ".pt", ".pth")):
             raise ModelError(f"--model: '{model}': only .safetensors checkpoints are loaded, never pickle files")
         folder = DiffusionPipeline.download(model, revision=revision, use_safetensors=True)
         pipe = AutoPipelineForText2Image.from_pretrained(folder, **common, **_no_safety(Path(folder)))
-        return pipe, ModelInfo(model, "hub", revision=revision, commit=Path(folder).name)
+        return pipe, ModelInfo(model, "hub", revision=revision, commit=Path(folder).name,
+                               license=_hub_license(model, Path(folder).name))
     except ModelError:
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -119,6 +124,26 @@ def _load_real(model: str, revision: str | None, dtype: torch.dtype):
             f"--model: cannot load '{model}' ({_why(exc)}); "
             "use --model tiny, a local diffusers folder or a .safetensors file"
         ) from exc
+
+
+def _sha256(path: Path) -> str:
+    from ..writer import sha256_file
+
+    return sha256_file(path)
+
+
+def _hub_license(model: str, commit: str) -> str | None:
+    """The licence the model's Hub card declares, or None (offline, or no card)."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        data = HfApi(library_name="facesynth").model_info(model, revision=commit).card_data
+    except Exception as exc:  # noqa: BLE001 - a missing licence only changes what the card says
+        logger.info("no licence from the Hub card of %s: %s", model, exc)
+        return None
+    return getattr(data, "license", None) if data is not None else None
 
 
 def _why(exc: BaseException) -> str:
