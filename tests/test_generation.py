@@ -1,6 +1,7 @@
 """The engine and the runner, on the tiny preset, offline, on CPU."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -231,3 +232,90 @@ def test_growing_a_dataset_keeps_full_shards_and_bumps_the_version(tmp_path, dem
     assert f"## Changes since 1.0.0\n\n{added} rows added" in card and added == 8
     with pytest.raises(OutputError, match="made with 24 samples; a dataset can grow but not shrink"):
         generate(GenerateConfig(out=out, num_samples=8, **base))
+
+
+def _cache_repo(cache, repo_id, commit, save):
+    """A Hub repo in a local cache, as huggingface_hub lays it out: refs/main names the snapshot."""
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    save(snapshot)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_the_clip_models_commit_is_recorded_and_reproduce_pins_it(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    from transformers import CLIPImageProcessorPil
+
+    from facesynth import tiny
+    from facesynth.reproduce import reproduce
+    from facesynth.scoring import ClipScorer
+
+    def save(folder):
+        model, tokenizer, pre = tiny.build_clip()
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        CLIPImageProcessorPil(size={"shortest_edge": pre["size"]}, crop_size={"height": pre["crop"], "width": pre["crop"]},
+                              image_mean=pre["mean"], image_std=pre["std"]).save_pretrained(folder)
+
+    commit = "c11bc0de" * 5
+    _cache_repo(tmp_path / "hub", "org/tiny-clip", commit, save)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    scorer = ClipScorer.load("org/tiny-clip")
+    assert scorer.info.commit == commit and not list((tmp_path / "hub").rglob("*.bin"))
+    out = tmp_path / "pinned"
+    generate(GenerateConfig(recipe="emotions", out=out, num_samples=2, model="tiny", clip_model="org/tiny-clip",
+                            quiet=True, write_card=False))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["clip_model"] == {"name": "org/tiny-clip", "commit": commit}
+    row = pq.read_table(next((out / "data").glob("*/*.parquet"))).to_pylist()[0]
+    result = reproduce(out, row["sample_id"])
+    assert result.identical and result.clip_score == pytest.approx(row["clip_score"], abs=1e-6)
+    with pytest.raises(ModelError, match="--clip-model: cannot load 'org/tiny-clip'"):
+        ClipScorer.load("org/tiny-clip", revision="0" * 40)  # a commit the cache does not hold
+
+
+def test_vae_decode_applies_latents_mean_and_std_where_the_vae_has_them():
+    from facesynth.generation.engine import Engine
+
+    pipe, _ = load_pipeline("tiny")
+    latents = torch.randn(2, 4, 32, 32, generator=torch.Generator("cpu").manual_seed(0))
+    scale = pipe.vae.config.scaling_factor
+    mean, std = [0.1, -0.2, 0.3, 0.0], [0.5, 1.5, 1.0, 2.0]
+    pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
+    engine = Engine.__new__(Engine)
+    engine.pipe = pipe
+    got = engine.decode(latents)
+    shape = (1, 4, 1, 1)
+    raw = latents * torch.tensor(std).view(shape) / scale + torch.tensor(mean).view(shape)
+    with torch.no_grad():
+        want = (pipe.vae.decode(raw, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_hub_models_download_only_what_runs(tiny_pipe, tmp_path, monkeypatch):
+    """fp16 weights when running in fp16 and the repo has them; no safety checker or feature extractor."""
+    import huggingface_hub.constants
+
+    from facesynth.generation.loading import _download, _unused
+
+    def save(variant):
+        def write(folder):
+            tiny_pipe.save_pretrained(folder, safe_serialization=True, variant=variant)
+            index = json.loads((folder / "model_index.json").read_text())
+            index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+            (folder / "model_index.json").write_text(json.dumps(index))
+        return write
+
+    _cache_repo(tmp_path / "hub", "org/tiny-fp16", "f" * 40, save("fp16"))
+    _cache_repo(tmp_path / "hub", "org/tiny-fp32", "e" * 40, save(None))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    folder, variant = _download("org/tiny-fp16", None, torch.float16)
+    assert variant == "fp16" and Path(folder).name == "f" * 40
+    folder, variant = _download("org/tiny-fp32", None, torch.float16)
+    assert variant is None  # no fp16 weights: the full-precision ones
+    assert _unused(Path(folder)) == {"safety_checker": None, "feature_extractor": None, "image_encoder": None,
+                                     "requires_safety_checker": False}
+    pipe, info = load_pipeline("org/tiny-fp16", dtype=torch.float16)
+    assert info.commit == "f" * 40 and pipe.unet.dtype == torch.float16 and pipe.safety_checker is None

@@ -218,6 +218,8 @@ def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates:
 @click.option("--num-samples", "-n", type=int, help="Rows to make (default: all strata of a strata recipe).")
 @click.option("--seed", type=int, help="Master seed (default: the recipe's).")
 @click.option("--model", help="'tiny', a Hub repo id, a local diffusers folder or a .safetensors file.")
+@click.option("--model-config", type=click.Path(exists=True, file_okay=False),
+              help="A local diffusers folder of configs for a single .safetensors --model, so it loads offline.")
 @click.option("--revision", help="Hub branch, tag or commit of --model.")
 @click.option("--clip-model", help="CLIP for reranking (default: openai/clip-vit-base-patch32; tiny with --model tiny).")
 @click.option("--candidates", type=int, default=3, show_default=True, help="Candidates per sample (best-of-N).")

@@ -129,6 +129,8 @@ def public_manifest(manifest: Manifest) -> dict[str, Any]:
     for key in ("model", "clip_model"):
         record = data.get(key) or {}
         record.pop("path", None)
+        if record.get("config"):
+            record["config"] = Path(record["config"]).name
         if record.get("kind") in ("folder", "file") or (record.get("name") and os.path.isabs(record["name"])):
             record["name"] = Path(record["name"]).name
     params = data.get("parameters") or {}

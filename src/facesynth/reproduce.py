@@ -94,7 +94,8 @@ class Reproducer:
 
             torch.set_num_threads(runtime["threads"])  # CPU kernels round by thread count
         revision = model.get("commit") or model.get("revision")
-        pipe, _ = load_pipeline(model.get("path") or model["name"], revision=revision, dtype=torch_dtype, device=dev)
+        pipe, _ = load_pipeline(model.get("path") or model["name"], revision=revision, dtype=torch_dtype, device=dev,
+                                config=model.get("config"))
         scorer = ClipScorer.load(self.manifest["clip_model"]["name"], device=dev, dtype=torch_dtype,
                                  revision=self.manifest["clip_model"].get("commit"))
         generation = self.manifest.get("generation", {})

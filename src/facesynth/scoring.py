@@ -57,12 +57,21 @@ class ClipScorer:
 
             model, tokenizer, preprocess = tiny.build_clip()
             return cls(model, tokenizer, preprocess, ClipInfo("tiny"), device, dtype)
+        from pathlib import Path
+
+        from huggingface_hub import snapshot_download
         from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
 
         try:
-            model = CLIPModel.from_pretrained(name, revision=revision, use_safetensors=True, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-            proc = CLIPImageProcessorPil.from_pretrained(name, revision=revision)
+            if Path(name).is_dir():
+                folder, commit = Path(name), None
+            else:  # resolve the commit once and load from that snapshot, so the manifest can pin it
+                folder = Path(snapshot_download(name, revision=revision,
+                                                allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+                commit = folder.name
+            model = CLIPModel.from_pretrained(folder, use_safetensors=True, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            proc = CLIPImageProcessorPil.from_pretrained(folder)
         except (OSError, ValueError) as exc:
             raise ModelError(
                 f"--clip-model: cannot load '{name}' ({first_line(exc)}); "
@@ -71,7 +80,6 @@ class ClipScorer:
         size = proc.size.get("shortest_edge") or min(proc.size.values())
         crop = proc.crop_size.get("height") if proc.crop_size else size
         preprocess = {"size": size, "crop": crop, "mean": proc.image_mean, "std": proc.image_std}
-        commit = getattr(model.config, "_commit_hash", None)
         return cls(model, tokenizer, preprocess, ClipInfo(name, commit), device, dtype)
 
     # Embeddings -------------------------------------------------------------------------

@@ -333,11 +333,18 @@ class Engine:
         dtype = torch.float32 if upcast else vae.dtype
         if upcast:
             vae.to(torch.float32)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
         try:
-            parts = [
-                vae.decode(chunk.to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
-                for chunk in latents.split(VAE_CHUNK)
-            ]
+            parts = []
+            for chunk in latents.split(VAE_CHUNK):
+                chunk = chunk.to(dtype)
+                if mean is not None and std is not None:  # SDXL-family VAEs normalise their latents
+                    shape = (1, chunk.shape[1], 1, 1)
+                    chunk = (chunk * torch.tensor(std).view(shape).to(chunk) / vae.config.scaling_factor
+                             + torch.tensor(mean).view(shape).to(chunk))
+                else:
+                    chunk = chunk / vae.config.scaling_factor
+                parts.append(vae.decode(chunk, return_dict=False)[0])
         finally:
             if upcast:
                 vae.to(torch.float16)

@@ -42,6 +42,7 @@ class ModelInfo:
     commit: str | None = None
     architecture: str = "sd"  # sd | sdxl
     path: str | None = None  # a local model's path, kept for `reproduce` and left out of what is published
+    config: str | None = None  # the local config folder of a single-file checkpoint (--model-config), likewise
     sha256: str | None = None  # a single-file checkpoint's
     license: str | None = None  # as the model's Hub card says, when it says
     preset_settings: dict[str, Any] = field(default_factory=dict)
@@ -84,37 +85,48 @@ def make_scheduler(name: str, base_config: dict):
 
 
 def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str = "cpu"):
-    """Return ``(pipeline, ModelInfo)`` for ``tiny``, a Hub id, a local folder or a .safetensors file."""
+                  device: torch.device | str = "cpu", config: str | None = None):
+    """Return ``(pipeline, ModelInfo)`` for ``tiny``, a Hub id, a local folder or a .safetensors file.
+
+    ``config`` is a local diffusers folder of configs (and tokenizers) for a single-file checkpoint,
+    so that it loads without the network.
+    """
     if model == "tiny":
         from .. import tiny
 
         pipe = tiny.build_pipeline()
         info = ModelInfo("tiny", "tiny", preset_settings=dict(tiny.TINY_SETTINGS))
     else:
-        pipe, info = _load_real(model, revision, dtype)
+        pipe, info = _load_real(model, revision, dtype, config)
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     info.architecture = "sdxl" if type(pipe).__name__.startswith("StableDiffusionXL") else "sd"
     return pipe, info
 
 
-def _load_real(model: str, revision: str | None, dtype: torch.dtype):
-    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+# Components a text-to-image run never uses: not downloaded, not loaded (facesynth's gates judge safety).
+UNUSED = {"safety_checker": None, "feature_extractor": None, "image_encoder": None}
+
+
+def _load_real(model: str, revision: str | None, dtype: torch.dtype, config: str | None = None):
+    from diffusers import AutoPipelineForText2Image
 
     path = Path(model)
     common = {"torch_dtype": dtype, "use_safetensors": True}
+    if config is not None and not Path(config).is_dir():
+        raise ModelError(f"--model-config: '{config}' is not a folder of diffusers configs")
     try:
         if path.is_file():
-            pipe = _load_single_file(path, dtype)
-            return pipe, ModelInfo(path.name, "file", path=str(path.resolve()), sha256=_sha256(path))
+            pipe = _load_single_file(path, dtype, config)
+            return pipe, ModelInfo(path.name, "file", path=str(path.resolve()), sha256=_sha256(path),
+                                   config=str(Path(config).resolve()) if config else None)
         if path.is_dir():
-            pipe = AutoPipelineForText2Image.from_pretrained(str(path), **common, **_no_safety(path))
+            pipe = AutoPipelineForText2Image.from_pretrained(str(path), **common, **_unused(path))
             return pipe, ModelInfo(path.resolve().name, "folder", path=str(path.resolve()))
         if model.endswith((".ckpt", ".bin", ".pt", ".pth")):
             raise ModelError(f"--model: '{model}': only .safetensors checkpoints are loaded, never pickle files")
-        folder = DiffusionPipeline.download(model, revision=revision, use_safetensors=True)
-        pipe = AutoPipelineForText2Image.from_pretrained(folder, **common, **_no_safety(Path(folder)))
+        folder, variant = _download(model, revision, dtype)
+        pipe = AutoPipelineForText2Image.from_pretrained(folder, **common, variant=variant, **_unused(Path(folder)))
         return pipe, ModelInfo(model, "hub", revision=revision, commit=Path(folder).name,
                                license=_hub_license(model, Path(folder).name))
     except ModelError:
@@ -161,12 +173,38 @@ def _why(exc: BaseException) -> str:
     return text.split(" Please check")[0]
 
 
-def _no_safety(folder: Path) -> dict:
-    """Skip SD 1.x's bundled safety checker; facesynth's own gates decide what is kept."""
-    return {"safety_checker": None, "requires_safety_checker": False} if (folder / "safety_checker").exists() else {}
+def _download(model: str, revision: str | None, dtype: torch.dtype) -> tuple[str, str | None]:
+    """Download only what runs: the fp16 weights when running in fp16 and the repo has them, no unused parts."""
+    from diffusers import DiffusionPipeline
+
+    if dtype == torch.float16:
+        try:
+            folder = DiffusionPipeline.download(model, revision=revision, use_safetensors=True, variant="fp16",
+                                                **UNUSED)
+        except (OSError, ValueError) as exc:
+            if "variant" not in str(exc).lower() and "fp16" not in str(exc):
+                raise
+        else:  # diffusers falls back to the full-precision files where a repo has no fp16 ones
+            return folder, "fp16" if any(Path(folder).rglob("*.fp16.safetensors")) else None
+        logger.info("%s has no fp16 weights; downloading the full-precision ones", model)
+    return DiffusionPipeline.download(model, revision=revision, use_safetensors=True, **UNUSED), None
 
 
-def _load_single_file(path: Path, dtype: torch.dtype):
+def _unused(folder: Path) -> dict:
+    """``component=None`` for the unused components the model lists, so they are not loaded."""
+    import json
+
+    try:
+        listed = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    skip = {name: None for name in UNUSED if name in listed}
+    if "safety_checker" in skip:
+        skip["requires_safety_checker"] = False
+    return skip
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, config: str | None = None):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from safetensors import safe_open
 
@@ -177,6 +215,8 @@ def _load_single_file(path: Path, dtype: torch.dtype):
         is_xl = any(k.startswith("conditioner.embedders.1") for k in keys)
     cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
     kwargs = {} if is_xl else {"safety_checker": None, "requires_safety_checker": False}
+    if config is not None:  # configs and tokenizers from a local folder: no download at all
+        kwargs.update(config=str(config), local_files_only=True)
     return cls.from_single_file(str(path), torch_dtype=dtype, **kwargs)
 
 

@@ -56,6 +56,7 @@ class GenerateConfig:
     num_samples: int | None = None
     seed: int | None = None
     model: str | None = None
+    model_config: str | None = None
     revision: str | None = None
     clip_model: str | None = None
     candidates: int = 3
@@ -463,7 +464,8 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     dtype = resolve_dtype(cfg.dtype, device)
     recorded = manifest.get("model") or {}
     pinned = recorded.get("commit") if recorded.get("kind") == "hub" else None  # resume at the same commit
-    pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device)
+    pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device,
+                               config=cfg.model_config)
     if pinned:
         info.revision = cfg.revision
     optimize_pipeline(pipe, compile=cfg.compile, channels_last=cfg.channels_last)
