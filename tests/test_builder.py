@@ -115,3 +115,70 @@ def test_builder_configs_are_the_primary_labels_and_splits_come_in_order(demo_da
         Facesynth(data_dir=str(demo_dataset), config_name="glum")
     with pytest.raises(OutputError, match="contradicts config 'sad'"):
         Facesynth(data_dir=str(demo_dataset), config_name="sad", filters={"emotion": "happy"})
+
+
+class _Counting:
+    """A file object that counts the bytes read through it."""
+
+    def __init__(self, f, log, path):
+        self._f, self._log, self._path = f, log, path
+
+    def read(self, n=-1):
+        data = self._f.read(n)
+        self._log[self._path] = self._log.get(self._path, 0) + len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+@pytest.fixture
+def hub_mirror(demo_dataset, tmp_path, monkeypatch):
+    """``hf://datasets/me/faces@main/...`` served from a local copy: the transport stands in for HTTP, while
+    the code under test (URL, manifest read, fragments, row-group pushdown) is the real one."""
+    import shutil
+
+    import fsspec
+    import huggingface_hub
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    root = tmp_path / "mirror"
+    shutil.copytree(demo_dataset, root / "datasets" / "me" / "faces@main")
+    log: dict[str, int] = {}
+
+    class Mirror(DirFileSystem):
+        protocol = "hf"
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(path=str(root), fs=fsspec.filesystem("file"))
+
+        def open(self, path, mode="rb", *args, **kwargs):
+            return _Counting(super().open(path, mode, *args, **kwargs), log, self._strip_protocol(path))
+
+    fsspec.register_implementation("hf", Mirror, clobber=True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("downloaded the repo"))
+    yield log
+    fsspec.register_implementation("hf", huggingface_hub.HfFileSystem, clobber=True)
+
+
+def test_loading_from_the_hub_reads_only_the_matching_files(hub_mirror, demo_dataset):
+    happy = facesynth.load("me/faces", emotion="happy")
+    assert list(happy) == ["train", "validation", "test"]
+    assert all(_labels(d, "emotion") == {"happy"} for d in happy.values())
+    assert sum(len(d) for d in happy.values()) == 6
+    opened = {p.split("faces@main/", 1)[1] for p in hub_mirror}
+    assert opened == {"manifest.json", "data/happy/train-00000.parquet", "data/happy/validation-00000.parquet",
+                      "data/happy/test-00000.parquet"}  # no other label's file, no snapshot of the repo
+    hub_mirror.clear()
+    stream = facesynth.load("me/faces", split="train", streaming=True, emotion="sad", gender="female")
+    rows = list(stream)
+    assert rows and {r["emotion"] for r in rows} == {1} and {r["gender"] for r in rows} == {1}
+    opened = {p.split("faces@main/", 1)[1]: n for p, n in hub_mirror.items()}
+    assert {"manifest.json", "data/sad/train-00000.parquet"} <= set(opened)
+    assert all(p == "manifest.json" or p.startswith("data/sad/") for p in opened)  # no other label's file

@@ -13,6 +13,7 @@ fingerprint (the sha256 of every shard), so regenerated data is never served sta
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,11 @@ def read_manifest(root: str | Path, generated: bool = False, current: bool = Fal
     manifest = Manifest.load(Path(root))
     if manifest is None:
         raise OutputError(f"'{root}': no manifest.json; is this a facesynth dataset folder?")
+    return checked(manifest, root, generated, current)
+
+
+def checked(manifest: Manifest, root: str | Path, generated: bool = False, current: bool = False) -> Manifest:
+    """``manifest`` if it has the keys and types readers rely on (see :func:`read_manifest`)."""
     try:
         (_Generated if generated else _Manifest).model_validate(manifest.data)
     except ValidationError as exc:
@@ -112,6 +118,35 @@ def outdated(root: str | Path, manifest: Manifest) -> str:
     return (f"'{root}': made by another facesynth version (manifest format {manifest.get('format', 0)}; this "
             f"version's is {FORMAT_VERSION}), whose plan and layout differ; it still loads with load_dataset, and "
             "the same generate command with --overwrite remakes it in this version's layout")
+
+
+def is_url(path: str) -> bool:
+    return "://" in str(path)
+
+
+def remote_manifest(url: str) -> Manifest:
+    """The manifest of a dataset behind an fsspec URL (``hf://datasets/ORG/NAME@REV``): one small read."""
+    import fsspec
+
+    from .files import _refuse_constant
+
+    try:
+        with fsspec.open(f"{url}/manifest.json", "r", encoding="utf-8") as f:
+            data = json.load(f, parse_constant=_refuse_constant)
+    except FileNotFoundError:
+        raise OutputError(f"'{url}': no manifest.json; is this a facesynth dataset?") from None
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"'{url}': cannot read manifest.json ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise OutputError(f"'{url}/manifest.json': not a valid manifest (not a JSON object)")
+    return checked(Manifest(data), url)
+
+
+def hub_url(repo_id: str, revision: str | None = None) -> str:
+    """The ``hf://`` URL of a dataset repo at a revision (branch, tag or commit)."""
+    from urllib.parse import quote
+
+    return f"hf://datasets/{repo_id}@{quote(revision or 'main', safe='')}"
 
 
 def shard_paths(root: str | Path, manifest: Manifest) -> dict[str, Path]:
@@ -157,11 +192,14 @@ class Facesynth(datasets.ArrowBasedBuilder):
     BUILDER_CONFIG_CLASS = FacesynthConfig
 
     def __init__(self, *args, data_dir: str | None = None, config_name: str | None = None, **kwargs):
+        """``data_dir``: a dataset folder, or an fsspec URL of one (``hf://datasets/ORG/NAME@REV``), which is
+        read lazily: the manifest, then only the files and row groups that the config and filters need."""
         if not data_dir:
             raise OutputError("data_dir: give the dataset folder")
-        self.root = Path(data_dir)
+        self.remote = is_url(data_dir)
+        self.root = data_dir.rstrip("/") if self.remote else Path(data_dir)
         self._fragments: dict[str, pads.ParquetFileFragment] = {}
-        self.manifest = read_manifest(self.root)
+        self.manifest = remote_manifest(self.root) if self.remote else read_manifest(self.root)
         self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
         labels = list(self.recipe.attributes[self.recipe.primary].values)
         if config_name not in (None, "default", *labels):  # one config per primary label, as in the card
@@ -179,6 +217,19 @@ class Facesynth(datasets.ArrowBasedBuilder):
         kwargs.setdefault("hash", content_fingerprint(self.manifest))
         super().__init__(*args, data_dir=str(self.root), **kwargs)
 
+    def _files(self) -> dict[str, str]:
+        """Each shard's path (a URL for a remote dataset), in name order."""
+        if self.remote:
+            return {name: f"{self.root}/{name}" for name in sorted(self.manifest.shards)}
+        return {name: str(path) for name, path in shard_paths(self.root, self.manifest).items()}
+
+    def _filesystem(self) -> pafs.FileSystem:
+        if not self.remote:
+            return pafs.LocalFileSystem()
+        import fsspec
+
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(self.root.split("://", 1)[0])))
+
     def _info(self) -> datasets.DatasetInfo:
         features = build_features(self.recipe)
         if self.config.columns is not None:
@@ -194,10 +245,10 @@ class Facesynth(datasets.ArrowBasedBuilder):
         by_split: dict[str, list[str]] = {}
         wanted = (self.config.filters or {}).get(self.recipe.primary)
         wanted = {wanted} if isinstance(wanted, str) else set(wanted or [])
-        for name, path in shard_paths(self.root, self.manifest).items():
+        for name, path in self._files().items():
             if wanted and name.count("/") == 2 and name.split("/")[1] not in wanted:
                 continue  # another label's folder: not even opened
-            by_split.setdefault(self.manifest.shards[name]["split"], []).append(str(path))
+            by_split.setdefault(self.manifest.shards[name]["split"], []).append(path)
         expr = filter_expression(self.recipe, self.config.filters)
         if expr is not None:  # a split with no matching row cannot be materialised: leave it out
             exact = set(self.config.filters) == {self.recipe.primary}
@@ -209,7 +260,8 @@ class Facesynth(datasets.ArrowBasedBuilder):
     def _fragment(self, file: str) -> pads.ParquetFileFragment:
         """One fragment per file with its footer read once, for pruning and for reading."""
         if file not in self._fragments:
-            fragment = pads.ParquetFileFormat().make_fragment(file, filesystem=pafs.LocalFileSystem())
+            path = file.split("://", 1)[1] if self.remote else file
+            fragment = pads.ParquetFileFormat().make_fragment(path, filesystem=self._filesystem())
             fragment.ensure_complete_metadata()
             self._fragments[file] = fragment
         return self._fragments[file]
@@ -243,13 +295,13 @@ class Facesynth(datasets.ArrowBasedBuilder):
 
 def load(dir_or_repo: str, split: str | None = None, streaming: bool = False, revision: str | None = None,
          columns: list[str] | None = None, **filters):
-    """Load a local folder or a Hub dataset repo made by facesynth, filtered by label names."""
-    root = Path(dir_or_repo)
-    if not root.is_dir():
-        from huggingface_hub import snapshot_download
+    """Load a local folder, an fsspec URL or a Hub dataset repo made by facesynth, filtered by label names.
 
-        root = Path(snapshot_download(dir_or_repo, repo_type="dataset", revision=revision,
-                                      allow_patterns=["manifest.json", "data/*.parquet"]))
+    A Hub repo is read lazily over HTTP, as ``load_dataset`` reads Parquet: the manifest, then only
+    the matching label's files and, within them, only the row groups the filters can match.
+    """
+    local = Path(dir_or_repo).is_dir()
+    root = dir_or_repo if local or is_url(dir_or_repo) else hub_url(dir_or_repo, revision)
     builder = Facesynth(data_dir=str(root), filters=filters or None, columns=columns)
     if streaming:
         return builder.as_streaming_dataset(split=split)
