@@ -92,10 +92,23 @@ def resolve_token(token: str | None) -> str | None:
     return get_token()
 
 
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """Network failures: the HTTP client's transport errors (whichever client this huggingface_hub uses)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for client in ("httpx2", "httpx", "requests"):
+        try:
+            module = importlib.import_module(client)
+        except ImportError:
+            continue
+        errors.append(getattr(module, "TransportError", None) or module.exceptions.ConnectionError)
+    return tuple(errors)
+
+
 @contextmanager
 def hub_errors(repo_id: str, step: str):
     """Turn Hub and network failures into one line that says what to do next."""
-    import httpx2
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     again = "run the same command again to finish (files already uploaded are not sent twice)"
@@ -118,7 +131,7 @@ def hub_errors(repo_id: str, step: str):
         else:
             msg = f"the Hub refused it ({status}: {exc.server_message or str(exc).splitlines()[0]})"
         raise PublishError(f"{step}: {msg}") from None
-    except (httpx2.TransportError, ConnectionError, TimeoutError) as exc:
+    except transport_errors() as exc:
         raise PublishError(f"{step}: cannot reach the Hub ({type(exc).__name__}); check the network, then "
                            f"{again}") from None
 
