@@ -6,7 +6,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest.mock import ANY, call, create_autospec
 
-import httpx2
+try:  # the HTTP client this huggingface_hub builds its errors on
+    import httpx2 as http
+except ImportError:  # huggingface_hub before it moved to httpx2
+    import httpx as http
 import pytest
 from huggingface_hub import CommitOperationDelete, DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
@@ -21,8 +24,8 @@ DEMO = dict(recipe="emotions", model="tiny", quiet=True, rows_per_shard=8, batch
 
 
 def http_error(status, cls=HfHubHTTPError, method="POST"):
-    request = httpx2.Request(method, f"https://huggingface.co/api/datasets/{REPO}")
-    return cls(f"{status} error", response=httpx2.Response(status, request=request))
+    request = http.Request(method, f"https://huggingface.co/api/datasets/{REPO}")
+    return cls(f"{status} error", response=http.Response(status, request=request))
 
 
 def commit(oid="c0ffee1234567890", pr=None):
@@ -220,7 +223,7 @@ ERRORS = [
     ("create_commit", http_error(503),
      "uploading: the Hub answered 503: run the same command again to finish (files already uploaded are not sent "
      "twice)"),
-    ("list_repo_tree", httpx2.ConnectError("dns failure"),
+    ("list_repo_tree", http.ConnectError("dns failure"),
      "listing the repo: cannot reach the Hub (ConnectError); check the network, then run the same command again "
      "to finish (files already uploaded are not sent twice)"),
 ]

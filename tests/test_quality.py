@@ -44,7 +44,7 @@ PAIR = textwrap.dedent("""\
 """)
 # The tiny preset's random CLIP maps every image close to every other (cosines 0.97-0.999
 # between unrelated photos, 0.9998 for a near copy), so its tests use a threshold in between.
-TINY_THRESHOLD = 0.998
+TINY_THRESHOLD = 0.997  # the tiny CLIP puts every pair of images within 0.97-0.999: this refills several rows
 
 
 @pytest.fixture(scope="module")

@@ -66,12 +66,15 @@ class ClipScorer:
             if Path(name).is_dir():
                 folder, commit = Path(name), None
             else:  # resolve the commit once and load from that snapshot, so the manifest can pin it
-                folder = Path(snapshot_download(name, revision=revision,
+                from huggingface_hub import constants
+
+                folder = Path(snapshot_download(name, revision=revision, local_files_only=constants.HF_HUB_OFFLINE,
                                                 allow_patterns=["*.json", "*.txt", "*.safetensors"]))
                 commit = folder.name
-            model = CLIPModel.from_pretrained(folder, use_safetensors=True, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            proc = CLIPImageProcessorPil.from_pretrained(folder)
+            local = {"local_files_only": True}  # the folder holds everything: nothing more to look up
+            model = CLIPModel.from_pretrained(folder, use_safetensors=True, dtype=dtype, **local)
+            tokenizer = AutoTokenizer.from_pretrained(folder, **local)
+            proc = CLIPImageProcessorPil.from_pretrained(folder, **local)
         except (OSError, ValueError) as exc:
             raise ModelError(
                 f"--clip-model: cannot load '{name}' ({first_line(exc)}); "
