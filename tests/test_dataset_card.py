@@ -1,6 +1,7 @@
 from collections import Counter
 
 import datasets
+import pytest
 from huggingface_hub import DatasetCard
 from PIL import Image
 
@@ -104,3 +105,36 @@ def test_each_per_label_config_holds_only_its_label_through_data_files_alone(dem
         assert {names[i] for d in ds.values() for i in d["emotion"]} == {config["config_name"]}
     default = {f["split"]: str(demo_dataset / f["path"]) for f in data["configs"][0]["data_files"]}
     assert sum(len(d) for d in datasets.load_dataset("parquet", data_files=default).values()) == 24
+
+
+def test_card_for_a_repo_written_locally_and_text_outside_the_markers_kept(demo_dataset, tmp_path):
+    import shutil
+
+    from facesynth.cli import main
+
+    root = tmp_path / "card"
+    shutil.copytree(demo_dataset, root)
+    readme = root / "README.md"
+    readme.write_text(readme.read_text().replace("<!-- facesynth:end -->",
+                                                 "<!-- facesynth:end -->\n\n## Team notes\n\nKept.\n"))
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(args=["card", str(root), "--repo-id", "org/faces", "--tag", "v2.0.0"], prog_name="facesynth")
+    assert exit_info.value.code == 0
+    text = readme.read_text()
+    assert 'load_dataset("org/faces", revision="v2.0.0")' in text and "## Team notes\n\nKept." in text
+    assert str(tmp_path) not in text and "https://huggingface.co/datasets/org/faces" in text
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(args=["card", str(root), "--repo-id", "no repo"], prog_name="facesynth")
+    assert exit_info.value.code == 2
+
+
+def test_the_settings_table_reads_as_prose(demo_dataset):
+    text = (demo_dataset / "README.md").read_text()
+    assert "this run used height 64, steps 4, width 64" in text and "{'" not in text  # no raw Python dict
+    assert "none (each sample keeps its best candidate at the first attempt)" in text
+    assert "(up to 3 attempts)" not in text
+    assert "No quality gates were enabled: each sample kept the best-scoring of its 3 candidates." in text
+    assert "candidates the gates checked" not in text  # no 'checked' count beside best-of-3 without gates
+    local = [line for line in text.splitlines() if "load_dataset(" in line]
+    assert local and all('"demo"' in line for line in local)  # the folder's name, never its absolute path
+    assert str(demo_dataset.parent) not in text
