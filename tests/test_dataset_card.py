@@ -138,3 +138,16 @@ def test_the_settings_table_reads_as_prose(demo_dataset):
     local = [line for line in text.splitlines() if "load_dataset(" in line]
     assert local and all('"demo"' in line for line in local)  # the folder's name, never its absolute path
     assert str(demo_dataset.parent) not in text
+
+
+def test_the_card_shows_the_models_licence_when_the_model_declares_one(demo_dataset):
+    from facesynth.builder import read_manifest
+    from facesynth.dataset_card import card_license
+    from facesynth.recipe import load_recipe
+
+    recipe, manifest = load_recipe("emotions"), read_manifest(demo_dataset)
+    assert card_license(recipe, manifest) == ("creativeml-openrail-m", None, None)  # tiny declares none
+    manifest.data["model"] = {"name": "org/model", "kind": "hub", "license": "apache-2.0"}
+    assert card_license(recipe, manifest) == ("apache-2.0", None, None)
+    manifest.data["model"]["license"] = "other"
+    assert card_license(recipe, manifest) == ("other", "model-licence", "https://huggingface.co/org/model")
