@@ -134,11 +134,12 @@ def listed_files(out: Path, manifests: list[Manifest]) -> list[Path]:
 
 def clear_listed(out: Path, manifests: list[Manifest]) -> None:
     """Delete what the replaced run's manifests list (``--overwrite``), and nothing else."""
-    for path in dict.fromkeys(listed_files(out, manifests)):
+    listed = list(dict.fromkeys(listed_files(out, manifests)))
+    for path in listed:
         if path.is_file():
             logger.info("--overwrite: removing %s", path)
             path.unlink()
-    for folder in sorted({p.parent for p in listed_files(out, manifests)}, key=lambda p: -len(p.parts)):
+    for folder in sorted({p.parent for p in listed}, key=lambda p: -len(p.parts)):
         if folder != out and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
 
@@ -151,7 +152,7 @@ def remove_stale_temp_files(out: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def tidy(out: Path, worker: "Worker", created: bool) -> None:
+def tidy(out: Path, worker: Worker, created: bool) -> None:
     """Leave nothing the user did not ask for: this worker's temp folder, empty work folders, a folder we made."""
     shutil.rmtree(out / worker.tmp_dir, ignore_errors=True)
     for folder in (out / WORK_DIR / "tmp", out / WORKERS_DIR, out / WORK_DIR, *((out,) if created else ())):
