@@ -383,8 +383,10 @@ def test_a_dry_run_works_offline(folder, api, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("facesynth.publish.make_api", lambda token=None: api)
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
     code, out, err = push([str(folder), "--repo-id", REPO, "--dry-run"], capsys)
     assert code == 0 and err == ""
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == stamps  # nothing rewritten
     lines = out.splitlines()
     manifest = json.loads((folder / "manifest.json").read_text())
     listed = {line.split()[1] for line in lines[:-1]}

@@ -12,8 +12,8 @@ fingerprint (the sha256 of every shard), so regenerated data is never served sta
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,11 +128,11 @@ def remote_manifest(url: str) -> Manifest:
     """The manifest of a dataset behind an fsspec URL (``hf://datasets/ORG/NAME@REV``): one small read."""
     import fsspec
 
-    from .files import _refuse_constant
+    from .files import loads_json
 
     try:
         with fsspec.open(f"{url}/manifest.json", "r", encoding="utf-8") as f:
-            data = json.load(f, parse_constant=_refuse_constant)
+            data = loads_json(f.read())
     except FileNotFoundError:
         raise OutputError(f"'{url}': no manifest.json; is this a facesynth dataset?") from None
     except (OSError, ValueError) as exc:
@@ -223,7 +223,9 @@ class Facesynth(datasets.ArrowBasedBuilder):
             return {name: f"{self.root}/{name}" for name in sorted(self.manifest.shards)}
         return {name: str(path) for name, path in shard_paths(self.root, self.manifest).items()}
 
+    @functools.cached_property
     def _filesystem(self) -> pafs.FileSystem:
+        """Where the shards are read from: the local disk, or the URL's fsspec filesystem (made once)."""
         if not self.remote:
             return pafs.LocalFileSystem()
         import fsspec
@@ -261,7 +263,7 @@ class Facesynth(datasets.ArrowBasedBuilder):
         """One fragment per file with its footer read once, for pruning and for reading."""
         if file not in self._fragments:
             path = file.split("://", 1)[1] if self.remote else file
-            fragment = pads.ParquetFileFormat().make_fragment(path, filesystem=self._filesystem())
+            fragment = pads.ParquetFileFormat().make_fragment(path, filesystem=self._filesystem)
             fragment.ensure_complete_metadata()
             self._fragments[file] = fragment
         return self._fragments[file]

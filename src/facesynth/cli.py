@@ -399,23 +399,12 @@ def card_cmd(directory: Path, repo_id: str | None, tag: str | None, gated: bool)
 
     read_manifest(directory, current=True)  # a folder that is not a current dataset stays untouched
     if repo_id is not None:
-        _check_repo_id(repo_id)
+        from .publish import check_repo_id
+
+        check_repo_id(repo_id)
     with FolderLock(directory, "DIRECTORY"):
         path = write_card(directory, repo_id, tag, gated)
     click.echo(f"wrote {path}")
-
-
-def _check_repo_id(repo_id: str) -> None:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-        ok = "/" in repo_id
-    except HFValidationError:
-        ok = False
-    if not ok:
-        raise FacesynthError(f"--repo-id: '{repo_id}' is not a dataset repo id of the form ORG/NAME")
 
 
 def _size(n: float) -> str:

@@ -276,15 +276,17 @@ def card_license(recipe: Recipe, manifest: Manifest) -> tuple[str, str | None, s
 
 
 def build_card(root: str | Path, repo_id: str | None = None, revision: str | None = None,
-               gated: bool = False) -> DatasetCard:
-    """Build the card for a dataset folder (and refresh its sample grid).
+               gated: bool = False, write_grid: bool = True) -> DatasetCard:
+    """Build the card for a dataset folder (and refresh its sample grid, unless ``write_grid`` is off and it exists).
 
     ``repo_id`` (ORG/NAME) is the Hub repo the card is for; without it the snippets name the folder
     by its own name, never by an absolute path. ``revision`` is the tag the snippets pin.
     """
     root = Path(root)
     summary = summarize(root)
-    grid = sample_grid(root, summary)
+    grid = root / "assets" / "samples.png"
+    if write_grid or not grid.is_file():
+        grid = sample_grid(root, summary)
     recipe, manifest = summary.recipe, summary.manifest
     configs, infos = configs_and_infos(summary)
     pretty = f"facesynth {recipe.name}"

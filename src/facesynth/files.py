@@ -36,21 +36,31 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def dumps_json(data: Any) -> str:
+    """Strict JSON as facesynth writes it (a NaN or infinity is an error, never a bare ``NaN``)."""
+    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Strict JSON (a NaN or infinity is an error, never a bare ``NaN``), written atomically."""
-    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
+    """:func:`dumps_json`, written atomically."""
+    text = dumps_json(data)
     with atomic_write(path) as f:
-        f.write(text + "\n")
+        f.write(text)
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def loads_json(text: str) -> Any:
+    """Parse strict JSON: ``NaN`` and ``Infinity`` are refused like any other syntax error."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
 def load_json(path: str | Path) -> Any:
-    """Read strict JSON: ``NaN`` and ``Infinity`` are refused like any other syntax error."""
+    """:func:`loads_json` of a file."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f, parse_constant=_refuse_constant)
+        return loads_json(f.read())
 
 
 def is_temp_file(path: Path) -> bool:

@@ -13,7 +13,6 @@ The token is passed to ``HfApi`` only: never printed, logged or written.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from typing import Any
 from . import __version__
 from .builder import read_manifest
 from .errors import FacesynthError
+from .files import dumps_json
 from .folder import FIRST_VERSION
 from .writer import MANIFEST, Manifest, sha256_file
 
@@ -90,6 +90,19 @@ def resolve_token(token: str | None) -> str | None:
     from huggingface_hub import get_token
 
     return get_token()
+
+
+def check_repo_id(repo_id: str) -> None:
+    """One line unless ``repo_id`` is a dataset repo id of the form ORG/NAME."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        if "/" not in repo_id:
+            raise HFValidationError("no namespace")
+    except HFValidationError:
+        raise FacesynthError(f"--repo-id: '{repo_id}' is not a dataset repo id of the form ORG/NAME") from None
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:
@@ -209,16 +222,8 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
          tag: str | None = None, create_pr: bool = False, message: str | None = None, token: str | None = None,
          dry_run: bool = False, gated: bool = False, overwrite_card: bool = False, api=None) -> PushReport:
     """Publish ``root`` to the dataset repo ``repo_id``; see the module docstring for the steps."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     root = Path(root)
-    try:
-        validate_repo_id(repo_id)
-        if "/" not in repo_id:
-            raise HFValidationError("no namespace")
-    except HFValidationError:
-        raise FacesynthError(f"--repo-id: '{repo_id}' is not a dataset repo id of the form ORG/NAME") from None
+    check_repo_id(repo_id)
     if tag and create_pr:
         raise FacesynthError("--tag: not with --create-pr; tag the commit once the pull request is merged")
     _check_folder(root)
@@ -269,7 +274,7 @@ def _generated(root: Path, manifest: Manifest, repo_id: str, tag: str | None, ga
     """The card for the repo and tag (merged into the Hub's README) and the published manifest, as bytes."""
     from .dataset_card import build_card, merge_card
 
-    card = build_card(root, repo_id, tag, gated)
+    card = build_card(root, repo_id, tag, gated, write_grid=False)  # a push changes nothing in the folder
     text = merge_card(card, existing)
     if text is None:
         if not overwrite_card:
@@ -277,8 +282,7 @@ def _generated(root: Path, manifest: Manifest, repo_id: str, tag: str | None, ga
                                  "facesynth markers were removed), so it cannot be merged; give --overwrite-card to "
                                  "replace it")
         text = str(card)
-    manifest_text = json.dumps(public_manifest(manifest), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    return {"README.md": text.encode(), MANIFEST: manifest_text.encode()}
+    return {"README.md": text.encode(), MANIFEST: dumps_json(public_manifest(manifest)).encode()}
 
 
 def _operations(files: dict[str, Path | bytes], changes: list[FileChange]) -> list:
