@@ -163,3 +163,9 @@ def test_reserved_attribute_names_cover_every_built_in_column():
 def test_a_non_primary_value_may_be_called_default():
     recipe = parse_recipe(GOOD.replace("      male:\n", "      default:\n"))
     assert "default" in recipe.attributes["gender"].values
+
+
+def test_a_key_holding_a_newline_is_still_one_line():
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(GOOD.replace("  gender:\n    values:", '  "\\n":\n    values:'), "x.yaml")
+    assert "\n" not in str(err.value) and str(err.value).startswith("x.yaml: attributes")

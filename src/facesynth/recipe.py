@@ -237,7 +237,8 @@ class Recipe(BaseModel):
 
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS or name[0] == "_":
-        raise ValueError(f"name '{name}' must use lowercase letters, digits and '_' only")
+        shown = f"'{name}'" if str(name).isprintable() else repr(name)  # one line, whatever the name holds
+        raise ValueError(f"name {shown} must use lowercase letters, digits and '_' only")
 
 
 def _named_mapping(mapping: dict) -> dict:
@@ -334,7 +335,7 @@ def _first_error(exc: ValidationError) -> str:
     """The most telling problem: an unknown key before the missing key it was probably meant to be."""
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"])  # a key may hold a newline
     msg = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)
