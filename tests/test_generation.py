@@ -1,12 +1,14 @@
 """The engine and the runner, on the tiny preset, offline, on CPU."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from click.testing import CliRunner
 
 from conftest import make_engine
 from facesynth.errors import ModelError, OutputError
@@ -209,6 +211,88 @@ def test_local_diffusers_folder_loads_through_from_pretrained(tiny_pipe, tmp_pat
     generate(GenerateConfig(recipe="emotions", out=out, num_samples=2, model=str(folder), clip_model="tiny",
                             steps=2, width=64, height=64, quiet=True, write_card=False))
     assert json.loads((out / "manifest.json").read_text())["model"]["kind"] == "folder"
+
+
+def _config_folder(pipe, folder: Path) -> Path:
+    """A diffusers folder with every config and the tokenizer, and no weights at all."""
+    pipe.save_config(folder)
+    for name in ("unet", "vae", "scheduler"):
+        getattr(pipe, name).save_config(folder / name)
+    pipe.text_encoder.config.save_pretrained(folder / "text_encoder")
+    pipe.tokenizer.save_pretrained(folder / "tokenizer")
+    return folder
+
+
+def test_single_file_checkpoint_loads_offline_with_a_local_config_folder(tiny_pipe, tmp_path):
+    """``--model m.safetensors --model-config DIR``: an original-layout checkpoint, no download (offline)."""
+    from ldm_checkpoint import save_ldm_checkpoint
+
+    from facesynth.cli import main
+
+    ckpt = save_ldm_checkpoint(tiny_pipe, tmp_path / "tiny-sd.safetensors")
+    config = _config_folder(tiny_pipe, tmp_path / "tiny-sd-config")
+    assert not list(config.rglob("*.safetensors")) and os.environ["HF_HUB_OFFLINE"] == "1"
+    pipe, info = load_pipeline(str(ckpt), config=str(config))
+    assert info.kind == "file" and info.config == str(config.resolve()) and len(info.sha256) == 64
+    for part in ("unet", "vae", "text_encoder"):
+        mine, theirs = getattr(pipe, part).state_dict(), getattr(tiny_pipe, part).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+    folder = tmp_path / "tiny-sd"
+    tiny_pipe.save_pretrained(folder, safe_serialization=True)
+    common = ["-n", "2", "--clip-model", "tiny", "--steps", "2", "--width", "64",
+              "--height", "64", "--quiet"]
+    runs = {"file": ["--model", str(ckpt), "--model-config", str(config)], "folder": ["--model", str(folder)]}
+    for name, args in runs.items():
+        result = CliRunner().invoke(main, ["generate", "emotions", *args, "--out", str(tmp_path / name), *common])
+        assert result.exit_code == 0, result.output
+    images = {name: [pq.read_table(f)["image"].to_pylist() for f in sorted((tmp_path / name).rglob("*.parquet"))]
+              for name in runs}
+    assert images["file"] == images["folder"] and images["file"]  # the same model, the same pixels
+    model = json.loads((tmp_path / "file" / "manifest.json").read_text())["model"]
+    assert model["kind"] == "file" and model["config"] == str(config.resolve()) and model["sha256"] == info.sha256
+
+
+def test_model_config_must_be_a_folder(tmp_path, tiny_pipe):
+    from ldm_checkpoint import save_ldm_checkpoint
+
+    ckpt = save_ldm_checkpoint(tiny_pipe, tmp_path / "m.safetensors")
+    with pytest.raises(ModelError, match="^--model-config: .* is not a folder of diffusers configs$"):
+        load_pipeline(str(ckpt), config=str(tmp_path / "missing"))
+
+
+@pytest.mark.slow
+def test_full_size_sd15_single_file_checkpoint_loads_offline(tmp_path):
+    """The real SD 1.5 architecture (random weights, fp16 on disk, 1.7 GB) as one checkpoint, fully offline."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from ldm_checkpoint import save_ldm_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from facesynth.tiny import build_tokenizer
+
+    configs = Path(__file__).parents[1] / "benchmarks" / "configs" / "sd15"
+
+    def load(name):
+        return json.loads((configs / name).read_text())
+
+    torch.manual_seed(0)
+    source = StableDiffusionPipeline(
+        unet=UNet2DConditionModel.from_config(load("unet.json")), vae=AutoencoderKL.from_config(load("vae.json")),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**load("text_encoder.json"))), tokenizer=build_tokenizer(),
+        scheduler=PNDMScheduler.from_config(load("scheduler.json")), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False).to(dtype=torch.float16)
+    ckpt = save_ldm_checkpoint(source, tmp_path / "sd15.safetensors")
+    config = _config_folder(source, tmp_path / "sd15-config")
+    assert ckpt.stat().st_size > 1.5e9
+    pipe, info = load_pipeline(str(ckpt), config=str(config), dtype=torch.float32)
+    assert info.kind == "file" and pipe.unet.config.cross_attention_dim == 768
+    for part in ("unet", "vae", "text_encoder"):
+        mine, theirs = getattr(pipe, part).state_dict(), getattr(source, part).state_dict()
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k].float()) for k in mine), part
+    del source
+    image = pipe("a face", num_inference_steps=1, height=64, width=64, output_type="np").images[0]
+    assert image.shape == (64, 64, 3) and np.isfinite(image).all()
 
 
 def test_growing_a_dataset_keeps_full_shards_and_bumps_the_version(tmp_path, demo_dataset):
