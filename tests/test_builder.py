@@ -103,6 +103,9 @@ def test_bad_filters_and_folders(demo_dataset, tmp_path):
 
 def test_builder_configs_are_the_primary_labels_and_splits_come_in_order(demo_dataset):
     b = Facesynth(data_dir=str(demo_dataset), config_name="sad")
+    assert list(b.builder_configs) == ["default", "happy", "sad", "angry", "surprised"]
+    assert b.config.name == "sad" and b.config.filters == {"emotion": "sad"}
+    assert Facesynth(data_dir=str(demo_dataset)).config.name == "default"
     b.download_and_prepare()
     ds = b.as_dataset()
     assert list(ds) == ["train", "validation", "test"]
@@ -115,6 +118,12 @@ def test_builder_configs_are_the_primary_labels_and_splits_come_in_order(demo_da
         Facesynth(data_dir=str(demo_dataset), config_name="glum")
     with pytest.raises(OutputError, match="contradicts config 'sad'"):
         Facesynth(data_dir=str(demo_dataset), config_name="sad", filters={"emotion": "happy"})
+    both = Facesynth(data_dir=str(demo_dataset), config_name="sad", filters={"gender": "female"})
+    assert both.config.filters == {"gender": "female", "emotion": "sad"}
+    assert b.builder_configs["sad"].filters == {"emotion": "sad"}  # the declared config stays as it was
+    both.download_and_prepare()
+    rows = both.as_dataset(split="train")
+    assert _labels(rows, "emotion") == {"sad"} and _labels(rows, "gender") == {"female"}
 
 
 class _Counting:

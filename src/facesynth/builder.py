@@ -190,6 +190,12 @@ class Facesynth(datasets.ArrowBasedBuilder):
     """Builds a facesynth dataset folder (``data/*.parquet`` + ``manifest.json``)."""
 
     BUILDER_CONFIG_CLASS = FacesynthConfig
+    DEFAULT_CONFIG_NAME = "default"
+
+    @property
+    def builder_configs(self) -> dict[str, FacesynthConfig]:
+        """``default`` and one config per primary label of this dataset (set up in ``__init__``)."""
+        return {config.name: config for config in self.BUILDER_CONFIGS}
 
     def __init__(self, *args, data_dir: str | None = None, config_name: str | None = None, **kwargs):
         """``data_dir``: a dataset folder, or an fsspec URL of one (``hf://datasets/ORG/NAME@REV``), which is
@@ -201,18 +207,21 @@ class Facesynth(datasets.ArrowBasedBuilder):
         self._fragments: dict[str, pads.ParquetFileFragment] = {}
         self.manifest = remote_manifest(self.root) if self.remote else read_manifest(self.root)
         self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
-        labels = list(self.recipe.attributes[self.recipe.primary].values)
-        if config_name not in (None, "default", *labels):  # one config per primary label, as in the card
+        primary = self.recipe.primary
+        labels = list(self.recipe.attributes[primary].values)
+        # One config per primary label, as the card declares them, and "default" over every row.
+        self.BUILDER_CONFIGS = [FacesynthConfig(name="default", description="every row"), *(
+            FacesynthConfig(name=label, description=f"the rows whose {primary} is {label}",
+                            filters={primary: label}) for label in labels)]
+        if config_name not in (None, *self.builder_configs):
             raise OutputError(f"config_name: '{config_name}' is not a config of this dataset "
-                              f"(default, {', '.join(labels)})")
-        if config_name in labels:
-            filters = dict(kwargs.pop("filters", None) or {})
-            if filters.get(self.recipe.primary, config_name) not in (config_name, [config_name]):
-                raise OutputError(f"filters: {self.recipe.primary}={filters[self.recipe.primary]!r} contradicts "
-                                  f"config '{config_name}'")
-            kwargs["filters"] = {**filters, self.recipe.primary: config_name}
-        if config_name not in (None, "default"):
-            kwargs["config_name"] = config_name
+                              f"({', '.join(self.builder_configs)})")
+        if config_name in labels and kwargs.get("filters") is not None:  # the label's filter, and the caller's
+            filters = dict(kwargs["filters"])
+            if filters.get(primary, config_name) not in (config_name, [config_name]):
+                raise OutputError(f"filters: {primary}={filters[primary]!r} contradicts config '{config_name}'")
+            kwargs["filters"] = {**filters, primary: config_name}
+        kwargs["config_name"] = config_name
         kwargs.setdefault("dataset_name", f"facesynth_{camelcase_to_snakecase(type(self).__name__)}")
         kwargs.setdefault("hash", content_fingerprint(self.manifest))
         super().__init__(*args, data_dir=str(self.root), **kwargs)
