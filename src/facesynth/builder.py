@@ -242,7 +242,7 @@ class Facesynth(datasets.ArrowBasedBuilder):
         return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(self.root.split("://", 1)[0])))
 
     def _info(self) -> datasets.DatasetInfo:
-        features = build_features(self.recipe)
+        features = build_features(self.recipe, self.manifest.get("format", 0))  # an older folder's columns
         if self.config.columns is not None:
             unknown = [c for c in self.config.columns if c not in features]
             if unknown:

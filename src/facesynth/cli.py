@@ -233,6 +233,12 @@ def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates:
               help="Override the recipe's width (a multiple of 8).")
 @click.option("--height", type=click.IntRange(8, 4096), callback=_multiple_of_8,
               help="Override the recipe's height (a multiple of 8).")
+@click.option("--prune-at", type=FiniteFloat(0, 1, min_open=True, max_open=True),
+              help="Opt-in: after this fraction of the steps, score every candidate's predicted image and "
+                   "finish only the best --keep (fewer UNet evaluations; see the README).")
+@click.option("--keep", type=click.IntRange(1), help="Candidates per sample kept past --prune-at.")
+@click.option("--cfg-until", type=FiniteFloat(0, 1, min_open=True, max_open=True),
+              help="Opt-in: after this fraction of the steps, run only the conditional branch (half the UNet batch).")
 @click.option("--rerank", type=click.Choice(["caption", "prompt"]), default="caption", show_default=True,
               help="Score candidates against the attribute caption or the full prompt.")
 @click.option("--min-label-confidence", type=FiniteFloat(0, 1),
@@ -273,6 +279,7 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
       facesynth generate emotions -n 10000 --out emotions-10k --batch-size 24
       facesynth generate agfd --model ./realisticVisionV20.safetensors --out agfd
       facesynth generate emotions -n 5000 --out faces --faces --safety  # quality gates
+      facesynth generate emotions -n 5000 --out fast --prune-at 0.3 --keep 1 --cfg-until 0.6
       facesynth generate emotions -n 20000 --out big                 # grow a 10000-row dataset
       torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
       facesynth generate agfd --out agfd --worker-index 3 --num-workers 16

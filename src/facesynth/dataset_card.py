@@ -334,6 +334,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         model_name=model.get("name"),
         recipe_file=Path(str(manifest["recipe"].get("source", ""))).name,
         overrides=", ".join(f"{k} {v}" for k, v in overrides.items()),
+        speedups={**recipe.settings, **overrides},
         sensitive=sensitive,
         recipe=recipe,
         manifest=manifest.data,

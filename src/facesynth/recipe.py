@@ -25,14 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import RecipeError
 
 SPLITS = ("train", "validation", "test")
-DEFAULT_SETTINGS = {"steps": 25, "guidance": 7.5, "scheduler": "default", "width": 512, "height": 512}
+DEFAULT_SETTINGS = {"steps": 25, "guidance": 7.5, "scheduler": "default", "width": 512, "height": 512,
+                    "prune_at": None, "keep": None, "cfg_until": None}
 NAME_CHARS = set(string.ascii_lowercase + string.digits + "_")
 SCHEDULER_NAMES = ("default", "ddim", "pndm", "euler", "euler_a", "dpm++_2m", "dpm++_2m_karras", "unipc")
 # Column names every dataset has (schema.BUILTIN_COLUMNS keeps them in step): no attribute may take one.
 RESERVED_ATTRIBUTES = frozenset((
     "sample_id", "image", "prompt", "negative_prompt", "caption", "seed", "clip_score", "candidate_scores",
     "candidate_index", "label_confidence", "attempt", "batch", "unet_calls", "clip_embedding", "face_box",
-    "safety_score", "steps", "guidance", "scheduler", "width", "height", "count", "split",
+    "safety_score", "steps", "guidance", "scheduler", "width", "height", "prune_at", "keep", "cfg_until", "count",
+    "split",
 ))
 # Names the dataset card's configs use: no primary value may take one.
 RESERVED_CONFIGS = frozenset(("default", "all"))
@@ -50,6 +52,17 @@ class Settings(BaseModel):
     scheduler: str | None = None
     width: int | None = Field(None, ge=8, le=4096, multiple_of=8)
     height: int | None = Field(None, ge=8, le=4096, multiple_of=8)
+    # Opt-in speed-ups (see the README): prune to the best ``keep`` candidates after fraction ``prune_at`` of
+    # the steps; run only the conditional branch after fraction ``cfg_until``.
+    prune_at: float | None = Field(None, gt=0, lt=1)
+    keep: int | None = Field(None, ge=1)
+    cfg_until: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _prune_pair(self) -> "Settings":
+        if (self.prune_at is None) != (self.keep is None):
+            raise ValueError("prune_at and keep go together: give both or neither")
+        return self
 
     @field_validator("scheduler")
     @classmethod

@@ -121,10 +121,11 @@ class Reproducer:
             raise OutputError(f"{row['sample_id']}: batch names '{unknown[0]}', which is not in the plan")
         scored = self.engine.candidates([self.samples[sid] for sid in batch], row["attempt"], row["unet_calls"])
         mine = scored[batch.index(row["sample_id"])]
-        if not 0 <= row["candidate_index"] < len(mine.seeds):
-            raise OutputError(f"{row['sample_id']}: candidate_index {row['candidate_index']} is not one of "
-                              f"{len(mine.seeds)} candidates")
-        win = self.engine.pick(mine, row["candidate_index"])  # the gates may have passed over the best score
+        if row["candidate_index"] not in mine.indices:
+            raise OutputError(f"{row['sample_id']}: candidate_index {row['candidate_index']} is not one of the "
+                              f"{len(mine.indices)} candidates that ran to the end")
+        # the gates may have passed over the best score
+        win = self.engine.pick(mine, mine.indices.index(row["candidate_index"]))
         return Reproduction(row["sample_id"], win.pixels, decode_image(row["image"]), win.seed, row["seed"],
                             win.clip_score, row["clip_score"])
 

@@ -6,11 +6,16 @@ from datasets import ClassLabel, Features, Image, List, Value
 
 from .recipe import Recipe
 
-SETTING_COLUMNS = ("steps", "guidance", "scheduler", "width", "height")
+SETTING_COLUMNS = ("steps", "guidance", "scheduler", "width", "height", "prune_at", "keep", "cfg_until")
+# Columns added after the first formats: a folder written in an older format has none of them.
+ADDED_IN_FORMAT = {"prune_at": 5, "keep": 5, "cfg_until": 5}
 
 
-def features(recipe: Recipe) -> Features:
-    """Columns of a facesynth dataset: id, image, one ClassLabel per attribute, provenance."""
+def features(recipe: Recipe, format: int | None = None) -> Features:
+    """Columns of a facesynth dataset: id, image, one ClassLabel per attribute, provenance.
+
+    ``format`` (a manifest's) leaves out the columns that format did not have yet.
+    """
     cols: dict = {"sample_id": Value("string"), "image": Image()}
     for name, attr in recipe.attributes.items():
         cols[name] = ClassLabel(names=list(attr.values))
@@ -34,7 +39,12 @@ def features(recipe: Recipe) -> Features:
         scheduler=Value("string"),
         width=Value("int32"),
         height=Value("int32"),
+        prune_at=Value("float32"),  # null: every candidate ran to the end
+        keep=Value("int32"),
+        cfg_until=Value("float32"),  # null: guidance on every step
     )
+    if format is not None:
+        cols = {k: v for k, v in cols.items() if ADDED_IN_FORMAT.get(k, 0) <= format}
     return Features(cols)
 
 

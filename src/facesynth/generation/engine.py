@@ -27,6 +27,7 @@ from ..recipe import Recipe
 from ..scoring import ClipScorer
 from .loading import make_scheduler
 from .prompts import Conditioning, PromptEncoder
+from .steps import StepHook
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,26 @@ class Scored:
     settings: dict[str, Any]
     batch: list[str]
     used: list[int]
+    indices: list[int] = field(default_factory=list)  # each entry's candidate index (pruning keeps a subset)
+    total: int = 0  # candidates started (N); entries above are the ones that ran to the end
+
+    def __post_init__(self):
+        if not self.indices:
+            self.indices = list(range(len(self.seeds)))
+        self.total = self.total or len(self.seeds)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] as (B, H, W, 3) uint8 on the CPU."""
+    return (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def candidate_scores(scored: Scored) -> list[float | None]:
+    """Every candidate's final score by candidate index; None for one pruned before the end."""
+    out: list[float | None] = [None] * scored.total
+    for k, index in enumerate(scored.indices):
+        out[index] = float(scored.scores[k])
+    return out
 
 
 class Timings:
@@ -124,6 +145,7 @@ class Engine:
         self._base_scheduler = pipe.scheduler
         self._schedulers: dict[str, Any] = {}
         self.max_images: int | None = None  # images per pipeline call; set when memory runs out
+        self.unet_images = 0  # image evaluations of the UNet (a guided step counts 2), for the benchmarks
         primary = recipe.attributes[recipe.primary]
         self.label_values = list(primary.values)
         self.label_texts = [primary.label_prompt.format(primary.caption(v)) for v in self.label_values]
@@ -242,41 +264,48 @@ class Engine:
         """
         n = self.options.candidates
         settings = self.settings_for(samples[0])
+        if settings.get("keep") is not None and settings["keep"] >= n:
+            raise ValueError(f"keep ({settings['keep']}) must be below the number of candidates ({n})")
         conds = [self.encoder.encode(s.prompt, s.negative_prompt) for s in samples]
         seeds = [s.candidate_seeds(n, attempt) for s in samples]
         with self.timings.stage("unet"):
-            latents, used = self.denoise([c for c in conds for _ in range(n)], [x for row in seeds for x in row],
-                                         settings, calls)
+            latents, used, kept = self.denoise([c for c in conds for _ in range(n)],
+                                               [x for row in seeds for x in row], settings, calls, samples)
+        m = len(kept[0])  # candidates per sample that ran to the end
         with self.timings.stage("vae"):
             images = self.decode(latents)
         with self.timings.stage("clip"):
             img_emb = self.scorer.image_embeddings(images)
-            text_emb = self.scorer.text_embeddings([self.rerank_text(s) for s in samples]).repeat_interleave(n, 0)
-            scores = self.scorer.similarity(img_emb, text_emb).view(len(samples), n)
+            text_emb = self.scorer.text_embeddings([self.rerank_text(s) for s in samples]).repeat_interleave(m, 0)
+            scores = self.scorer.similarity(img_emb, text_emb).view(len(samples), m)
             probs = self.scorer.label_probabilities(img_emb, self.label_texts)
             wanted = torch.tensor(
                 [self.label_values.index(s.labels[self.recipe.primary]) for s in samples], device=probs.device
-            ).repeat_interleave(n)
-            confidence = probs.gather(1, wanted[:, None]).view(len(samples), n)
+            ).repeat_interleave(m)
+            confidence = probs.gather(1, wanted[:, None]).view(len(samples), m)
             unsafe = None
             if self.quality.safety:
-                unsafe = self.scorer.label_probabilities(img_emb, UNSAFE_TEXTS + SAFE_TEXTS)
-                unsafe = unsafe[:, :len(UNSAFE_TEXTS)].sum(-1).view(len(samples), n).cpu().numpy()
+                unsafe = self.unsafe(img_emb).view(len(samples), m).cpu().numpy()
             best = scores.argmax(dim=1).cpu()  # the first maximum wins ties
-            pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            pixels = pixels.reshape(len(samples), n, *pixels.shape[1:])
+            pixels = to_uint8(images).reshape(len(samples), m, *images.shape[2:], 3)
             scores_cpu, conf_cpu = scores.cpu().numpy(), confidence.cpu().numpy()
-            emb_cpu = img_emb.cpu().numpy().reshape(len(samples), n, -1)
+            emb_cpu = img_emb.cpu().numpy().reshape(len(samples), m, -1)
         batch = [s.sample_id for s in samples]
-        return [Scored(sample, seeds[i], pixels[i], scores_cpu[i], conf_cpu[i], emb_cpu[i],
-                       None if unsafe is None else unsafe[i], int(best[i]), attempt, settings, batch, used)
+        return [Scored(sample, [seeds[i][j] for j in kept[i]], pixels[i], scores_cpu[i], conf_cpu[i], emb_cpu[i],
+                       None if unsafe is None else unsafe[i], int(best[i]), attempt, settings, batch, used,
+                       indices=kept[i], total=n)
                 for i, sample in enumerate(samples)]
+
+    def unsafe(self, img_emb: torch.Tensor) -> torch.Tensor:
+        """Zero-shot probability that each image is unsafe."""
+        probs = self.scorer.label_probabilities(img_emb, UNSAFE_TEXTS + SAFE_TEXTS)
+        return probs[:, :len(UNSAFE_TEXTS)].sum(-1)
 
     def pick(self, scored: "Scored", k: int, face_box: Sequence[int] | None = None) -> Winner:
         """Candidate ``k`` of a scored sample as the sample's winner."""
         return Winner(
-            sample=scored.sample, pixels=scored.pixels[k], seed=scored.seeds[k], candidate_index=k,
-            candidate_scores=[float(x) for x in scored.scores],
+            sample=scored.sample, pixels=scored.pixels[k], seed=scored.seeds[k], candidate_index=scored.indices[k],
+            candidate_scores=candidate_scores(scored),
             clip_score=float(self.scorer.clip_score(torch.tensor(scored.scores[k]))),
             label_confidence=float(scored.confidence[k]), attempt=scored.attempt, settings=scored.settings,
             embedding=scored.embeddings[k], batch=scored.batch, unet_calls=scored.used,
@@ -285,34 +314,46 @@ class Engine:
         )
 
     def denoise(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any],
-                calls: Sequence[int] | None = None) -> tuple[torch.Tensor, list[int]]:
-        """Latents for one image per (conditioning, seed), and the images per UNet call used.
+                calls: Sequence[int] | None = None, samples: Sequence[Sample] | None = None,
+                ) -> tuple[torch.Tensor, list[int], list[list[int]]]:
+        """Latents for one image per (conditioning, seed), the images per UNet call, and the survivors.
 
-        Calls hold at most ``max_images`` images. On out-of-memory that is halved, logged
-        and kept for the rest of the run. Batched kernels can round differently for other
-        call sizes, so the sizes are returned for the rows to record.
+        ``samples`` (one per N consecutive seeds) lets ``prune_at``/``keep`` settings prune each
+        sample's candidates; the survivors are the candidate indices of each sample whose latents
+        are returned (all N without pruning). Calls hold at most ``max_images`` images (whole
+        samples when pruning). On out-of-memory that is halved, logged and kept for the rest of
+        the run. Batched kernels can round differently for other call sizes, so the sizes are
+        returned for the rows to record.
         """
         self.pipe.scheduler = self._scheduler(settings["scheduler"])
-        parts, used, start = [], [], 0
+        n = len(seeds) // len(samples) if samples else 1
+        parts, used, kept, start = [], [], [], 0
         forced = list(calls or [])
         while start < len(seeds):
             size = forced[len(used)] if forced else min(self.max_images or len(seeds), len(seeds) - start)
+            if samples and not forced:
+                size = max(n, size // n * n)  # a sample's candidates are pruned together
+            group = list(samples[start // n:(start + size) // n]) if samples else None
             try:
-                parts.append(self._call(conds[start:start + size], seeds[start:start + size], settings))
+                latents, survivors = self._call(conds[start:start + size], seeds[start:start + size], settings,
+                                                group)
             except torch.OutOfMemoryError:
-                if size == 1 or forced:
+                if size <= n or forced:
                     raise
                 self.max_images = size // 2
                 logger.warning("out of memory at %d images per call; continuing with %d", size, self.max_images)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
+            parts.append(latents)
+            kept.extend(survivors)
             used.append(size)
             start += size
-        return torch.cat(parts), used
+        return torch.cat(parts), used, kept
 
-    def _call(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any]) -> torch.Tensor:
-        """One pipeline call, returning latents."""
+    def _call(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any],
+              samples: Sequence[Sample] | None = None) -> tuple[torch.Tensor, list[list[int]]]:
+        """One pipeline call, returning the latents and each sample's surviving candidate indices."""
         kwargs: dict[str, Any] = {
             "prompt_embeds": torch.cat([c.embeds for c in conds]),
             "negative_prompt_embeds": torch.cat([c.negative for c in conds]),
@@ -321,10 +362,17 @@ class Engine:
             kwargs["pooled_prompt_embeds"] = torch.cat([c.pooled for c in conds])
             kwargs["negative_pooled_prompt_embeds"] = torch.cat([c.negative_pooled for c in conds])
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        return self.pipe(
-            **kwargs, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
-            width=settings["width"], height=settings["height"], generator=generators, output_type="latent",
-        ).images
+        hook = StepHook(self, settings, samples or [], generators)
+        with hook.watching(self.pipe.scheduler):
+            latents = self.pipe(
+                **kwargs, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
+                width=settings["width"], height=settings["height"], generator=generators, output_type="latent",
+                callback_on_step_end=hook, callback_on_step_end_tensor_inputs=hook.tensor_inputs(self.pipe),
+            ).images
+        self.unet_images += hook.evaluations
+        self.timings.seconds["preview"] += hook.seconds
+        self.timings.seconds["unet"] -= hook.seconds  # the previews ran inside the UNet stage
+        return latents, hook.kept
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode in chunks to float images in [0, 1], upcasting where the VAE asks for it."""

@@ -35,6 +35,7 @@ from ..folder import (Worker, cell_counts, cell_key, check_owner, clear_listed, 
 from ..lock import WORK_DIR, FolderLock
 from ..plan import Plan
 from ..recipe import Recipe, load_recipe, resolve
+from ..schema import SETTING_COLUMNS
 from ..schema import features as build_features
 from ..layout import ShardTask, layout
 from ..writer import FORMAT_VERSION, ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
@@ -68,6 +69,9 @@ class GenerateConfig:
     guidance: float | None = None
     width: int | None = None
     height: int | None = None
+    prune_at: float | None = None
+    keep: int | None = None
+    cfg_until: float | None = None
     rerank: str = "caption"
     min_label_confidence: float | None = None
     max_attempts: int = 3
@@ -113,17 +117,22 @@ def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
         from ..tiny import TINY_SETTINGS
 
         out.update(TINY_SETTINGS)
-    for key in ("scheduler", "steps", "guidance", "width", "height"):
+    partner = {"prune_at": {"keep": 1}, "keep": {"prune_at": 0.5}}  # checked alone, then as a pair below
+    for key in SETTING_COLUMNS:
         value = getattr(cfg, key)
         if value is not None:
             try:
-                Settings.model_validate({key: value})
+                Settings.model_validate({key: value, **partner.get(key, {})})
             except ValidationError as exc:
                 err = exc.errors()[0]
                 why = "must be a finite number" if err["type"] == "finite_number" else err["msg"].removeprefix(
                     "Value error, ")
-                raise PlanError(f"--{key}: {why} (got {value})") from None
+                raise PlanError(f"--{key.replace('_', '-')}: {why} (got {value})") from None
             out[key] = value
+    if (cfg.prune_at is None) != (cfg.keep is None):
+        raise PlanError("--prune-at and --keep go together: give both or neither")
+    if cfg.keep is not None and cfg.keep >= cfg.candidates:
+        raise PlanError(f"--keep: must be below --candidates ({cfg.candidates}) to prune anything (got {cfg.keep})")
     return out
 
 
@@ -296,8 +305,7 @@ class ShardSink:
             clip_score=w.clip_score, candidate_scores=w.candidate_scores, candidate_index=w.candidate_index,
             label_confidence=w.label_confidence, attempt=w.attempt, batch=w.batch, unet_calls=w.unet_calls,
             clip_embedding=w.embedding.tolist(), face_box=w.face_box, safety_score=w.safety_score,
-            steps=w.settings["steps"], guidance=w.settings["guidance"], scheduler=w.settings["scheduler"],
-            width=w.settings["width"], height=w.settings["height"],
+            **{name: w.settings.get(name) for name in SETTING_COLUMNS},
         )
         return row
 

@@ -1,0 +1,148 @@
+"""Candidate pruning and guidance truncation (``prune_at``/``keep``, ``cfg_until``), on the tiny preset."""
+
+import json
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import make_engine
+from facesynth.cli import main
+from facesynth.generation.loading import make_scheduler
+from facesynth.generation.steps import clean_prediction, switch_step
+from facesynth.plan import Plan
+from facesynth.recipe import SCHEDULER_NAMES
+
+
+def _invoke(args):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(args=args, prog_name="facesynth")
+    return exit_info.value.code
+
+
+def _loop_length(engine) -> int:
+    """Denoising iterations of the last call (PNDM runs one more than ``steps``)."""
+    return len(engine.pipe.scheduler.timesteps)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_a_survivor_is_pixel_for_pixel_its_unpruned_trajectory(scheduler, tiny_pipe, tiny_scorer, emotions):
+    samples = Plan(emotions, 4).samples
+    full_engine = make_engine(tiny_pipe, tiny_scorer, emotions)
+    full_engine.options.overrides["scheduler"] = scheduler
+    full = full_engine.candidates(samples, 0)
+    loop = _loop_length(full_engine)
+    engine = make_engine(tiny_pipe, tiny_scorer, emotions)
+    engine.options.overrides.update(scheduler=scheduler, prune_at=0.5, keep=2)
+    pruned = engine.candidates(samples, 0)
+    for f, p in zip(full, pruned):
+        assert len(p.indices) == 2 and p.indices == sorted(p.indices) and p.total == 3
+        assert p.seeds == [f.seeds[i] for i in p.indices]
+        for k, index in enumerate(p.indices):
+            assert np.array_equal(p.pixels[k], f.pixels[index])  # same seed, same noise, same steps
+            assert p.scores[k] == pytest.approx(f.scores[index], abs=1e-5)
+    # 12 images guided (x2) for 2 steps, then 8 for the rest, against 12 for every step
+    assert full_engine.unet_images == 12 * 2 * loop
+    assert engine.unet_images == 12 * 2 * 2 + 8 * 2 * (loop - 2)
+
+
+def test_survivors_are_the_best_previews(tiny_pipe, tiny_scorer, emotions):
+    """The kept candidate has the best CLIP score on its x0 prediction, derived here independently: DDIM
+    (eta 0) moves along x_t = sqrt(a) x0 + sqrt(1 - a) eps, so two consecutive latents give x0."""
+    samples = Plan(emotions, 4).samples
+    engine = make_engine(tiny_pipe, tiny_scorer, emotions)
+    engine.options.overrides.update(scheduler="ddim", prune_at=0.5, keep=1)
+    pruned = engine.candidates(samples, 0)
+
+    seen = {}
+
+    def record(pipe, i, t, tensors):
+        seen[i] = tensors["latents"].clone()
+        return {}
+
+    reference = make_engine(tiny_pipe, tiny_scorer, emotions)
+    reference.options.overrides["scheduler"] = "ddim"
+    settings = reference.settings_for(samples[0])
+    tiny_pipe.scheduler = reference._scheduler("ddim")
+    conds = [reference.encoder.encode(s.prompt, s.negative_prompt) for s in samples for _ in range(3)]
+    with torch.inference_mode():
+        tiny_pipe(prompt_embeds=torch.cat([c.embeds for c in conds]),
+                  negative_prompt_embeds=torch.cat([c.negative for c in conds]),
+                  num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
+                  width=settings["width"], height=settings["height"], output_type="latent",
+                  generator=[torch.Generator().manual_seed(x) for s in samples for x in s.candidate_seeds(3)],
+                  callback_on_step_end=record)
+        sched = tiny_pipe.scheduler
+        a = sched.alphas_cumprod
+        t1, t2 = int(sched.timesteps[1]), int(sched.timesteps[2])  # step 1 goes from x_t1 to x_t2
+        x1, x2 = seen[0].float(), seen[1].float()
+        # solve x1 = sqrt(a1) x0 + sqrt(1-a1) e, x2 = sqrt(a2) x0 + sqrt(1-a2) e for x0
+        s1, n1, s2, n2 = a[t1].sqrt(), (1 - a[t1]).sqrt(), a[t2].sqrt(), (1 - a[t2]).sqrt()
+        x0 = (x1 * n2 - x2 * n1) / (s1 * n2 - s2 * n1)
+        emb = tiny_scorer.image_embeddings(reference.decode(x0))
+        texts = tiny_scorer.text_embeddings([reference.rerank_text(s) for s in samples]).repeat_interleave(3, 0)
+        scores = tiny_scorer.similarity(emb, texts).view(4, 3).cpu().numpy()
+    assert [p.indices for p in pruned] == [[int(np.argmax(row))] for row in scores]
+
+
+def test_cfg_until_drops_the_unconditional_half_and_stays_deterministic(tiny_pipe, tiny_scorer, emotions):
+    samples = Plan(emotions, 2).samples
+    exact = make_engine(tiny_pipe, tiny_scorer, emotions).candidates(samples, 0)
+    runs = []
+    for _ in range(2):
+        engine = make_engine(tiny_pipe, tiny_scorer, emotions)
+        engine.options.overrides["cfg_until"] = 0.5
+        runs.append(engine.candidates(samples, 0))
+    steps = engine.settings_for(samples[0])["steps"]
+    assert engine.unet_images == 6 * 2 * 2 + 6 * (steps - 2)  # guided for 2 steps, then half the batch
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(*runs))
+    assert not all(np.array_equal(a.pixels, b.pixels) for a, b in zip(exact, runs[0]))
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_the_clean_prediction_of_vp_schedulers_matches_ddims_own(kind, tiny_pipe):
+    """PNDM, DPM-Solver and UniPC do not return x0: the formula used for them agrees with DDIM's x0."""
+    config = {**tiny_pipe.scheduler.config, "prediction_type": kind}
+    ddim = make_scheduler("ddim", config)
+    ddim.set_timesteps(4)
+    torch.manual_seed(0)
+    sample, output = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = ddim.timesteps[1]
+    prev, x0 = ddim.step(output, t, sample, return_dict=False)
+    assert torch.allclose(clean_prediction(ddim, output, t, sample, (prev,)), x0, atol=1e-5)
+    assert clean_prediction(ddim, output, t, sample, (prev, x0)) is x0
+
+
+def test_switch_steps_round_to_whole_steps():
+    assert [switch_step(f, 4) for f in (0.1, 0.25, 0.5, 0.74, 0.9)] == [1, 1, 2, 3, None]
+    assert switch_step(None, 25) is None and switch_step(0.3, 25) == 8
+
+
+def test_a_pruned_dataset_records_its_settings_and_reproduces_exactly(tmp_path, capsys):
+    out = tmp_path / "fast"
+    args = ["generate", "emotions", "--model", "tiny", "-n", "8", "--out", str(out), "--quiet"]
+    assert _invoke(args + ["--prune-at", "0.5", "--keep", "1", "--cfg-until", "0.75"]) == 0
+    table = pq.read_table(sorted(out.rglob("*.parquet"))[0]).to_pylist()
+    for row in table:
+        assert (row["prune_at"], row["keep"], row["cfg_until"]) == (0.5, 1, 0.75)
+        scores = row["candidate_scores"]
+        assert len(scores) == 3 and sum(s is not None for s in scores) == 1
+        assert scores[row["candidate_index"]] is not None
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {k: manifest["generation"]["overrides"][k] for k in ("prune_at", "keep", "cfg_until")} == \
+        {"prune_at": 0.5, "keep": 1, "cfg_until": 0.75}
+    card = (out / "README.md").read_text()
+    assert "| candidate pruning | after 50% of the steps" in card and "the best 1 of 3" in card
+    assert "| guidance truncation | classifier-free guidance for the first 75% of the steps" in card
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds.features["prune_at"].dtype == "float32" and set(ds["keep"]) == {1}
+    capsys.readouterr()
+    assert _invoke(["validate", str(out), "--reproduce", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{out}: valid (8 rows in") and "8 rows regenerated" in printed
+    # another setting is another dataset: the same folder refuses it without --overwrite
+    assert _invoke(args + ["--prune-at", "0.25", "--keep", "1", "--cfg-until", "0.75"]) == 2
+    assert "holds a dataset made with different overrides" in capsys.readouterr().err
+    assert _invoke(args) == 2  # and so does exact best-of-N
