@@ -116,7 +116,7 @@ def checked(manifest: Manifest, root: str | Path, generated: bool = False, curre
 def outdated(root: str | Path, manifest: Manifest) -> str:
     """One line for a folder made by another facesynth version's plan and layout."""
     return (f"'{root}': made by another facesynth version (manifest format {manifest.get('format', 0)}; this "
-            f"version's is {FORMAT_VERSION}), whose plan and layout differ; it still loads with load_dataset, and "
+            f"version's is {FORMAT_VERSION}), whose plan, layout or columns differ; it still loads with load_dataset, and "
             "the same generate command with --overwrite remakes it in this version's layout")
 
 
@@ -291,13 +291,14 @@ class Facesynth(datasets.ArrowBasedBuilder):
 
     def _generate_tables(self, files: list[str]):
         expr = filter_expression(self.recipe, self.config.filters)
+        columns = list(self.info.features)  # the declared columns only, whatever else a shard holds
         for file_idx, file in enumerate(files):
             fragment = self._fragment(file)
             if expr is not None:  # skip row groups whose statistics exclude the labels
                 fragment = fragment.subset(filter=expr)
             if not fragment.row_groups:
                 continue
-            batches = fragment.to_batches(columns=self.config.columns, filter=expr, batch_readahead=0,
+            batches = fragment.to_batches(columns=columns, filter=expr, batch_readahead=0,
                                           fragment_readahead=0)
             for batch_idx, batch in enumerate(batches):
                 if batch.num_rows:

@@ -360,6 +360,45 @@ def validate_cmd(directory: Path, reproduce_k: int, seed: int, no_images: bool, 
     sys.exit(EXIT_FAILURE)
 
 
+@main.command("benchmark")
+@click.argument("recipe")
+@click.option("--num-samples", "-n", type=click.IntRange(1), default=24, show_default=True, help="Samples to run.")
+@click.option("--model", help="'tiny', a Hub repo id, a local diffusers folder or a .safetensors file.")
+@click.option("--model-config", type=click.Path(exists=True, file_okay=False),
+              help="A local diffusers folder of configs for a single .safetensors --model.")
+@click.option("--revision", help="Hub branch, tag or commit of --model.")
+@click.option("--clip-model", help="CLIP for reranking (default: openai/clip-vit-base-patch32; tiny with --model tiny).")
+@click.option("--candidates", type=click.IntRange(2, 64), default=3, show_default=True, help="Candidates per sample.")
+@click.option("--batch-size", type=click.IntRange(1), default=12, show_default=True, help="Images per pipeline call.")
+@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N, mps or cpu.")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Default: fp16 on CUDA, fp32 elsewhere.")
+@click.option("--seed", type=int, help="Master seed (default: the recipe's).")
+@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Override the recipe's scheduler.")
+@click.option("--steps", type=click.IntRange(1, 1000), help="Override the recipe's steps.")
+@click.option("--prune-at", type=FiniteFloat(0, 1, min_open=True, max_open=True),
+              help="Fraction of the steps after which candidates are pruned.")
+@click.option("--keep", type=click.IntRange(1), help="Candidates per sample kept past --prune-at.")
+@click.option("--cfg-until", type=FiniteFloat(0, 1, min_open=True, max_open=True),
+              help="Fraction of the steps after which guidance stops.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def benchmark_cmd(recipe: str, quiet: bool, **options) -> None:
+    """Measure pruning on your model: exact best-of-N and the pruned run on the same plan.
+
+    Reports UNet evaluations per kept image, kept images/s, the mean clip_score of both, and how
+    often the pruned run keeps the same winner as exact best-of-N. Nothing is written.
+
+    \b
+    Examples:
+      facesynth benchmark emotions --model tiny --prune-at 0.5 --keep 1
+      facesynth benchmark emotions --model runwayml/stable-diffusion-v1-5 -n 48 --prune-at 0.3 --keep 1 --cfg-until 0.6
+    """
+    from .agreement import benchmark
+    from .generation import GenerateConfig
+
+    result = benchmark(GenerateConfig(recipe=recipe, out=Path("."), **options), quiet=quiet)
+    click.echo(result.table())
+
+
 @main.command("reproduce")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("sample_id")

@@ -335,13 +335,8 @@ class ShardSink:
         self.rows = []
 
 
-def generate(cfg: GenerateConfig) -> GenerateResult:
-    """Generate (or resume, repair or grow) a dataset folder, or this worker's part of it.
-
-    Everything that can be checked without the model is checked first; then the folder
-    is locked for the whole run, so a second run on it is refused with the holder's pid.
-    """
-    recipe = load_recipe(cfg.recipe)
+def models(cfg: GenerateConfig, recipe: Recipe) -> tuple[str, str]:
+    """The diffusion model and the CLIP model a run uses: the command line's, else the recipe's and defaults."""
     model = cfg.model or recipe.model
     if not model:
         raise PlanError(f"recipe '{recipe.name}' names no model: give --model")
@@ -350,6 +345,17 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         from ..scoring import DEFAULT_CLIP
 
         clip_model = DEFAULT_CLIP
+    return model, clip_model
+
+
+def generate(cfg: GenerateConfig) -> GenerateResult:
+    """Generate (or resume, repair or grow) a dataset folder, or this worker's part of it.
+
+    Everything that can be checked without the model is checked first; then the folder
+    is locked for the whole run, so a second run on it is refused with the holder's pid.
+    """
+    recipe = load_recipe(cfg.recipe)
+    model, clip_model = models(cfg, recipe)
     if cfg.min_label_confidence is not None and not 0 <= cfg.min_label_confidence <= 1:
         raise PlanError("--min-label-confidence: must be between 0 and 1")
     if cfg.max_attempts < 1:
