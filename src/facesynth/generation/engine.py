@@ -146,6 +146,9 @@ class Engine:
         self._schedulers: dict[str, Any] = {}
         self.max_images: int | None = None  # images per pipeline call; set when memory runs out
         self.unet_images = 0  # image evaluations of the UNet (a guided step counts 2), for the benchmarks
+        # With torch.compile: every call is padded to this many images with throwaway candidates, so the
+        # compiled UNet sees one batch shape (and compiles once) instead of one per smaller last batch.
+        self.pad_to: int | None = None
         primary = recipe.attributes[recipe.primary]
         self.label_values = list(primary.values)
         self.label_texts = [primary.label_prompt.format(primary.caption(v)) for v in self.label_values]
@@ -330,13 +333,18 @@ class Engine:
         parts, used, kept, start = [], [], [], 0
         forced = list(calls or [])
         while start < len(seeds):
-            size = forced[len(used)] if forced else min(self.max_images or len(seeds), len(seeds) - start)
-            if samples and not forced:
-                size = max(n, size // n * n)  # a sample's candidates are pruned together
-            group = list(samples[start // n:(start + size) // n]) if samples else None
+            if forced:
+                size = forced[len(used)]
+            else:
+                size = min(self.max_images or len(seeds), len(seeds) - start)
+                if samples:
+                    size = max(n, size // n * n)  # a sample's candidates are pruned together
+                if self.pad_to and self.max_images is None:
+                    size = max(size, self.pad_to)
+            real = min(size, len(seeds) - start)
             try:
-                latents, survivors = self._call(conds[start:start + size], seeds[start:start + size], settings,
-                                                group)
+                call_conds, call_seeds, group = self._padded(conds, seeds, samples, start, real, size, n)
+                latents, survivors = self._call(call_conds, call_seeds, settings, group)
             except torch.OutOfMemoryError:
                 if size <= n or forced:
                     raise
@@ -345,11 +353,24 @@ class Engine:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            parts.append(latents)
+            survivors = survivors[:real // n]  # padding is thrown away
+            parts.append(latents[:len(survivors[0]) * len(survivors) if samples else real])
             kept.extend(survivors)
-            used.append(size)
-            start += size
+            used.append(size)  # the padded size: reproducing the row pads the same way
+            start += real
         return torch.cat(parts), used, kept
+
+    @staticmethod
+    def _padded(conds, seeds, samples, start: int, real: int, size: int, n: int):
+        """The call's conditionings, seeds and samples, padded to ``size`` images by repeating the last one."""
+        pad = size - real
+        call_conds = list(conds[start:start + real]) + [conds[start + real - 1]] * pad
+        call_seeds = list(seeds[start:start + real]) + [0] * pad
+        group = None
+        if samples:
+            group = list(samples[start // n:(start + real) // n])
+            group += [group[-1]] * (pad // n)
+        return call_conds, call_seeds, group
 
     def _call(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any],
               samples: Sequence[Sample] | None = None) -> tuple[torch.Tensor, list[list[int]]]:

@@ -497,7 +497,10 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     options = EngineOptions(candidates=cfg.candidates, batch_size=cfg.batch_size, rerank=cfg.rerank,
                             min_label_confidence=cfg.min_label_confidence, max_attempts=cfg.max_attempts,
                             overrides=overrides)
-    return Engine(pipe, scorer, recipe, options, quality)
+    engine = Engine(pipe, scorer, recipe, options, quality)
+    if cfg.compile:  # one batch shape for the compiled UNet: smaller calls are padded to a full one
+        engine.pad_to = max(1, cfg.batch_size // cfg.candidates) * cfg.candidates
+    return engine
 
 
 def _run(engine: Engine, mine: list[ShardTask], out: Path, tmp_dir: Path, recipe: Recipe, manifest: Manifest,
