@@ -2,6 +2,7 @@
 
     python benchmarks/bench_engine.py --config tiny            # CPU, about a minute
     python benchmarks/bench_engine.py --config sd15 --samples 48   # a GPU: SD 1.5 architecture, 512², 25 steps
+    python benchmarks/bench_engine.py --config tiny --prune-at 0.25 --keep 1 --cfg-until 0.5   # + pruned runs
     python benchmarks/bench_engine.py --measure filtering      # bytes read to load one label
     python benchmarks/bench_engine.py --measure memory         # peak RSS, 1,000 vs 10,000 tiny samples
 
@@ -99,9 +100,9 @@ def engine_run(model: str, clip_model: str, n: int, overrides: dict, out: Path, 
                                      device=device, dtype=dtype, batch_size=batch_size, quiet=True, write_card=False,
                                      compile=compile, channels_last=channels_last, **overrides))
     t = result.timings
-    stages = {k: t.get(k, 0.0) for k in ("text", "unet", "vae", "clip")}
+    stages = {k: t.get(k, 0.0) for k in ("text", "unet", "preview", "vae", "clip")}
     busy = sum(stages.values())
-    return {"wall": t["wall"], "kept_per_s": n / t["wall"],
+    return {"wall": t["wall"], "kept_per_s": n / t["wall"], "unet_per_image": t["unet_images"] / n,
             "per_image_ms": {**{k: 1000 * v / n for k, v in stages.items()},
                              "encode+write (background thread)": 1000 * (t.get("encode", 0) + t.get("write", 0)) / n,
                              "idle (main thread)": 1000 * max(0.0, t["wall"] - busy) / n},
@@ -124,7 +125,7 @@ def compare(args) -> dict:
         model, clip_name, overrides = "tiny", "tiny", dict(TINY_SETTINGS)
     else:
         model, clip_name = build_sd15(work, dtype)
-        overrides = {"width": 512, "height": 512, "steps": 25}
+        overrides = {"width": args.size, "height": args.size, "steps": args.steps}
     plan = Plan(load_recipe("emotions"), args.samples, None, 3)
     settings = {**plan.samples[0].settings, **overrides}
     pipe, _ = load_pipeline(model, dtype=dtype, device=device)
@@ -142,16 +143,28 @@ def compare(args) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    eng = engine_run(model, clip_name, args.samples, {k: v for k, v in overrides.items()}, work / "engine",
-                     args.device, args.engine_dtype or args.dtype, args.batch_size, args.compile,
-                     args.channels_last)
-    eng["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    modes = {"exact": {}}
+    if args.prune_at is not None:
+        modes["pruned"] = {"prune_at": args.prune_at, "keep": args.keep}
+        if args.cfg_until is not None:
+            modes["pruned+truncated"] = {**modes["pruned"], "cfg_until": args.cfg_until}
+    runs = {}
+    for name, fast in modes.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        runs[name] = engine_run(model, clip_name, args.samples, {**overrides, **fast}, work / name, args.device,
+                                args.engine_dtype or args.dtype, args.batch_size, args.compile, args.channels_last)
+        runs[name]["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+        runs[name]["speedup"] = runs[name]["kept_per_s"] / loop["kept_per_s"]
+        runs[name]["settings"] = fast
+    eng = runs["exact"]
     engine_dtype = resolve_dtype(args.engine_dtype or args.dtype, device)
     return {"config": args.config, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
             "engine_dtype": str(engine_dtype).replace("torch.", ""),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "samples": args.samples,
             "candidates": 3, "steps": settings["steps"], "size": settings["width"], "batch_size": args.batch_size,
             "compile": args.compile, "channels_last": args.channels_last, "seed_loop": loop, "engine": eng,
+            "modes": runs,
             "speedup": eng["kept_per_s"] / loop["kept_per_s"], "peak_rss_mb": peak_rss_mb(), "work": str(work)}
 
 
@@ -233,6 +246,11 @@ def main() -> None:
                         help="the engine's dtype, if not --dtype (e.g. bf16 on a CPU with AMX)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--size", type=int, default=512, help="sd15: image size (a CPU manages 128 or 256)")
+    parser.add_argument("--steps", type=int, default=25, help="sd15: denoising steps")
+    parser.add_argument("--prune-at", type=float, help="also run with candidate pruning at this fraction")
+    parser.add_argument("--keep", type=int, default=1, help="candidates kept past --prune-at")
+    parser.add_argument("--cfg-until", type=float, help="also run pruned with guidance truncated at this fraction")
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=10000)
     args = parser.parse_args()
@@ -249,11 +267,13 @@ def main() -> None:
         print(f"{args.config} on {result['gpu'] or result['device']} ({result['dtype']}), {args.samples} samples, "
               f"best-of-3, {result['steps']} steps, {result['size']}x{result['size']}")
         print(f"  seed loop : {result['seed_loop']['kept_per_s']:.3f} kept images/s")
-        print(f"  facesynth : {result['engine']['kept_per_s']:.3f} kept images/s ({result['engine_dtype']})  "
-              f"({result['speedup']:.1f}x the seed loop)")
-        for stage, ms in result["engine"]["per_image_ms"].items():
-            print(f"    {stage:34s} {ms:8.1f} ms per kept image")
-        print(f"    accelerator busy {100 * result['engine']['accelerator_busy']:.0f}% of wall time")
+        for name, run in result["modes"].items():
+            print(f"  facesynth {name} {run['settings'] or ''}: {run['kept_per_s']:.3f} kept images/s "
+                  f"({result['engine_dtype']}), {run['unet_per_image']:.1f} UNet evaluations per kept image "
+                  f"({run['speedup']:.1f}x the seed loop)")
+            for stage, ms in run["per_image_ms"].items():
+                print(f"    {stage:34s} {ms:8.1f} ms per kept image")
+            print(f"    accelerator busy {100 * run['accelerator_busy']:.0f}% of wall time")
     print(json.dumps(result, default=str))
 
 

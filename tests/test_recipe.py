@@ -41,7 +41,8 @@ def test_good_recipe_and_shorthands():
     r = parse_recipe(GOOD, "mini.yaml")
     assert r.attributes["emotion"].values["sad"].phrases == ["frowning"]
     assert r.attributes["gender"].values["male"].phrases == ["male"]  # the name is the phrase
-    assert r.settings == {"steps": 10, "guidance": 7.5, "scheduler": "default", "width": 512, "height": 512}
+    assert r.settings == {"steps": 10, "guidance": 7.5, "scheduler": "default", "width": 512, "height": 512,
+                          "prune_at": None, "keep": None, "cfg_until": None}  # speed-ups are off by default
     assert r.splits == {"train": 0.5, "validation": 0.25, "test": 0.25}
 
 
@@ -77,6 +78,12 @@ BAD = [
     (GOOD.replace("generation: {steps: 10}", "generation: {scheduler: fast}"),
      "x.yaml: generation.scheduler: unknown scheduler 'fast' "
      "(use default, ddim, pndm, euler, euler_a, dpm++_2m, dpm++_2m_karras, unipc)"),
+    (GOOD.replace("generation: {steps: 10}", "generation: {prune_at: 0.3}"),
+     "x.yaml: generation: prune_at and keep go together: give both or neither"),
+    (GOOD.replace("generation: {steps: 10}", "generation: {prune_at: 1.5, keep: 1}"),
+     "x.yaml: generation.prune_at: Input should be less than 1"),
+    (GOOD.replace("generation: {steps: 10}", "generation: {cfg_until: .nan}"),
+     "x.yaml: generation.cfg_until: must be a finite number (not NaN or infinity)"),
     (GOOD.replace("      happy: [smiling, joyful]", "      Happy!: [smiling]"),
      "x.yaml: attributes.emotion.values: name 'Happy!' must use lowercase letters, digits and '_' only"),
     ("- a\n- b\n", "x.yaml: the recipe must be a YAML mapping of keys to values"),

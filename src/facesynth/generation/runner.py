@@ -427,7 +427,8 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     if todo:
         start = time.perf_counter()
         sink_seconds = _run(engine, mine, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm)
-        timings = {**engine.timings.seconds, **sink_seconds, "wall": time.perf_counter() - start}
+        timings = {**engine.timings.seconds, **sink_seconds, "wall": time.perf_counter() - start,
+                   "unet_images": engine.unet_images}
     shutil.rmtree(tmp_dir, ignore_errors=True)
     manifest.data["complete"] = True
     manifest.data["quality"] = quality_report(manifest.shards)
