@@ -11,7 +11,7 @@ import torch
 from conftest import make_engine
 from facesynth.cli import main
 from facesynth.generation.loading import make_scheduler
-from facesynth.generation.steps import clean_prediction, switch_step
+from facesynth.generation.steps import clean_prediction, preview_factor, switch_step
 from facesynth.plan import Plan
 from facesynth.recipe import SCHEDULER_NAMES
 
@@ -81,7 +81,9 @@ def test_survivors_are_the_best_previews(tiny_pipe, tiny_scorer, emotions):
         # solve x1 = sqrt(a1) x0 + sqrt(1-a1) e, x2 = sqrt(a2) x0 + sqrt(1-a2) e for x0
         s1, n1, s2, n2 = a[t1].sqrt(), (1 - a[t1]).sqrt(), a[t2].sqrt(), (1 - a[t2]).sqrt()
         x0 = (x1 * n2 - x2 * n1) / (s1 * n2 - s2 * n1)
-        emb = tiny_scorer.image_embeddings(reference.decode(x0))
+        factor = preview_factor(x0.shape[-2:], tiny_pipe.vae_scale_factor, tiny_scorer.size)
+        assert factor == 2  # 64 px images, a 32 px CLIP: the preview is decoded at 32 px
+        emb = tiny_scorer.image_embeddings(reference.decode(torch.nn.functional.avg_pool2d(x0, factor)))
         texts = tiny_scorer.text_embeddings([reference.rerank_text(s) for s in samples]).repeat_interleave(3, 0)
         scores = tiny_scorer.similarity(emb, texts).view(4, 3).cpu().numpy()
     assert [p.indices for p in pruned] == [[int(np.argmax(row))] for row in scores]
@@ -113,6 +115,13 @@ def test_the_clean_prediction_of_vp_schedulers_matches_ddims_own(kind, tiny_pipe
     prev, x0 = ddim.step(output, t, sample, return_dict=False)
     assert torch.allclose(clean_prediction(ddim, output, t, sample, (prev,)), x0, atol=1e-5)
     assert clean_prediction(ddim, output, t, sample, (prev, x0)) is x0
+
+
+def test_previews_are_decoded_no_smaller_than_clip_sees_them():
+    assert preview_factor((64, 64), 8, 224) == 2  # SD 1.5 at 512 px: 256 px previews
+    assert preview_factor((128, 128), 8, 224) == 4  # SDXL at 1024 px
+    assert preview_factor((64, 48), 8, 224) == 1  # 512x384: half would be below 224
+    assert preview_factor((33, 33), 8, 224) == 1  # odd latents are not pooled
 
 
 def test_switch_steps_round_to_whole_steps():

@@ -5,8 +5,8 @@ pipeline's ``callback_on_step_end``, so the pipeline's own loop, scheduler and c
 in charge:
 
 - **pruning**: after ``round(prune_at * steps)`` steps, every candidate's clean-image prediction
-  (the scheduler's ``x0``) is decoded and scored by the same CLIP, rerank text and gates as the
-  final images, and only each sample's best ``keep`` candidates go on. Every tensor that holds one
+  (the scheduler's ``x0``) is decoded (at the smallest size that still gives CLIP its full input
+  resolution) and scored by the same CLIP, rerank text and gates as the final images, and only each sample's best ``keep`` candidates go on. Every tensor that holds one
   row per image (latents, conditioning, the scheduler's history of multistep solvers, the per-image
   generators) is cut to the survivors, so a survivor's trajectory is the one it had in an unpruned
   call: same seed, same noise, same steps.
@@ -118,7 +118,9 @@ class StepHook:
     def _choose(self) -> list[list[int]]:
         """Each sample's best ``keep`` candidates by their previews, in candidate order."""
         engine, start = self.engine, time.perf_counter()
-        images = engine.decode(self.x0)
+        factor = preview_factor(self.x0.shape[-2:], engine.pipe.vae_scale_factor, engine.scorer.size)
+        images = engine.decode(self.x0 if factor == 1 else torch.nn.functional.avg_pool2d(self.x0.float(), factor)
+                               .to(self.x0.dtype))
         emb = engine.scorer.image_embeddings(images)
         texts = engine.scorer.text_embeddings([engine.rerank_text(s) for s in self.samples])
         scores = engine.scorer.similarity(emb, texts.repeat_interleave(self.n, 0)).view(len(self.samples), self.n)
@@ -139,6 +141,18 @@ class StepHook:
                   for g in range(len(self.samples))]
         self.seconds += time.perf_counter() - start
         return chosen
+
+
+def preview_factor(latent_size: Sequence[int], vae_scale: int, clip_size: int) -> int:
+    """How much smaller than the image a preview can be decoded: CLIP resizes every image to ``clip_size``
+    anyway, so the latents are average-pooled by the largest power of two that keeps the preview's
+    shorter side at ``clip_size`` or more (SD 1.5 at 512 px: 2, a 256 px preview for a 224 px CLIP).
+    The VAE decode, which costs as much as several UNet steps, then works on a quarter of the pixels."""
+    factor = 1
+    while all(side % (2 * factor) == 0 for side in latent_size) and \
+            min(latent_size) * vae_scale // (2 * factor) >= clip_size:
+        factor *= 2
+    return factor
 
 
 def clean_prediction(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor,
