@@ -109,6 +109,17 @@ def engine_run(model: str, clip_model: str, n: int, overrides: dict, out: Path, 
             "accelerator_busy": busy / t["wall"]}
 
 
+def winners(folder: Path) -> dict[str, tuple[int, float]]:
+    """Each sample's kept candidate index and clip_score, from a generated folder's shards."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for shard in folder.rglob("*.parquet"):
+        for row in pq.read_table(shard, columns=["sample_id", "candidate_index", "clip_score"]).to_pylist():
+            out[row["sample_id"]] = (row["candidate_index"], row["clip_score"])
+    return out
+
+
 def compare(args) -> dict:
     from transformers import CLIPImageProcessor, CLIPProcessor
 
@@ -158,6 +169,11 @@ def compare(args) -> dict:
         runs[name]["speedup"] = runs[name]["kept_per_s"] / loop["kept_per_s"]
         runs[name]["settings"] = fast
     eng = runs["exact"]
+    chosen = {name: winners(work / name) for name in runs}
+    for name, run in runs.items():  # how often the faster run keeps exact best-of-N's winner
+        same = sum(chosen[name][sid][0] == chosen["exact"][sid][0] for sid in chosen["exact"])
+        run["same_winner"] = same / len(chosen["exact"])
+        run["mean_clip_score"] = sum(v[1] for v in chosen[name].values()) / len(chosen[name])
     engine_dtype = resolve_dtype(args.engine_dtype or args.dtype, device)
     return {"config": args.config, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
             "engine_dtype": str(engine_dtype).replace("torch.", ""),
@@ -270,7 +286,8 @@ def main() -> None:
         for name, run in result["modes"].items():
             print(f"  facesynth {name} {run['settings'] or ''}: {run['kept_per_s']:.3f} kept images/s "
                   f"({result['engine_dtype']}), {run['unet_per_image']:.1f} UNet evaluations per kept image "
-                  f"({run['speedup']:.1f}x the seed loop)")
+                  f"({run['speedup']:.1f}x the seed loop); same winner as exact {100 * run['same_winner']:.0f}%, "
+                  f"mean clip_score {run['mean_clip_score']:.2f}")
             for stage, ms in run["per_image_ms"].items():
                 print(f"    {stage:34s} {ms:8.1f} ms per kept image")
             print(f"    accelerator busy {100 * run['accelerator_busy']:.0f}% of wall time")

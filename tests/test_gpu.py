@@ -54,3 +54,18 @@ def test_real_checkpoint_passes_the_face_gate(tmp_path):
         x, y, w, h = row["face_box"]
         assert w >= 0.2 * 512 * 0.9 and 0 <= x and x + w <= 512 and 0 <= y and y + h <= 512
         assert row["safety_score"] <= 0.5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not _model_available(), reason=f"needs {MODEL} in the local cache")
+def test_real_checkpoint_pruned_agrees_with_exact_best_of_n():
+    """Pruning on the real model: half the UNet work or less, and a kept winner close to exact best-of-N."""
+    from facesynth.agreement import benchmark
+    from facesynth.generation import GenerateConfig
+
+    result = benchmark(GenerateConfig(recipe="emotions", out=".", num_samples=24, model=MODEL, steps=25,
+                                      prune_at=0.3, keep=1, cfg_until=0.6))
+    assert result.pruned.unet_per_image <= 0.5 * result.exact.unet_per_image
+    assert result.same_winner >= 0.5  # early previews of a real model predict the final ranking
+    assert result.pruned.mean_score >= 0.95 * result.exact.mean_score

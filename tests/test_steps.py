@@ -218,3 +218,120 @@ def test_a_compiled_run_compiles_each_shape_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     graphs = int(proc.stdout.strip().splitlines()[-1])
     assert graphs == 1, proc.stdout
+
+
+def test_the_benchmark_command_reports_what_both_runs_did(tiny_pipe, tiny_scorer, emotions, capsys):
+    """`facesynth benchmark`: UNet evaluations per kept image, and the same-winner share measured here too."""
+    assert _invoke(["benchmark", "emotions", "--model", "tiny", "-n", "8", "--prune-at", "0.25", "--keep", "1",
+                    "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = {line[:32].strip(): line[32:].split() for line in lines[1:-1]}
+    assert table["UNet evaluations per kept image"] == ["24.0", "12.0"]  # 3 x 4 steps x 2; then 3 x 2 + 3 x 2
+    assert table["settings"] == ["every", "candidate", "to", "the", "end", "prune_at", "0.25,", "keep", "1"]
+    samples = Plan(emotions, 8).samples
+    engine = make_engine(tiny_pipe, tiny_scorer, emotions)
+    exact = [w for i in (0, 4) for w in engine.generate(samples[i:i + 4], 0)]  # as the tool batches: 12 images
+    engine.options.overrides.update(prune_at=0.25, keep=1)
+    pruned = [w for i in (0, 4) for w in engine.generate(samples[i:i + 4], 0)]
+    same = sum(a.candidate_index == b.candidate_index for a, b in zip(exact, pruned))
+    assert lines[-1].startswith(f"same winner as exact best-of-3: {same / 8:.0%} of 8 samples; speed-up ")
+    mean = sum(w.clip_score for w in exact) / 8
+    assert table["mean clip_score"][0] == f"{mean:.3f}"
+    assert _invoke(["benchmark", "emotions", "--model", "tiny", "-n", "4"]) == 2
+    assert capsys.readouterr().err == ("Error: give --prune-at with --keep, or --cfg-until, or both: the settings "
+                                       "to compare with exact best-of-N\n")
+
+
+def test_pruning_with_the_dedupe_gate_keeps_quotas_resumes_and_reproduces(tmp_path, monkeypatch):
+    """Pruned runs go through the same gates and refills; a crash and resume gives the same bytes."""
+    from collections import Counter
+
+    from test_quality import PAIR, TINY_THRESHOLD, _rows, _shard_bytes
+
+    from facesynth.generation import GenerateConfig, generate, runner
+    from facesynth.reproduce import Reproducer
+    from facesynth.validate import validate
+
+    recipe = tmp_path / "pair.yaml"
+    recipe.write_text(PAIR)
+
+    def config(out):
+        return GenerateConfig(recipe=str(recipe), out=out, num_samples=16, model="tiny", quiet=True,
+                              rows_per_shard=4, dedupe_threshold=TINY_THRESHOLD, max_refills=60, prune_at=0.5, keep=2)
+
+    generate(config(tmp_path / "a"))
+    rows = _rows(tmp_path / "a", ["sample_id", "emotion", "attempt", "keep", "candidate_scores"])
+    assert Counter(r["emotion"] for r in rows) == {0: 8, 1: 8} and any(r["attempt"] > 0 for r in rows)
+    assert all(r["keep"] == 2 and sum(s is not None for s in r["candidate_scores"]) == 2 for r in rows)
+    assert validate(tmp_path / "a").problems == []
+
+    real_finish, calls = runner.ShardSink._finish, {"n": 0}
+
+    def crash_at_the_third_shard(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        real_finish(self)
+
+    monkeypatch.setattr(runner.ShardSink, "_finish", crash_at_the_third_shard)
+    with pytest.raises(RuntimeError, match="power cut"):
+        generate(config(tmp_path / "b"))
+    monkeypatch.setattr(runner.ShardSink, "_finish", real_finish)
+    assert generate(config(tmp_path / "b")).shards_skipped == 2
+    assert _shard_bytes(tmp_path / "b") == _shard_bytes(tmp_path / "a")
+
+    refilled = next(r for r in rows if r["attempt"] > 0)
+    reproducer = Reproducer(tmp_path / "a", device="cpu")
+    assert reproducer.reproduce(reproducer.rows([refilled["sample_id"]])[refilled["sample_id"]]).identical
+
+
+def _tiny_sdxl():
+    """A random-weight SDXL pipeline: two text encoders, pooled embeddings and time ids (as diffusers' tests)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from facesynth.tiny import build_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=8)
+    vae = AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                        norm_num_groups=8)
+    tokenizer = build_tokenizer()
+    config = CLIPTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=37,
+                            layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2,
+                            vocab_size=len(tokenizer), projection_dim=32)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae.eval(), text_encoder=CLIPTextModel(config).eval(),
+                                     text_encoder_2=CLIPTextModelWithProjection(config).eval(), tokenizer=tokenizer,
+                                     tokenizer_2=tokenizer, unet=unet.eval(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_pruning_and_truncation_on_sdxl_cut_pooled_embeddings_and_time_ids(tiny_scorer, emotions):
+    from facesynth.generation import Engine, EngineOptions
+
+    pipe, samples = _tiny_sdxl(), Plan(emotions, 2).samples
+    base = {"width": 32, "height": 32, "steps": 4}
+
+    def run(**extra):
+        engine = Engine(pipe, tiny_scorer, emotions, EngineOptions(overrides={**base, **extra}))
+        return engine, engine.candidates(samples, 0)
+
+    _, full = run()
+    engine, pruned = run(prune_at=0.5, keep=1)
+    assert engine.unet_images == 6 * 2 * 2 + 2 * 2 * 2
+    for f, p in zip(full, pruned):
+        assert np.array_equal(p.pixels[0], f.pixels[p.indices[0]])
+    # guidance stops after 1 step, then pruning after 2 cuts unguided tensors
+    engine, both = run(prune_at=0.5, keep=2, cfg_until=0.25)
+    assert engine.unet_images == 6 * 2 + 6 + 4 * 2
+    _, again = run(prune_at=0.5, keep=2, cfg_until=0.25)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(both, again))

@@ -212,33 +212,55 @@ def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates:
         click.echo(f"wrote {len(plan)} samples to {output}")
 
 
+def _options(*options):
+    """One decorator for options that several commands share, so their names and help stay one."""
+    def apply(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
+model_options = _options(
+    click.option("--model", help="'tiny', a Hub repo id, a local diffusers folder or a .safetensors file."),
+    click.option("--model-config", type=click.Path(exists=True, file_okay=False),
+                 help="A local diffusers folder of configs for a single .safetensors --model, so it loads offline."),
+    click.option("--revision", help="Hub branch, tag or commit of --model."),
+    click.option("--clip-model",
+                 help="CLIP for reranking (default: openai/clip-vit-base-patch32; tiny with --model tiny)."),
+)
+device_options = _options(
+    click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N, mps or cpu."),
+    click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Default: fp16 on CUDA, fp32 elsewhere."),
+    click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Override the recipe's scheduler."),
+    click.option("--steps", type=click.IntRange(1, 1000), help="Override the recipe's steps."),
+)
+speed_options = _options(
+    click.option("--prune-at", type=FiniteFloat(0, 1, min_open=True, max_open=True),
+                 help="Opt-in: after this fraction of the steps, score every candidate's predicted image and "
+                      "finish only the best --keep (fewer UNet evaluations; see the README)."),
+    click.option("--keep", type=click.IntRange(1), help="Candidates per sample kept past --prune-at."),
+    click.option("--cfg-until", type=FiniteFloat(0, 1, min_open=True, max_open=True),
+                 help="Opt-in: after this fraction of the steps, run only the conditional branch "
+                      "(half the UNet batch)."),
+)
+
+
 @main.command("generate")
 @click.argument("recipe")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Dataset folder.")
 @click.option("--num-samples", "-n", type=int, help="Rows to make (default: all strata of a strata recipe).")
 @click.option("--seed", type=int, help="Master seed (default: the recipe's).")
-@click.option("--model", help="'tiny', a Hub repo id, a local diffusers folder or a .safetensors file.")
-@click.option("--model-config", type=click.Path(exists=True, file_okay=False),
-              help="A local diffusers folder of configs for a single .safetensors --model, so it loads offline.")
-@click.option("--revision", help="Hub branch, tag or commit of --model.")
-@click.option("--clip-model", help="CLIP for reranking (default: openai/clip-vit-base-patch32; tiny with --model tiny).")
+@model_options
 @click.option("--candidates", type=int, default=3, show_default=True, help="Candidates per sample (best-of-N).")
 @click.option("--batch-size", type=int, default=12, show_default=True, help="Images per pipeline call.")
-@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N, mps or cpu.")
-@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Default: fp16 on CUDA, fp32 elsewhere.")
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Override the recipe's scheduler.")
-@click.option("--steps", type=click.IntRange(1, 1000), help="Override the recipe's steps.")
+@device_options
 @click.option("--guidance", type=FiniteFloat(0, 50), help="Override the recipe's guidance scale.")
 @click.option("--width", type=click.IntRange(8, 4096), callback=_multiple_of_8,
               help="Override the recipe's width (a multiple of 8).")
 @click.option("--height", type=click.IntRange(8, 4096), callback=_multiple_of_8,
               help="Override the recipe's height (a multiple of 8).")
-@click.option("--prune-at", type=FiniteFloat(0, 1, min_open=True, max_open=True),
-              help="Opt-in: after this fraction of the steps, score every candidate's predicted image and "
-                   "finish only the best --keep (fewer UNet evaluations; see the README).")
-@click.option("--keep", type=click.IntRange(1), help="Candidates per sample kept past --prune-at.")
-@click.option("--cfg-until", type=FiniteFloat(0, 1, min_open=True, max_open=True),
-              help="Opt-in: after this fraction of the steps, run only the conditional branch (half the UNet batch).")
+@speed_options
 @click.option("--rerank", type=click.Choice(["caption", "prompt"]), default="caption", show_default=True,
               help="Score candidates against the attribute caption or the full prompt.")
 @click.option("--min-label-confidence", type=FiniteFloat(0, 1),
@@ -363,23 +385,12 @@ def validate_cmd(directory: Path, reproduce_k: int, seed: int, no_images: bool, 
 @main.command("benchmark")
 @click.argument("recipe")
 @click.option("--num-samples", "-n", type=click.IntRange(1), default=24, show_default=True, help="Samples to run.")
-@click.option("--model", help="'tiny', a Hub repo id, a local diffusers folder or a .safetensors file.")
-@click.option("--model-config", type=click.Path(exists=True, file_okay=False),
-              help="A local diffusers folder of configs for a single .safetensors --model.")
-@click.option("--revision", help="Hub branch, tag or commit of --model.")
-@click.option("--clip-model", help="CLIP for reranking (default: openai/clip-vit-base-patch32; tiny with --model tiny).")
+@model_options
 @click.option("--candidates", type=click.IntRange(2, 64), default=3, show_default=True, help="Candidates per sample.")
 @click.option("--batch-size", type=click.IntRange(1), default=12, show_default=True, help="Images per pipeline call.")
-@click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N, mps or cpu.")
-@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Default: fp16 on CUDA, fp32 elsewhere.")
 @click.option("--seed", type=int, help="Master seed (default: the recipe's).")
-@click.option("--scheduler", type=click.Choice(SCHEDULER_NAMES), help="Override the recipe's scheduler.")
-@click.option("--steps", type=click.IntRange(1, 1000), help="Override the recipe's steps.")
-@click.option("--prune-at", type=FiniteFloat(0, 1, min_open=True, max_open=True),
-              help="Fraction of the steps after which candidates are pruned.")
-@click.option("--keep", type=click.IntRange(1), help="Candidates per sample kept past --prune-at.")
-@click.option("--cfg-until", type=FiniteFloat(0, 1, min_open=True, max_open=True),
-              help="Fraction of the steps after which guidance stops.")
+@device_options
+@speed_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def benchmark_cmd(recipe: str, quiet: bool, **options) -> None:
     """Measure pruning on your model: exact best-of-N and the pruned run on the same plan.
