@@ -151,6 +151,27 @@ def test_a_pruned_dataset_records_its_settings_and_reproduces_exactly(tmp_path, 
     assert _invoke(["validate", str(out), "--reproduce", "8"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"{out}: valid (8 rows in") and "8 rows regenerated" in printed
+    # validate holds every row to the run's settings: a row claiming another keep, or a pruned winner
+    import pyarrow as pa
+
+    from facesynth.validate import validate
+
+    first, second = sorted(out.rglob("*.parquet"))[:2]
+
+    def tamper(shard, change):
+        table = pq.read_table(shard)
+        rows = table.to_pylist()
+        change(rows[0])
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
+        return shard.relative_to(out).as_posix(), rows[0]
+
+    one, row_one = tamper(first, lambda row: row.update(keep=2))
+    two, row_two = tamper(second, lambda row: row.update(
+        candidate_index=next(i for i, s in enumerate(row["candidate_scores"]) if s is None)))
+    problems = [str(p) for p in validate(out, images=False).problems]
+    assert f"{one}: {row_one['sample_id']}: keep is 2, the run used 1" in problems
+    assert (f"{two}: {row_two['sample_id']}: candidate_index {row_two['candidate_index']} is not a candidate "
+            "that finished") in problems
     # another setting is another dataset: the same folder refuses it without --overwrite
     assert _invoke(args + ["--prune-at", "0.25", "--keep", "1", "--cfg-until", "0.75"]) == 2
     assert "holds a dataset made with different overrides" in capsys.readouterr().err

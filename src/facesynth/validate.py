@@ -11,6 +11,7 @@ Shards are read one row group at a time, so memory stays flat.
 from __future__ import annotations
 
 import io
+import math
 import logging
 import random
 from collections import Counter
@@ -28,6 +29,7 @@ from .folder import check_shards
 from .layout import layout as shard_layout
 from .plan import Plan
 from .recipe import parse_recipe
+from .schema import SPEEDUPS
 from .schema import features as build_features
 
 logger = logging.getLogger(__name__)
@@ -102,14 +104,16 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     names = {a: list(attr.values) for a, attr in recipe.attributes.items()}
     seen: Counter = Counter()
     cells: Counter = Counter()
-    gates = (manifest.get("parameters") or {}).get("quality") or {}
+    params = manifest.get("parameters") or {}
+    claims = {"gates": params.get("quality") or {}, "overrides": params.get("overrides") or {},
+              "candidates": manifest["plan"]["candidates"]}  # what the run says of every row
     report.unread = {n for n in manifest.shards if not (root / n).is_file()}
     files = [n for n in sorted(manifest.shards) if n not in report.unread]
     bar = _bar(progress, sum(manifest.shards[n]["rows"] for n in files))
     with ThreadPoolExecutor(IMAGE_THREADS) as pool:
         for name in files:
             _check_shard(root, name, manifest.shards[name], features, names, expected, seen, cells, report, images,
-                         pool, bar, gates)
+                         pool, bar, claims)
     bar.close()
     # the rows of an unreadable shard are reported with it, once, not again as missing or miscounted
     lost = {s.sample_id: s for name in report.unread for s in held.get(name, [])}
@@ -142,7 +146,7 @@ def _bar(progress: bool, total: int):
 
 
 def _check_shard(root, name, record, features: Features, names, expected, seen: Counter, cells: Counter,
-                 report: Report, images: bool, pool: ThreadPoolExecutor, bar, gates: dict) -> None:
+                 report: Report, images: bool, pool: ThreadPoolExecutor, bar, claims: dict) -> None:
     try:
         pf = pq.ParquetFile(root / name)
     except Exception as exc:  # noqa: BLE001 - any failure to open is the finding
@@ -158,7 +162,8 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
         return
     if pf.metadata.num_rows != record["rows"]:
         report.add(name, f"{pf.metadata.num_rows} rows, the manifest says {record['rows']}")
-    columns = ["sample_id", *names, "prompt", "width", "height", "face_box", "safety_score"]
+    columns = ["sample_id", *names, "prompt", "width", "height", "face_box", "safety_score", "candidate_scores",
+               "candidate_index", *SPEEDUPS]
     columns += ["image"] if images else []
     for i in range(pf.num_row_groups):
         try:
@@ -186,7 +191,9 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
                 report.add(name, f"{sid}: labels {labels} differ from the plan's {sample.labels}")
             if table["prompt"][r] != sample.prompt:
                 report.add(name, f"{sid}: prompt differs from the plan's")
-            _check_gates(name, sid, table["face_box"][r], table["safety_score"][r], gates, report)
+            _check_gates(name, sid, table["face_box"][r], table["safety_score"][r], claims["gates"], report)
+            _check_choice(name, sid, {k: table[k][r] for k in table if k != "image"},
+                          {**sample.settings, **claims["overrides"]}, claims["candidates"], report)
         if images:
             sizes = list(zip(table["width"], table["height"]))
             for sid, size, error in pool.map(_decode, table["sample_id"], table["image"], sizes):
@@ -194,6 +201,23 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
                 if error:
                     report.add(name, f"{sid}: image {error}")
         bar.update(len(table["sample_id"]))
+
+
+def _check_choice(name: str, sid: str, row: dict, settings: dict, candidates: int, report: Report) -> None:
+    """The row records the run's pruning and guidance settings, and as many finished candidates as they leave."""
+    for key in SPEEDUPS:
+        want, got = settings.get(key), row[key]
+        if (want is None) != (got is None) or (want is not None and not math.isclose(got, want, rel_tol=1e-6)):
+            report.add(name, f"{sid}: {key} is {got}, the run used {want}")
+            return
+    finished = settings["keep"] if settings.get("prune_at") is not None else candidates
+    scores, index = row["candidate_scores"] or [], row["candidate_index"]
+    done = sum(s is not None for s in scores)
+    if len(scores) != candidates or done != finished:
+        report.add(name, f"{sid}: {done} of {len(scores)} candidates finished, the run finishes {finished} of "
+                         f"{candidates}")
+    elif not 0 <= index < len(scores) or scores[index] is None:
+        report.add(name, f"{sid}: candidate_index {index} is not a candidate that finished")
 
 
 def _check_gates(name: str, sid: str, face_box, safety_score, gates: dict, report: Report) -> None:
