@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import textwrap
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -77,3 +78,36 @@ def demo_dataset(tmp_path_factory):
     generate(GenerateConfig(recipe="emotions", out=out, num_samples=24, model="tiny", quiet=True,
                             rows_per_shard=8, batch_size=12))
     return out
+
+
+# Two label cells, so several rows share a cell and deduplication has something to compare.
+PAIR = textwrap.dedent("""\
+    name: pair
+    primary: emotion
+    attributes:
+      emotion:
+        values:
+          happy: [smiling]
+          sad: [frowning]
+    template: "portrait photo of a person, {emotion}"
+    negative_prompt: "blurry"
+    balance:
+      cross: [emotion]
+    splits: {train: 0.75, test: 0.25}
+""")
+# The tiny preset's random CLIP maps every image close to every other (cosines 0.97-0.999
+# between unrelated photos, 0.9998 for a near copy), so its tests use a threshold in between.
+TINY_THRESHOLD = 0.997  # the tiny CLIP puts every pair of images within 0.97-0.999: this refills several rows
+
+
+def rows(out, columns=None):
+    """Every row of a dataset folder's shards, in shard order."""
+    import pyarrow.parquet as pq
+
+    files = sorted((out / "data").glob("*/*.parquet"))
+    return [row for f in files for row in pq.read_table(f, columns=columns).to_pylist()]
+
+
+def shard_bytes(out):
+    """Each shard's bytes by its name."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "data").glob("*/*.parquet"))}

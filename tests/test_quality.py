@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import textwrap
 from collections import Counter
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import make_engine
+from conftest import PAIR, TINY_THRESHOLD, make_engine, rows as _rows, shard_bytes as _shard_bytes
 from facesynth.cli import main
 from facesynth.folder import cell_key
 from facesynth.generation import GenerateConfig, generate
@@ -26,26 +25,6 @@ from facesynth.recipe import parse_recipe
 
 cv2 = pytest.importorskip("cv2", reason="the faces extra (opencv-python-headless) is not installed")
 skdata = pytest.importorskip("skimage.data", reason="scikit-image (test extra) is not installed")
-
-# Two label cells, so several rows share a cell and deduplication has something to compare.
-PAIR = textwrap.dedent("""\
-    name: pair
-    primary: emotion
-    attributes:
-      emotion:
-        values:
-          happy: [smiling]
-          sad: [frowning]
-    template: "portrait photo of a person, {emotion}"
-    negative_prompt: "blurry"
-    balance:
-      cross: [emotion]
-    splits: {train: 0.75, test: 0.25}
-""")
-# The tiny preset's random CLIP maps every image close to every other (cosines 0.97-0.999
-# between unrelated photos, 0.9998 for a near copy), so its tests use a threshold in between.
-TINY_THRESHOLD = 0.997  # the tiny CLIP puts every pair of images within 0.97-0.999: this refills several rows
-
 
 @pytest.fixture(scope="module")
 def astronaut() -> np.ndarray:
@@ -62,15 +41,6 @@ def pair_recipe(tmp_path):
     path = tmp_path / "pair.yaml"
     path.write_text(PAIR)
     return str(path)
-
-
-def _rows(out, columns=None):
-    files = sorted((out / "data").glob("*/*.parquet"))
-    return [row for f in files for row in pq.read_table(f, columns=columns).to_pylist()]
-
-
-def _shard_bytes(out):
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "data").glob("*/*.parquet"))}
 
 
 # Faces ------------------------------------------------------------------------------------

@@ -267,7 +267,9 @@ def test_pruning_with_the_dedupe_gate_keeps_quotas_resumes_and_reproduces(tmp_pa
     """Pruned runs go through the same gates and refills; a crash and resume gives the same bytes."""
     from collections import Counter
 
-    from test_quality import PAIR, TINY_THRESHOLD, _rows, _shard_bytes
+    from conftest import PAIR, TINY_THRESHOLD
+    from conftest import rows as _rows
+    from conftest import shard_bytes as _shard_bytes
 
     from facesynth.generation import GenerateConfig, generate, runner
     from facesynth.reproduce import Reproducer
