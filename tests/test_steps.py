@@ -358,3 +358,15 @@ def test_pruning_and_truncation_on_sdxl_cut_pooled_embeddings_and_time_ids(tiny_
     assert engine.unet_images == 6 * 2 + 6 + 4 * 2
     _, again = run(prune_at=0.5, keep=2, cfg_until=0.25)
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(both, again))
+
+
+def test_a_recipe_keep_not_below_candidates_is_one_line(tmp_path, capsys):
+    from conftest import PAIR
+
+    recipe = tmp_path / "fast.yaml"
+    recipe.write_text(PAIR + "generation: {prune_at: 0.5, keep: 2}\n")
+    out = tmp_path / "out"
+    assert _invoke(["generate", str(recipe), "--model", "tiny", "-n", "4", "--candidates", "2", "-o", str(out)]) == 2
+    assert capsys.readouterr().err == ("Error: keep: the recipe keeps 2 candidates past prune_at, which must be "
+                                       "below --candidates (2)\n")
+    assert not out.exists()

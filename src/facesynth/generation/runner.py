@@ -369,6 +369,10 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     overrides = settings_overrides(cfg, model)
     sizes = [{**s.settings, **overrides} for s in plan.samples]
+    keep = max((k for k in (s.get("keep") for s in sizes) if k is not None), default=None)
+    if keep is not None and keep >= cfg.candidates:  # a recipe's keep, checked against this run's candidates
+        raise PlanError(f"keep: the recipe keeps {keep} candidates past prune_at, which must be below --candidates "
+                        f"({cfg.candidates})")
     per_shard = cfg.rows_per_shard or rows_per_shard(max(s["width"] for s in sizes), max(s["height"] for s in sizes))
     params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality)
     tasks = layout(plan, per_shard)
