@@ -11,9 +11,9 @@ import torch
 from conftest import make_engine
 from facesynth.cli import main
 from facesynth.generation.loading import make_scheduler
-from facesynth.generation.steps import clean_prediction, preview_factor, switch_step
+from facesynth.generation.steps import clean_prediction, preview_factor
 from facesynth.plan import Plan
-from facesynth.recipe import SCHEDULER_NAMES
+from facesynth.recipe import SCHEDULER_NAMES, switch_step
 
 
 def _invoke(args):
@@ -143,8 +143,8 @@ def test_a_pruned_dataset_records_its_settings_and_reproduces_exactly(tmp_path, 
     assert {k: manifest["generation"]["overrides"][k] for k in ("prune_at", "keep", "cfg_until")} == \
         {"prune_at": 0.5, "keep": 1, "cfg_until": 0.75}
     card = (out / "README.md").read_text()
-    assert "| candidate pruning | after 50% of the steps" in card and "the best 1 of 3" in card
-    assert "| guidance truncation | classifier-free guidance for the first 75% of the steps" in card
+    assert "| candidate pruning | after 2 of 4 steps" in card and "the best 1 of 3" in card
+    assert "| guidance truncation | classifier-free guidance for the first 3 of 4 steps" in card
     ds = datasets.load_dataset(str(out), split="train")
     assert ds.features["prune_at"].dtype == "float32" and set(ds["keep"]) == {1}
     capsys.readouterr()

@@ -27,7 +27,7 @@ from .errors import OutputError
 from .files import atomic_write
 from .folder import FIRST_VERSION
 from .quality import REASONS, quality_report
-from .recipe import Recipe, parse_recipe
+from .recipe import Recipe, parse_recipe, switch_step
 from .schema import features as build_features
 from .writer import Manifest, sha256_file
 
@@ -275,6 +275,15 @@ def card_license(recipe: Recipe, manifest: Manifest) -> tuple[str, str | None, s
     return "other", "model-licence", f"https://huggingface.co/{name}" if name else None
 
 
+def speedups(recipe: Recipe, overrides: dict) -> dict:
+    """The run's pruning and guidance settings, with the whole steps they switch at (as the engine rounds)."""
+    settings = {**recipe.settings, **overrides}
+    steps = settings["steps"]
+    prune = switch_step(settings.get("prune_at"), steps) if settings.get("keep") is not None else None
+    return {"steps": steps, "keep": settings.get("keep"), "prune_step": prune,
+            "cfg_step": switch_step(settings.get("cfg_until"), steps)}
+
+
 def build_card(root: str | Path, repo_id: str | None = None, revision: str | None = None,
                gated: bool = False, write_grid: bool = True) -> DatasetCard:
     """Build the card for a dataset folder (and refresh its sample grid, unless ``write_grid`` is off and it exists).
@@ -334,7 +343,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         model_name=model.get("name"),
         recipe_file=Path(str(manifest["recipe"].get("source", ""))).name,
         overrides=", ".join(f"{k} {v}" for k, v in overrides.items()),
-        speedups={**recipe.settings, **overrides},
+        speedups=speedups(recipe, overrides),
         sensitive=sensitive,
         recipe=recipe,
         manifest=manifest.data,

@@ -248,6 +248,14 @@ class Recipe(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def switch_step(fraction: float | None, steps: int) -> int | None:
+    """How many steps run before a switch at ``fraction``; None when it would change nothing."""
+    if fraction is None:
+        return None
+    done = max(1, round(fraction * steps))
+    return done if done < steps else None
+
+
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or not set(name) <= NAME_CHARS or name[0] == "_":
         shown = f"'{name}'" if str(name).isprintable() else repr(name)  # one line, whatever the name holds

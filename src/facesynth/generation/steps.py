@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..folder import cell_key
+from ..recipe import switch_step
 
 if TYPE_CHECKING:
     from ..plan import Sample
@@ -38,14 +39,6 @@ logger = logging.getLogger(__name__)
 BATCHED = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
 # Scheduler attributes that hold one row per image between steps (multistep solvers' history).
 SCHEDULER_STATE = ("model_outputs", "ets", "last_sample", "cur_sample", "cur_model_output")
-
-
-def switch_step(fraction: float | None, steps: int) -> int | None:
-    """How many steps run before a switch at ``fraction``; None when it would change nothing."""
-    if fraction is None:
-        return None
-    done = max(1, round(fraction * steps))
-    return done if done < steps else None
 
 
 class StepHook:
