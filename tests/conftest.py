@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
+from contextlib import contextmanager
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -111,3 +112,25 @@ def rows(out, columns=None):
 def shard_bytes(out):
     """Each shard's bytes by its name."""
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "data").glob("*/*.parquet"))}
+
+
+@contextmanager
+def crash_at_shard(n: int):
+    """The n-th shard a run finishes fails before it is kept, as a power cut there would; the test's
+    ``generate`` inside the block must raise that failure."""
+    from facesynth.generation import runner
+
+    real, calls = runner.ShardSink._finish, {"n": 0}
+
+    def finish(self):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("power cut")
+        return real(self)
+
+    runner.ShardSink._finish = finish
+    try:
+        with pytest.raises(RuntimeError, match="power cut"):
+            yield
+    finally:
+        runner.ShardSink._finish = real

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import make_engine
+from conftest import crash_at_shard, make_engine
 from facesynth.errors import ModelError, OutputError
 from facesynth.generation import GenerateConfig, generate
 from facesynth.generation.loading import SCHEDULERS, load_pipeline, make_scheduler
@@ -147,27 +147,15 @@ def _rows(out):
             for split, d in ds.items()}
 
 
-def test_resume_after_a_crash_gives_the_same_dataset(tmp_path, demo_dataset, monkeypatch):
-    from facesynth.generation import runner
-
+def test_resume_after_a_crash_gives_the_same_dataset(tmp_path, demo_dataset):
     out = tmp_path / "crashy"
     cfg = GenerateConfig(recipe="emotions", out=out, num_samples=24, model="tiny", quiet=True, rows_per_shard=8,
                          write_card=False)
-    real_finish, calls = runner.ShardSink._finish, {"n": 0}
-
-    def crash_on_second_shard(self):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("power cut")
-        return real_finish(self)
-
-    monkeypatch.setattr(runner.ShardSink, "_finish", crash_on_second_shard)
-    with pytest.raises(RuntimeError, match="power cut"):
+    with crash_at_shard(2):
         generate(cfg)
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["shards"]) == 1 and not manifest["complete"]
     assert len(list((out / "data").glob("*/*.parquet"))) == 1  # no partial shard in data/
-    monkeypatch.setattr(runner.ShardSink, "_finish", real_finish)
     result = generate(cfg)
     assert result.shards_skipped == 1 and result.shards_written == len(manifest["layout"]) - 1 >= 2
     assert _rows(out) == _rows(demo_dataset)

@@ -14,7 +14,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import PAIR, TINY_THRESHOLD, make_engine, rows as _rows, shard_bytes as _shard_bytes
+from conftest import PAIR, TINY_THRESHOLD, crash_at_shard, make_engine, rows as _rows
+from conftest import shard_bytes as _shard_bytes
 from facesynth.cli import main
 from facesynth.folder import cell_key
 from facesynth.generation import GenerateConfig, generate
@@ -237,27 +238,14 @@ def test_rejections_are_counted_per_reason_and_cell_in_the_manifest_and_card(ded
     assert f"{100 * total['rejection_rate']:.1f}%" in card
 
 
-def test_resume_with_dedupe_gives_the_same_dataset(deduped, tmp_path, monkeypatch):
+def test_resume_with_dedupe_gives_the_same_dataset(deduped, tmp_path):
     recipe, out = deduped
-    from facesynth.generation import runner
-
-    calls = {"n": 0}
-    real_finish = runner.ShardSink._finish
-
-    def crash_after_two_shards(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("power cut")
-        real_finish(self)
-
-    monkeypatch.setattr(runner.ShardSink, "_finish", crash_after_two_shards)
     again = tmp_path / "again"
     cfg = GenerateConfig(recipe=str(recipe), out=again, num_samples=24, model="tiny", quiet=True,
                          rows_per_shard=6, dedupe_threshold=TINY_THRESHOLD, max_refills=30)
-    with pytest.raises(RuntimeError, match="power cut"):
+    with crash_at_shard(3):
         generate(cfg)
     assert len(list((again / "data").glob("*/*.parquet"))) == 2
-    monkeypatch.setattr(runner.ShardSink, "_finish", real_finish)
     result = generate(cfg)
     assert result.shards_skipped == 2
     assert _shard_bytes(again) == _shard_bytes(out)

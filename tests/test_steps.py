@@ -263,15 +263,15 @@ def test_the_benchmark_command_reports_what_both_runs_did(tiny_pipe, tiny_scorer
                                        "to compare with exact best-of-N\n")
 
 
-def test_pruning_with_the_dedupe_gate_keeps_quotas_resumes_and_reproduces(tmp_path, monkeypatch):
+def test_pruning_with_the_dedupe_gate_keeps_quotas_resumes_and_reproduces(tmp_path):
     """Pruned runs go through the same gates and refills; a crash and resume gives the same bytes."""
     from collections import Counter
 
-    from conftest import PAIR, TINY_THRESHOLD
+    from conftest import PAIR, TINY_THRESHOLD, crash_at_shard
     from conftest import rows as _rows
     from conftest import shard_bytes as _shard_bytes
 
-    from facesynth.generation import GenerateConfig, generate, runner
+    from facesynth.generation import GenerateConfig, generate
     from facesynth.reproduce import Reproducer
     from facesynth.validate import validate
 
@@ -288,18 +288,8 @@ def test_pruning_with_the_dedupe_gate_keeps_quotas_resumes_and_reproduces(tmp_pa
     assert all(r["keep"] == 2 and sum(s is not None for s in r["candidate_scores"]) == 2 for r in rows)
     assert validate(tmp_path / "a").problems == []
 
-    real_finish, calls = runner.ShardSink._finish, {"n": 0}
-
-    def crash_at_the_third_shard(self):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("power cut")
-        real_finish(self)
-
-    monkeypatch.setattr(runner.ShardSink, "_finish", crash_at_the_third_shard)
-    with pytest.raises(RuntimeError, match="power cut"):
+    with crash_at_shard(3):
         generate(config(tmp_path / "b"))
-    monkeypatch.setattr(runner.ShardSink, "_finish", real_finish)
     assert generate(config(tmp_path / "b")).shards_skipped == 2
     assert _shard_bytes(tmp_path / "b") == _shard_bytes(tmp_path / "a")
 
