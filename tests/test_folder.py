@@ -145,6 +145,19 @@ def test_workers_of_one_run_share_the_folder_but_nobody_else_does(tmp_path):
     FolderLock(root).acquire().release()
 
 
+def test_workers_starting_at_once_both_make_the_folders(tmp_path, monkeypatch):
+    """Two workers that both find the work folders missing: the later mkdir loses the race, harmlessly
+    (torchrun starts its processes together; this failed as 'cannot create ...: File exists')."""
+    root = tmp_path / "w"
+    first = FolderLock(root, worker_index=0, worker_count=2, run_key="abc").acquire()
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # as if the first had not made them yet
+    second = FolderLock(root, worker_index=1, worker_count=2, run_key="abc").acquire()
+    monkeypatch.undo()
+    second.release()  # the folders are the first worker's: the second leaves them
+    assert (root / ".facesynth").is_dir()
+    first.release()
+
+
 def test_a_killed_holder_never_leaves_a_stale_lock(tmp_path):
     root = tmp_path / "k"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from facesynth.lock import FolderLock;"

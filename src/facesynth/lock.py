@@ -88,7 +88,10 @@ class FolderLock:
         for path in [*reversed(folder.relative_to(self.root).parents), folder.relative_to(self.root)]:
             path = self.root / path
             if path != self.root and not path.exists():
-                path.mkdir()
+                try:
+                    path.mkdir()
+                except FileExistsError:  # another process of the run made it in between: theirs, not ours
+                    continue
                 self._made.append(path)
 
     def acquire(self) -> "FolderLock":
