@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .recipe import SPEEDUPS
+
 logger = logging.getLogger(__name__)
 
 
@@ -77,7 +79,7 @@ class Agreement:
 
 
 def _describe(overrides: dict[str, Any]) -> str:
-    shown = {k: overrides.get(k) for k in ("prune_at", "keep", "cfg_until") if overrides.get(k) is not None}
+    shown = {k: overrides.get(k) for k in SPEEDUPS if overrides.get(k) is not None}
     return ", ".join(f"{k} {v}" for k, v in shown.items()) or "every candidate to the end"
 
 
@@ -104,7 +106,7 @@ def compare(engine, samples, fast: dict[str, Any], batch_size: int, quiet: bool 
     from tqdm.auto import tqdm
 
     base = dict(engine.options.overrides)
-    exact_settings = {"prune_at": None, "keep": None, "cfg_until": None}
+    exact_settings = dict.fromkeys(SPEEDUPS)
     run_side(engine, samples[:1], Side("warm-up", exact_settings), batch_size)  # first-call costs, not timed
     sides = []
     for name, overrides in (("exact", exact_settings), ("pruned", {**exact_settings, **fast})):
@@ -143,5 +145,5 @@ def benchmark(cfg, quiet: bool = True) -> Agreement:
     scorer = ClipScorer.load(clip_model, device=device, dtype=dtype)
     engine = Engine(pipe, scorer, recipe, EngineOptions(candidates=cfg.candidates, batch_size=cfg.batch_size,
                                                         rerank=cfg.rerank, overrides=base))
-    wanted = {k: fast[k] for k in ("prune_at", "keep", "cfg_until") if k in fast}
+    wanted = {k: fast[k] for k in SPEEDUPS if k in fast}
     return compare(engine, plan.samples, wanted, cfg.batch_size, quiet)

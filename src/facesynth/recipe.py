@@ -25,8 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import RecipeError
 
 SPLITS = ("train", "validation", "test")
+# Opt-in settings that change how many candidates finish, or the images themselves (see generation.steps).
+SPEEDUPS = ("prune_at", "keep", "cfg_until")
 DEFAULT_SETTINGS = {"steps": 25, "guidance": 7.5, "scheduler": "default", "width": 512, "height": 512,
-                    "prune_at": None, "keep": None, "cfg_until": None}
+                    **dict.fromkeys(SPEEDUPS)}
 NAME_CHARS = set(string.ascii_lowercase + string.digits + "_")
 SCHEDULER_NAMES = ("default", "ddim", "pndm", "euler", "euler_a", "dpm++_2m", "dpm++_2m_karras", "unipc")
 # Column names every dataset has (schema.BUILTIN_COLUMNS keeps them in step): no attribute may take one.

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from datasets import ClassLabel, Features, Image, List, Value
 
-from .recipe import Recipe
+from .recipe import SPEEDUPS, Recipe
 
-SETTING_COLUMNS = ("steps", "guidance", "scheduler", "width", "height", "prune_at", "keep", "cfg_until")
-# Opt-in settings that change how many candidates finish, or the images themselves (see generation.steps).
-SPEEDUPS = ("prune_at", "keep", "cfg_until")
+SETTING_COLUMNS = ("steps", "guidance", "scheduler", "width", "height", *SPEEDUPS)
 # Columns added after the first formats: a folder written in an older format has none of them.
-ADDED_IN_FORMAT = {"prune_at": 5, "keep": 5, "cfg_until": 5}
+ADDED_IN_FORMAT = dict.fromkeys(SPEEDUPS, 5)
 
 
 def features(recipe: Recipe, format: int | None = None) -> Features:

@@ -28,8 +28,7 @@ from .files import is_temp_file
 from .folder import check_shards
 from .layout import layout as shard_layout
 from .plan import Plan
-from .recipe import parse_recipe
-from .schema import SPEEDUPS
+from .recipe import SPEEDUPS, parse_recipe
 from .schema import features as build_features
 
 logger = logging.getLogger(__name__)
@@ -192,7 +191,7 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
             if table["prompt"][r] != sample.prompt:
                 report.add(name, f"{sid}: prompt differs from the plan's")
             _check_gates(name, sid, table["face_box"][r], table["safety_score"][r], claims["gates"], report)
-            _check_choice(name, sid, {k: table[k][r] for k in table if k != "image"},
+            _check_choice(name, sid, {k: table[k][r] for k in (*SPEEDUPS, "candidate_scores", "candidate_index")},
                           {**sample.settings, **claims["overrides"]}, claims["candidates"], report)
         if images:
             sizes = list(zip(table["width"], table["height"]))
