@@ -360,3 +360,15 @@ def test_a_recipe_keep_not_below_candidates_is_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == ("Error: keep: the recipe keeps 2 candidates past prune_at, which must be "
                                        "below --candidates (2)\n")
     assert not out.exists()
+
+
+def test_a_prune_step_that_rounds_to_the_end_prunes_nothing_and_validates(tmp_path):
+    """--prune-at 0.9 of 4 steps rounds to the last step: every candidate finishes, and validate agrees."""
+    from facesynth.validate import validate
+
+    out = tmp_path / "late"
+    assert _invoke(["generate", "emotions", "--model", "tiny", "-n", "4", "--out", str(out), "--quiet",
+                    "--prune-at", "0.9", "--keep", "1"]) == 0
+    rows = [r for f in sorted(out.rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert all(sum(s is not None for s in r["candidate_scores"]) == 3 for r in rows)
+    assert validate(out, images=False).problems == []

@@ -28,7 +28,7 @@ from .files import is_temp_file
 from .folder import check_shards
 from .layout import layout as shard_layout
 from .plan import Plan
-from .recipe import SPEEDUPS, parse_recipe
+from .recipe import SPEEDUPS, parse_recipe, switch_step
 from .schema import features as build_features
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,9 @@ def _check_choice(name: str, sid: str, row: dict, settings: dict, candidates: in
         if (want is None) != (got is None) or (want is not None and not math.isclose(got, want, rel_tol=1e-6)):
             report.add(name, f"{sid}: {key} is {got}, the run used {want}")
             return
-    finished = settings["keep"] if settings.get("prune_at") is not None else candidates
+    # a prune_at that rounds to the last step prunes nothing, as in the engine
+    pruned = settings.get("keep") is not None and switch_step(settings.get("prune_at"), settings["steps"])
+    finished = settings["keep"] if pruned else candidates
     scores, index = row["candidate_scores"] or [], row["candidate_index"]
     done = sum(s is not None for s in scores)
     if len(scores) != candidates or done != finished:
