@@ -312,6 +312,8 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
     who = "" if result.worker.alone else f"worker {result.worker.index} of {result.worker.count}: "
     click.echo(f"{who}{result.out}: {result.rows} rows ({result.shards_written} shards written, "
                f"{result.shards_skipped} already done).")
+    if result.replaced:
+        click.echo(f"{result.replaced} row(s) rejected in review were made again; version {result.version}.")
     q = result.quality
     if q and q["rejected"]:
         reasons = ", ".join(f"{r} {n}" for r, n in q["by_reason"].items() if n)
@@ -380,6 +382,38 @@ def validate_cmd(directory: Path, reproduce_k: int, seed: int, no_images: bool, 
         return
     click.echo(f"{directory}: {len(report.problems)} problem(s) ({checked})", err=True)
     sys.exit(EXIT_FAILURE)
+
+
+@main.command("review")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True,
+              help="Port on 127.0.0.1 (0 picks a free one).")
+def review_cmd(directory: Path, port: int) -> None:
+    """Look at a dataset in the browser and reject rows before publishing.
+
+    Serves a gallery on 127.0.0.1 only: one section per primary label, filters by every
+    attribute and split, sorting by score, the full image and columns on click. Rejections
+    (click, x, or many selected at once, with an optional reason) are saved at once to
+    DIRECTORY/verdicts.jsonl; the shards are not touched. Then the same generate command
+    makes the rejected samples again at their next attempt, so every quota stays exact.
+
+    \b
+    Examples:
+      facesynth review demo                  # then open the printed URL
+      facesynth review demo --port 8080
+      ssh -L 7860:127.0.0.1:7860 gpu-box     # review a remote folder from your laptop
+    """
+    from .review import ReviewServer
+
+    server = ReviewServer(directory, port)
+    n, rejected = len(server.gallery), int(server.gallery.rejected.sum())
+    click.echo(f"Reviewing {directory} ({n} rows, {rejected} rejected) at {server.url}  (Ctrl-C to stop)")
+    try:
+        server.run()
+    except (KeyboardInterrupt, Terminated):  # uvicorn stops cleanly, then passes the signal on
+        pass
+    click.echo(f"Verdicts are in {directory / 'verdicts.jsonl'}; run the same generate command to make the "
+               "rejected rows again.")
 
 
 @main.command("benchmark")

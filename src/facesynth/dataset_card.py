@@ -265,6 +265,21 @@ def quality_tables(recipe: Recipe, manifest: Manifest) -> dict[str, Any]:
             "per_cell_in_manifest": len(report["cells"]) > MAX_CARD_CELLS, "reasons": REASONS}
 
 
+def review_tables(recipe: Recipe, manifest: Manifest) -> dict[str, Any]:
+    """Rows rejected in review per label cell (per primary label when cells are many) and per reason."""
+    review = manifest.get("review") or {}
+    cells = review.get("cells") or {}
+    grouping = " / ".join(recipe.attributes)
+    if len(cells) > MAX_CARD_CELLS:
+        at = list(recipe.attributes).index(recipe.primary)
+        grouped: Counter = Counter()
+        for cell, n in cells.items():
+            grouped[cell.split("/")[at]] += n
+        cells, grouping = dict(sorted(grouped.items())), recipe.primary
+    reasons = {" ".join(r.replace("|", "\\|").split()): n for r, n in (review.get("reasons") or {}).items()}
+    return {"review": review, "review_cells": cells, "review_grouping": grouping, "review_reasons": reasons}
+
+
 def card_license(recipe: Recipe, manifest: Manifest) -> tuple[str, str | None, str | None]:
     """``(license, license_name, license_link)``: the model's licence when it is recorded, else the recipe's."""
     model = manifest.get("model") or {}
@@ -360,6 +375,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         primary_values=list(recipe.attributes[recipe.primary].values),
         pretty_name=pretty,
         quality=quality_tables(recipe, manifest),
+        **review_tables(recipe, manifest),
     )
 
 

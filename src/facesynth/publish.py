@@ -25,6 +25,7 @@ from .builder import read_manifest
 from .errors import FacesynthError
 from .files import dumps_json
 from .folder import FIRST_VERSION
+from .verdicts import VERDICTS, verdicts_path
 from .writer import MANIFEST, Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -169,10 +170,13 @@ def public_manifest(manifest: Manifest) -> dict[str, Any]:
 
 
 def local_files(root: Path, manifest: Manifest, generated: dict[str, bytes]) -> dict[str, Path | bytes]:
-    """What a push sends: the card and manifest made for the repo, the sample grid and the shards."""
+    """What a push sends: the card and manifest made for the repo, the sample grid, the shards and the
+    reviewers' verdicts."""
     files: dict[str, Path | bytes] = dict(generated)
     files.update({p.relative_to(root).as_posix(): p for p in sorted((root / "assets").glob("*")) if p.is_file()})
     files.update({name: root / name for name in sorted(manifest.shards)})
+    if verdicts_path(root).is_file():  # the review log, versioned with the rows it judged
+        files[VERDICTS] = verdicts_path(root)
     return files
 
 

@@ -30,6 +30,7 @@ from .layout import layout as shard_layout
 from .plan import Plan
 from .recipe import SPEEDUPS, parse_recipe, switch_step
 from .schema import features as build_features
+from .verdicts import VERDICTS, VerdictError, review_state
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     for cell in sorted(set(planned) | set(cells)):
         if planned[cell] != cells[cell] and manifest.get("complete"):
             report.add(f"{cell[0]} {'/'.join(cell[1:])}", f"{cells[cell]} rows, the plan has {planned[cell]}")
+    _check_review(root, manifest, expected, report)
     report.shards = len([n for n in files if n not in report.unread])
     report.rows = sum(seen.values())
     if report.damaged:
@@ -241,6 +243,19 @@ def _decode(sid: str, cell: dict, size: tuple[int, int]) -> tuple[str, tuple, st
     except Exception as exc:  # noqa: BLE001
         return sid, size, f"does not decode ({exc})"
     return sid, size, None
+
+
+def _check_review(root: Path, manifest, expected: dict, report: Report) -> None:
+    """A row rejected in review must be gone from a finished dataset (``generate`` makes it again)."""
+    try:
+        waiting, _, rows = review_state(root, [n for n in manifest.shards if n not in report.unread], expected)
+    except VerdictError as exc:
+        report.add(VERDICTS, str(exc))
+        return
+    for sid, verdict in sorted(waiting.items()):
+        why = f" ({verdict.reason})" if verdict.reason else ""
+        report.add(f"{rows[sid].shard} {sid}", f"rejected in review{why} and still in the dataset; run the same "
+                                               "generate command to make it again")
 
 
 def _check_card(root: Path, report: Report) -> None:

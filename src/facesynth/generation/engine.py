@@ -160,27 +160,33 @@ class Engine:
         return sample.caption if self.options.rerank == "caption" else sample.prompt
 
     # Batching ---------------------------------------------------------------------------
-    def run(self, samples: Sequence[Sample], batch_size: int | None = None) -> Iterator[Winner]:
-        """Winners in input order; consecutive samples that can share a call are batched."""
+    def run(self, samples: Sequence[Sample], batch_size: int | None = None,
+            first_attempt: dict[str, int] | None = None) -> Iterator[Winner]:
+        """Winners in input order; consecutive samples that can share a call are batched.
+
+        ``first_attempt`` starts some samples at a later attempt (fresh seeds: a row rejected
+        in review); a call holds samples of one attempt, so every row can be run again.
+        """
         per_call = max(1, (batch_size or self.options.batch_size) // self.options.candidates)
+        first_attempt = first_attempt or {}
         batch: list[Sample] = []
         batch_key = None
         for sample in samples:
-            key = self._batch_key(sample)
+            key = (*self._batch_key(sample), first_attempt.get(sample.sample_id, 0))
             if batch and (key != batch_key or len(batch) >= per_call):
-                yield from self.run_batch(batch)
+                yield from self.run_batch(batch, batch_key[-1])
                 batch = []
             batch.append(sample)
             batch_key = key
         if batch:
-            yield from self.run_batch(batch)
+            yield from self.run_batch(batch, batch_key[-1])
 
     def _batch_key(self, sample: Sample) -> tuple:
         with self.timings.stage("text"):
             cond = self.encoder.encode(sample.prompt, sample.negative_prompt)
         return tuple(sorted(self.settings_for(sample).items())), cond.length
 
-    def run_batch(self, samples: Sequence[Sample]) -> list[Winner]:
+    def run_batch(self, samples: Sequence[Sample], first_attempt: int = 0) -> list[Winner]:
         """One batch, with refills and label-confidence retries; returns winners in input order.
 
         Every round generates the samples still open at the next attempt (fresh seeds).
@@ -192,7 +198,7 @@ class Engine:
         best: dict[str, Winner] = {}
         tallies = {s.sample_id: Tally() for s in samples}
         todo = list(samples)
-        attempt = 0
+        attempt = first_attempt
         while todo:
             retry = []
             for scored in self.candidates(todo, attempt):
@@ -207,7 +213,7 @@ class Engine:
                         raise QuotaError(self._exhausted(scored.sample, tallies[sid]))
                     retry.append(scored.sample)
                 elif (opts.min_label_confidence is not None and kept.label_confidence < opts.min_label_confidence
-                      and attempt + 1 < opts.max_attempts):
+                      and attempt + 1 - first_attempt < opts.max_attempts):
                     retry.append(scored.sample)
             if retry:
                 logger.debug("generating %d samples again (attempt %d)", len(retry), attempt + 1)

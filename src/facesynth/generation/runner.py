@@ -30,8 +30,8 @@ from PIL import Image
 
 from .. import __version__
 from ..errors import OutputError, PlanError, WriteError
-from ..folder import (Worker, cell_counts, cell_key, check_owner, clear_listed, merge, open_folder,
-                      remove_stale_temp_files, tidy, worker_from)
+from ..folder import (FIRST_VERSION, Worker, cell_counts, cell_key, check_owner, clear_listed, merge, open_folder,
+                      remove_stale_temp_files, tidy, version_bump, worker_from)
 from ..lock import WORK_DIR, FolderLock
 from ..plan import Plan
 from ..recipe import Recipe, load_recipe, resolve
@@ -40,6 +40,7 @@ from ..schema import features as build_features
 from ..layout import ShardTask, layout
 from ..writer import FORMAT_VERSION, ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
 from ..quality import CellStats, QualityOptions, quality_report, require_cv2, shard_embeddings
+from ..verdicts import Verdict, review_state, review_summary
 from .engine import Engine, EngineOptions, Winner
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class GenerateResult:
     worker: Worker = field(default_factory=Worker)
     merged: bool = True
     quality: dict[str, Any] | None = None  # totals of this worker's shards (see quality.quality_report)
+    replaced: int = 0  # rows rejected in review and made again by this run
+    version: str | None = None
 
 
 def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
@@ -251,11 +254,19 @@ class ShardSink:
         while self.pending:
             self.pending.popleft().result()
 
-    def start(self, task: ShardTask) -> None:
-        self._submit(self._start, task)
+    def start(self, task: ShardTask, quality: dict[str, Any] | None = None) -> None:
+        self._submit(self._start, task, quality)
 
     def add(self, winner: Winner) -> None:
         self._submit(self._add, winner)
+
+    def keep(self, row: dict[str, Any]) -> None:
+        """A row of the shard being rewritten, kept as it was."""
+        self._submit(self._append, row)
+
+    def replace(self, old: dict[str, Any], winner: Winner) -> None:
+        """A row rejected in review, replaced by the sample's new winner."""
+        self._submit(self._replace, old, winner)
 
     def finish(self) -> None:
         self._submit(self._finish)
@@ -281,16 +292,27 @@ class ShardSink:
             self.failed = True
             raise
 
-    def _start(self, task: ShardTask) -> None:
+    def _start(self, task: ShardTask, quality: dict[str, Any] | None) -> None:
         self.writer = ShardWriter(self.root, task.name, task.split, self.features, self.tmp_dir)
         self.rows = []
         self.stats = CellStats()
+        for cell, stats in (quality or {}).items():
+            self.stats.add(cell, stats)
 
     def _add(self, winner: Winner) -> None:
         start = time.perf_counter()
         row = self._row(winner)
         self.seconds["encode"] += time.perf_counter() - start
         self.stats.add_row(cell_key(winner.sample.labels), winner.tally, winner.label_confidence)
+        self._append(row)
+
+    def _replace(self, old: dict[str, Any], winner: Winner) -> None:
+        """The old row counts as rejected in review (reason ``review``) and no longer as kept."""
+        self.stats.add(cell_key(winner.sample.labels), {"rows": -1, "label_confidence_sum": -old["label_confidence"],
+                                                        "rejected": {"review": 1}})
+        self._add(winner)
+
+    def _append(self, row: dict[str, Any]) -> None:
         primary = self.recipe.primary
         if self.rows and (len(self.rows) >= ROW_GROUP_ROWS or self.rows[-1][primary] != row[primary]):
             self._flush()  # a row group holds one primary label
@@ -415,7 +437,8 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     remove_stale_temp_files(out)
     tmp_dir = out / worker.tmp_dir
     mine = worker.share(tasks)
-    todo = [t for t in mine if t.name not in manifest.shards]
+    redo = _review_round(out, manifest, tasks, worker, cfg.dataset_version)
+    todo = [t for t in mine if t.name not in manifest.shards or t.name in redo]
     done_rows = sum(len(t.samples) for t in mine if t not in todo)
     engine = None
     if todo:  # load the model before changing anything: a model that fails to load leaves the folder as it was
@@ -430,10 +453,11 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     timings: dict[str, float] = {}
     if todo:
         start = time.perf_counter()
-        sink_seconds = _run(engine, mine, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm)
+        sink_seconds = _run(engine, mine, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm, redo)
         timings = {**engine.timings.seconds, **sink_seconds, "wall": time.perf_counter() - start,
                    "unet_images": engine.unet_images}
     shutil.rmtree(tmp_dir, ignore_errors=True)
+    _finish_review_round(out, manifest, tasks)
     manifest.data["complete"] = True
     manifest.data["quality"] = quality_report(manifest.shards)
     manifest.save(out)
@@ -443,7 +467,85 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
 
         write_card(out)
     return GenerateResult(out, sum(len(t.samples) for t in mine), len(todo), len(mine) - len(todo), timings,
-                          worker, merged, manifest.data["quality"]["total"])
+                          worker, merged, manifest.data["quality"]["total"],
+                          sum(len(rejected) for rejected in redo.values()), manifest.get("version"))
+
+
+def _review_round(out: Path, manifest: Manifest, tasks: list[ShardTask], worker: Worker,
+                  version: str | None) -> dict[str, dict[str, Verdict]]:
+    """Shards holding rows rejected in review (shard -> sample_id -> verdict); starts a review round if any.
+
+    The round's version is fixed when it starts, so a run resumed after a crash finishes the same version.
+    """
+    cells = {s.sample_id: cell_key(s.labels) for t in tasks for s in t.samples}
+    waiting, done, rows = review_state(out, list(manifest.shards), cells)
+    redo: dict[str, dict[str, Verdict]] = {}
+    for sid, verdict in waiting.items():
+        redo.setdefault(rows[sid].shard, {})[sid] = verdict
+    if not redo:
+        return redo
+    if not worker.alone:
+        raise OutputError(f"--num-workers: {len(waiting)} row(s) rejected in review are made again by a single "
+                          "process; run the same command without --worker-index/--num-workers")
+    if manifest.get("reviewing") is None:
+        current = manifest.get("version", FIRST_VERSION)
+        n = manifest["plan"]["num_samples"]
+        previous = manifest.get("previous") or {}
+        growing = not manifest.get("complete") and previous.get("num_samples", n) < n  # already a new version
+        manifest.data["reviewing"] = {"from": previous["version"] if growing else current,
+                                      "version": version or (current if growing else version_bump(current)),
+                                      "settled": len(done)}
+    manifest.data["version"] = manifest["reviewing"]["version"]
+    manifest.data["complete"] = False
+    logger.info("%d row(s) rejected in review, in %d shard(s), are made again (version %s)", len(waiting),
+                len(redo), manifest["version"])
+    return redo
+
+
+def _finish_review_round(out: Path, manifest: Manifest, tasks: list[ShardTask]) -> None:
+    """Record the review history (manifest ``review``, for the card) and the round's new version."""
+    cells = {s.sample_id: cell_key(s.labels) for t in tasks for s in t.samples}
+    waiting, done, _ = review_state(out, list(manifest.shards), cells)
+    if done or waiting:
+        manifest.data["review"] = {**review_summary(done, cells), "pending": len(waiting)}
+    round_ = manifest.data.pop("reviewing", None)
+    if round_ is None:
+        return
+    previous = manifest.get("previous") or {}
+    n = manifest["plan"]["num_samples"]
+    if previous.get("version") != round_["from"] or previous.get("num_samples", n) >= n:  # not grown this round
+        previous = {"version": round_["from"], "num_samples": n, "cells": manifest["cells"]}
+    manifest.data["previous"] = {**previous, "replaced": len(done) - round_["settled"]}
+
+
+def _rewrite(engine: Engine, sink: ShardSink, task: ShardTask, path: Path, rejected: dict[str, Verdict],
+             manifest: Manifest, attributes: dict[str, list[str]]) -> None:
+    """Write a finished shard again with its rejected rows made anew (next attempt, fresh seeds, same gates).
+
+    The other rows are copied as they are, in their places; the new shard replaces the old one only
+    when it is complete, so a crash leaves the old shard and the rejections still pending.
+    """
+    import pyarrow.parquet as pq
+
+    if engine.gates.index is not None:  # the shard's kept rows count for deduplication, the rejected ones not
+        ids = pq.read_table(path, columns=["sample_id"])["sample_id"].to_pylist()
+        for sid, (cell, embedding) in zip(ids, shard_embeddings(path, attributes)):
+            if sid not in rejected:
+                engine.gates.accept(cell, embedding)
+    samples = [s for s in task.samples if s.sample_id in rejected]
+    first = {sid: v.attempt + 1 for sid, v in rejected.items()}
+    winners = {w.sample.sample_id: w for w in engine.run(samples, first_attempt=first)}
+    sink.start(task, manifest.shards[task.name].get("quality"))
+    parquet = pq.ParquetFile(path)
+    for i in range(parquet.num_row_groups):
+        for row in parquet.read_row_group(i).to_pylist():
+            win = winners.get(row["sample_id"])
+            if win is None:
+                sink.keep(row)
+            else:
+                sink.replace(row, win)
+    sink.finish()
+    logger.info("%s: %d row(s) rejected in review made again", task.name, len(winners))
 
 
 def _merge_if_last(out: Path, worker: Worker) -> bool:
@@ -509,7 +611,7 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
 
 
 def _run(engine: Engine, mine: list[ShardTask], out: Path, tmp_dir: Path, recipe: Recipe, manifest: Manifest,
-         done_rows: int, quiet: bool, tqdm) -> dict[str, float]:
+         done_rows: int, quiet: bool, tqdm, redo: dict[str, dict[str, Verdict]] | None = None) -> dict[str, float]:
     """Generate this worker's unfinished shards, in layout order; return the writer thread's seconds.
 
     With deduplication, a row is compared with the rows of this worker's earlier shards:
@@ -521,8 +623,13 @@ def _run(engine: Engine, mine: list[ShardTask], out: Path, tmp_dir: Path, recipe
                disable=quiet, dynamic_ncols=True)
     attributes = {a: list(attr.values) for a, attr in recipe.attributes.items()}
     total_score, kept, rejected = 0.0, 0, 0
+    redo = redo or {}
     try:
         for task in mine:
+            if task.name in redo:
+                _rewrite(engine, sink, task, out / task.name, redo[task.name], manifest, attributes)
+                bar.update(len(task.samples))
+                continue
             if task.name in manifest.shards:
                 if engine.gates.index is not None:
                     for cell, embedding in shard_embeddings(out / task.name, attributes):

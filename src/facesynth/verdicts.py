@@ -1,0 +1,248 @@
+"""Review verdicts: ``verdicts.jsonl`` in the dataset folder. No torch, no web server.
+
+One JSON object per line, appended and fsynced before the reviewer sees it saved::
+
+    {"sample_id": "s000042", "attempt": 0, "image": "9f2c...", "verdict": "reject", "reason": "six fingers",
+     "time": "..."}
+
+A verdict names one *row version*: the sample, the attempt it was made at and the digest
+of the image the reviewer saw. The latest line for a row version wins, so ``restore``
+undoes a ``reject``. A rejection is *pending* while the dataset still holds that row; ``generate`` on the
+folder then makes the sample again at its next attempt (fresh seeds) and the
+rejection becomes history, which the card reports. The file only grows: it is the
+dataset's review log, published with it.
+
+A server killed in the middle of a write can leave a last line without its newline;
+that line was never acknowledged, so readers skip it and the next append cuts it off.
+Any other unreadable line is damage: one clear error, and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+
+logger = logging.getLogger(__name__)
+
+VERDICTS = "verdicts.jsonl"
+VERDICT_KINDS = ("reject", "restore")
+MAX_REASON = 500
+_LOCK = ".facesynth/verdicts.lock"
+
+
+class VerdictError(OutputError):
+    """The verdict file is damaged or names rows the dataset does not have."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    sample_id: str
+    attempt: int
+    image: str  # image_digest of the row's PNG bytes
+    verdict: str
+    reason: str = ""
+    time: str = ""
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return self.sample_id, self.attempt, self.image
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sample_id": self.sample_id, "attempt": self.attempt, "image": self.image, "verdict": self.verdict,
+                "reason": self.reason, "time": self.time}
+
+
+def image_digest(png: bytes) -> str:
+    """Names the exact pixels a verdict was given on."""
+    return hashlib.sha256(png).hexdigest()[:16]
+
+
+def verdicts_path(root: str | Path) -> Path:
+    return Path(root) / VERDICTS
+
+
+def _parse(line: str, where: str) -> Verdict:
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise VerdictError(f"{where}: not JSON ({exc.msg}); fix or remove that line (nothing was changed)") from None
+    if not isinstance(data, dict):
+        raise VerdictError(f"{where}: not a JSON object (nothing was changed)")
+    sid, attempt, kind = data.get("sample_id"), data.get("attempt"), data.get("verdict")
+    if not isinstance(sid, str) or not sid:
+        raise VerdictError(f"{where}: 'sample_id' must be a non-empty string (nothing was changed)")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+        raise VerdictError(f"{where}: 'attempt' must be a whole number >= 0 (got {attempt!r}; nothing was changed)")
+    image = data.get("image")
+    if not isinstance(image, str) or not image:
+        raise VerdictError(f"{where}: 'image' must be the row's image digest (nothing was changed)")
+    if kind not in VERDICT_KINDS:
+        raise VerdictError(f"{where}: 'verdict' must be one of {', '.join(VERDICT_KINDS)} "
+                           f"(got {kind!r}; nothing was changed)")
+    reason = data.get("reason") or ""
+    if not isinstance(reason, str):
+        raise VerdictError(f"{where}: 'reason' must be text (nothing was changed)")
+    return Verdict(sid, attempt, image, kind, reason, str(data.get("time") or ""))
+
+
+def read_verdicts(root: str | Path) -> list[Verdict]:
+    """Every verdict in file order (empty when there is no file); a torn last line is skipped."""
+    path = verdicts_path(root)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise VerdictError(f"'{path}': cannot read ({exc.strerror or exc})") from None
+    lines = raw.split(b"\n")
+    if lines[-1]:
+        logger.warning("'%s': the last line is unfinished (a write was cut off); it is ignored", path)
+    out = []
+    for number, line in enumerate(lines[:-1], 1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise VerdictError(f"'{path}' line {number}: not UTF-8 text (nothing was changed)") from None
+        out.append(_parse(text, f"'{path}' line {number}"))
+    return out
+
+
+def latest(verdicts: Iterable[Verdict]) -> dict[tuple[str, int, str], Verdict]:
+    """The verdict in force for each row version: the last one written."""
+    out: dict[tuple[str, int, str], Verdict] = {}
+    for v in verdicts:
+        out[v.key] = v
+    return out
+
+
+@dataclass(frozen=True)
+class Row:
+    """What a verdict is matched against: a row the dataset holds now, and its shard."""
+
+    attempt: int
+    image: str
+    shard: str
+
+
+def current_rows(root: str | Path, shards: Iterable[str], sample_ids: Iterable[str]) -> dict[str, Row]:
+    """The rows with these sample ids, read through a Parquet filter (only their row groups are read)."""
+    import pyarrow.dataset as pads
+
+    wanted = sorted(set(sample_ids))
+    out: dict[str, Row] = {}
+    if not wanted:
+        return out
+    root = Path(root)
+    for name in shards:
+        table = pads.dataset(str(root / name), format="parquet").to_table(
+            columns=["sample_id", "attempt", "image"], filter=pads.field("sample_id").isin(wanted))
+        for sid, attempt, image in zip(table["sample_id"].to_pylist(), table["attempt"].to_pylist(),
+                                       table["image"].to_pylist()):
+            out[sid] = Row(attempt, image_digest(image["bytes"]), name)
+    return out
+
+
+def check_known(root: str | Path, verdicts: Iterable[Verdict], sample_ids: set[str] | dict) -> None:
+    """Every verdict must name a sample of this dataset."""
+    for v in verdicts:
+        if v.sample_id not in sample_ids:
+            raise VerdictError(f"'{verdicts_path(root)}': names sample '{v.sample_id}', which is not in this "
+                               "dataset (was the file copied from another one?); nothing was changed")
+
+
+def pending(verdicts: Iterable[Verdict], rows: dict[str, Row]) -> dict[str, Verdict]:
+    """sample_id -> the rejection of the row the dataset holds now (what ``generate`` replaces)."""
+    out = {}
+    for (sid, attempt, image), v in latest(verdicts).items():
+        row = rows.get(sid)
+        if v.verdict == "reject" and row is not None and (row.attempt, row.image) == (attempt, image):
+            out[sid] = v
+    return out
+
+
+def settled(verdicts: Iterable[Verdict], rows: dict[str, Row]) -> list[Verdict]:
+    """Rejections whose rows have been made again since (the review history the card reports)."""
+    return [v for (sid, attempt, _), v in latest(verdicts).items()
+            if v.verdict == "reject" and sid in rows and rows[sid].attempt > attempt]
+
+
+def reason_counts(verdicts: Iterable[Verdict]) -> Counter:
+    return Counter(v.reason.strip() or "(no reason given)" for v in verdicts)
+
+
+def clean_reason(reason: Any) -> str:
+    """One line of at most ``MAX_REASON`` characters."""
+    if reason is None:
+        return ""
+    if not isinstance(reason, str):
+        raise VerdictError(f"reason: must be text (got {type(reason).__name__})")
+    return " ".join(reason.split())[:MAX_REASON]
+
+
+def append_verdicts(root: str | Path, entries: Iterable[Verdict]) -> list[Verdict]:
+    """Append verdicts and fsync them; several writers on one folder are serialized by a lock file.
+
+    A torn last line (a writer killed mid-line) is cut off first, so it cannot glue onto the new one.
+    """
+    from filelock import FileLock
+
+    root = Path(root)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    entries = [replace(e, time=e.time or stamp) for e in entries]
+    if not entries:
+        return []
+    payload = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in entries).encode()
+    lock = root / _LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    path = verdicts_path(root)
+    with FileLock(str(lock)):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size:
+                tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+                if not tail.endswith(b"\n"):
+                    cut = tail.rfind(b"\n")
+                    keep = size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= len(tail) else None)
+                    if keep is None:
+                        raise VerdictError(f"'{path}': the last line is longer than 64 KiB and unfinished; "
+                                           "fix or remove it (nothing was changed)")
+                    logger.warning("'%s': cutting off an unfinished last line (%d bytes)", path, size - keep)
+                    os.ftruncate(fd, keep)
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return entries
+
+
+
+def review_state(root: str | Path, shards: Iterable[str], sample_ids: set[str] | dict) -> tuple[
+        dict[str, Verdict], list[Verdict], dict[str, Row]]:
+    """Pending rejections (sample_id -> verdict), settled ones, and the rows the verdicts name."""
+    verdicts = read_verdicts(root)
+    if not verdicts:
+        return {}, [], {}
+    check_known(root, verdicts, sample_ids)
+    rows = current_rows(root, shards, (v.sample_id for v in verdicts))
+    return pending(verdicts, rows), settled(verdicts, rows), rows
+
+
+def review_summary(verdicts: Iterable[Verdict], cells: dict[str, str]) -> dict[str, Any]:
+    """For the manifest and the card: rows rejected in review, by label cell and by reason."""
+    verdicts = list(verdicts)
+    by_cell = Counter(cells[v.sample_id] for v in verdicts if v.sample_id in cells)
+    return {"rejected": len(verdicts), "cells": dict(sorted(by_cell.items())),
+            "reasons": dict(reason_counts(verdicts).most_common())}
