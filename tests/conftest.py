@@ -134,3 +134,21 @@ def crash_at_shard(n: int):
             yield
     finally:
         runner.ShardSink._finish = real
+
+
+def invoke(args):
+    """Run the real ``facesynth`` entry point in-process; returns the exit status."""
+    from facesynth.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(args=args, prog_name="facesynth")
+    return exit_info.value.code
+
+
+def reject(out, sample_ids, reason="", verdict="reject"):
+    """Write a reviewer's verdict on the rows the folder holds now for these samples, as the gallery does."""
+    from facesynth.verdicts import Verdict, append_verdicts, image_digest
+
+    found = {r["sample_id"]: r for r in rows(out, ["sample_id", "attempt", "image"]) if r["sample_id"] in sample_ids}
+    return append_verdicts(out, [Verdict(sid, found[sid]["attempt"], image_digest(found[sid]["image"]["bytes"]),
+                                         verdict, reason) for sid in sample_ids])

@@ -30,7 +30,7 @@ from .errors import FacesynthError, PlanError
 
 logger = logging.getLogger(__name__)
 
-REASONS = ("unsafe", "duplicate", "no_face", "multiple_faces")
+REASONS = ("unsafe", "duplicate", "no_face", "multiple_faces", "review")  # review: rejected by a person
 FACES_EXTRA = "pip install 'facesynth[faces]'"
 DETECT_SIDE = 320  # faces are looked for at this shorter side (they must be large anyway)
 # Zero-shot prompts for the safety screen: the first ones are unsafe, the last ones safe.

@@ -1,0 +1,170 @@
+"""Rows rejected in review are made again by the same generate command: exact quotas, the other
+shards byte-identical, a new version, the card's report, validate and reproduce."""
+
+import json
+import shutil
+from collections import Counter
+
+import pytest
+from datasets import load_dataset
+
+from conftest import PAIR, TINY_THRESHOLD, crash_at_shard, invoke, reject, rows, shard_bytes
+from facesynth.errors import OutputError
+from facesynth.generation import GenerateConfig, generate
+from facesynth.plan import Plan, derive_seed
+from facesynth.recipe import load_recipe
+from facesynth.reproduce import Reproducer
+
+
+@pytest.fixture(scope="module")
+def pair_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "pair.yaml"
+    path.write_text(PAIR)
+    return str(path)
+
+
+def config(recipe, out, **extra):
+    """The same command every time: two labels, deduplication on (a gate to pass again), 3 rows a shard."""
+    return GenerateConfig(recipe=recipe, out=out, num_samples=16, model="tiny", quiet=True, rows_per_shard=3,
+                          batch_size=6, dedupe_threshold=TINY_THRESHOLD, **extra)
+
+
+@pytest.fixture(scope="module")
+def reviewed(pair_file, tmp_path_factory):
+    """A finished dataset, and three rows rejected in review: two in one shard, one in another."""
+    out = tmp_path_factory.mktemp("reviewed") / "pair"
+    generate(config(pair_file, out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    full = [n for n, r in manifest["shards"].items() if r["rows"] == 3]
+    first = [r["sample_id"] for r in rows_of(out, full[0])]
+    second = [r["sample_id"] for r in rows_of(out, full[-1])]
+    reject(out, first[:2], "six fingers")
+    reject(out, [second[1]], "smiling, labelled sad")
+    return out, {full[0]: first[:2], full[-1]: [second[1]]}
+
+
+def rows_of(out, shard):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out / shard).to_pylist()
+
+
+def test_the_same_command_makes_exactly_the_rejected_rows_again(reviewed, pair_file, tmp_path, capsys):
+    base, rejected = reviewed
+    out = tmp_path / "pair"
+    shutil.copytree(base, out)
+    ids = {sid for sids in rejected.values() for sid in sids}
+    before, old_rows = shard_bytes(out), {r["sample_id"]: r for r in rows(out)}
+    assert invoke(["validate", str(out), "-q", "--no-images"]) == 1  # the rejected rows are still there
+    assert capsys.readouterr().out.count("rejected in review") == 3
+
+    result = generate(config(pair_file, out))
+    assert result.replaced == 3 and result.shards_written == 2 and result.version == "1.1.0"
+    after = shard_bytes(out)
+    assert {n for n in before if before[n] != after[n]} == set(rejected)  # only the shards that held them
+    assert set(after) == set(before)
+    new_rows = {r["sample_id"]: r for r in rows(out)}
+    for sid, old in old_rows.items():
+        new = new_rows[sid]
+        if sid not in ids:
+            assert new == old  # every column of every other row, in the rewritten shards too
+            continue
+        assert new["attempt"] > old["attempt"] and new["seed"] != old["seed"]  # from old + 1 on, through the gates
+        assert new["image"]["bytes"] != old["image"]["bytes"]
+        assert {k: new[k] for k in ("emotion", "prompt", "caption")} == {k: old[k] for k in ("emotion", "prompt",
+                                                                                          "caption")}
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert new["seed"] == derive_seed(manifest["plan"]["seed"], sid, new["candidate_index"], new["attempt"])
+        assert set(new["batch"]) <= ids  # made in a call of rejected samples only, so it can be run again
+    for shard, sids in rejected.items():  # each row stays where it was
+        assert [r["sample_id"] for r in rows_of(out, shard)] == [r["sample_id"] for r in rows_of(base, shard)]
+
+    plan = Plan(load_recipe(pair_file), 16, None, 3)
+    manifest = json.loads((out / "manifest.json").read_text())
+    planned = Counter((s.labels["emotion"], s.split) for s in plan.samples)
+    stored = Counter((["happy", "sad"][r["emotion"]], manifest_split(manifest, r["sample_id"], out))
+                     for r in new_rows.values())
+    assert stored == planned  # exact quotas
+    assert manifest["version"] == "1.1.0" and manifest["previous"]["version"] == "1.0.0"
+    assert manifest["previous"]["replaced"] == 3 and manifest["complete"] and "reviewing" not in manifest
+    assert manifest["review"]["rejected"] == 3 and manifest["review"]["pending"] == 0
+    assert manifest["review"]["reasons"] == {"six fingers": 2, "smiling, labelled sad": 1}
+    cells = Counter("/".join([["happy", "sad"][old_rows[s]["emotion"]]]) for s in ids)
+    assert manifest["review"]["cells"] == dict(cells)
+    review_total = sum(c["by_reason"].get("review", 0) for c in manifest["quality"]["cells"].values())
+    assert review_total == 3 and manifest["quality"]["total"]["rows"] == 16
+
+    card = (out / "README.md").read_text()
+    assert "**Version 1.1.0** (3 rows of 1.0.0 rejected in review and made again)" in card
+    assert "## Human review" in card and "| six fingers | 2 |" in card and "| smiling, labelled sad | 1 |" in card
+    for cell, n in cells.items():
+        assert f"| {cell} | {n} |" in card
+    assert invoke(["validate", str(out), "-q"]) == 0
+
+    reproducer = Reproducer(out)
+    for sid in ids:
+        assert reproducer.reproduce(new_rows[sid]).identical
+    loaded = load_dataset(str(out))
+    assert sum(len(split) for split in loaded.values()) == 16
+    assert not set(loaded["train"]["sample_id"]) - set(new_rows)
+
+    again = generate(config(pair_file, out))  # nothing left to do: no rewrite, no new version
+    assert again.shards_written == 0 and again.replaced == 0 and again.version == "1.1.0"
+    assert shard_bytes(out) == after
+
+
+def manifest_split(manifest, sid, out):
+    for name in manifest["shards"]:
+        if sid in {r["sample_id"] for r in rows_of(out, name)}:
+            return manifest["shards"][name]["split"]
+    raise AssertionError(sid)
+
+
+def test_a_crash_while_rewriting_resumes_to_the_same_dataset(reviewed, pair_file, tmp_path):
+    base, rejected = reviewed
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    shutil.copytree(base, straight)
+    shutil.copytree(base, crashed)
+    generate(config(pair_file, straight))
+    with crash_at_shard(2):  # the second rewritten shard fails before it is kept
+        generate(config(pair_file, crashed))
+    halfway = json.loads((crashed / "manifest.json").read_text())
+    assert not halfway["complete"] and halfway["reviewing"]["version"] == "1.1.0"
+    assert (crashed / list(rejected)[-1]).read_bytes() == (base / list(rejected)[-1]).read_bytes()  # old one kept
+    result = generate(config(pair_file, crashed))
+    assert result.replaced == 1 and result.version == "1.1.0"
+    assert shard_bytes(crashed) == shard_bytes(straight)
+    done = json.loads((crashed / "manifest.json").read_text())
+    assert done["previous"]["replaced"] == 3 and done["version"] == "1.1.0"
+    assert done["review"] == json.loads((straight / "manifest.json").read_text())["review"]
+
+
+def test_a_row_rejected_twice_moves_on_to_yet_another_attempt(reviewed, pair_file, tmp_path):
+    base, rejected = reviewed
+    out = tmp_path / "pair"
+    shutil.copytree(base, out)
+    generate(config(pair_file, out))
+    sid = next(iter(rejected.values()))[0]
+    first = {r["sample_id"]: r for r in rows(out)}[sid]
+    reject(out, [sid], "still wrong")
+    result = generate(config(pair_file, out))
+    second = {r["sample_id"]: r for r in rows(out)}[sid]
+    assert result.replaced == 1 and result.version == "1.2.0"
+    assert second["attempt"] > first["attempt"] and second["seed"] != first["seed"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["review"]["rejected"] == 4 and manifest["review"]["reasons"]["still wrong"] == 1
+
+
+def test_a_restored_row_stays_and_workers_are_told_to_run_alone(reviewed, pair_file, tmp_path):
+    base, rejected = reviewed
+    out = tmp_path / "pair"
+    shutil.copytree(base, out)
+    restored = next(iter(rejected.values()))
+    reject(out, restored, verdict="restore")
+    with pytest.raises(OutputError, match="1 row\\(s\\) rejected in review are made again by a single process"):
+        generate(config(pair_file, out, worker_index=0, num_workers=2))
+    before = shard_bytes(out)
+    result = generate(config(pair_file, out))
+    assert result.replaced == 1
+    changed = {n for n in before if before[n] != shard_bytes(out)[n]}
+    assert changed == {list(rejected)[-1]}

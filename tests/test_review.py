@@ -1,0 +1,205 @@
+"""The review gallery's server: queries, images, verdicts, and bad input (no browser here; see
+test_review_browser.py for the page itself)."""
+
+import io
+import json
+import shutil
+import socket
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette", reason="the review extra (starlette, uvicorn) is not installed")
+
+from conftest import invoke, reject, rows, shard_bytes  # noqa: E402
+from facesynth.errors import OutputError  # noqa: E402
+from facesynth.recipe import load_recipe  # noqa: E402
+from facesynth.review import THUMB, Gallery, ReviewServer  # noqa: E402
+from facesynth.verdicts import image_digest, read_verdicts, verdicts_path  # noqa: E402
+
+EMOTIONS = ["happy", "sad", "angry", "surprised"]
+
+
+@pytest.fixture
+def demo_copy(demo_dataset, tmp_path):
+    out = tmp_path / "demo"
+    shutil.copytree(demo_dataset, out)
+    return out
+
+
+@pytest.fixture
+def server(demo_copy):
+    srv = ReviewServer(demo_copy, 0).start()
+    yield srv
+    srv.stop()
+
+
+def get(url, host=None):
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers.get("content-type"), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("content-type"), exc.read()
+
+
+def post(url, body, content_type="application/json"):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def by_shards(out):
+    """Every row's labels and scores read straight from the shards, with its split."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    out_rows = []
+    for name, record in manifest["shards"].items():
+        for r in pq.read_table(out / name, columns=["sample_id", "emotion", "gender", "clip_score",
+                                                   "label_confidence"]).to_pylist():
+            out_rows.append({**r, "emotion": EMOTIONS[r["emotion"]], "split": record["split"]})
+    return out_rows
+
+
+def test_filters_and_sorts_agree_with_the_shards(demo_dataset):
+    gallery = Gallery(demo_dataset)
+    stored = by_shards(demo_dataset)
+    assert len(gallery) == len(stored) == 24
+    for filters in ({}, {"emotion": "sad"}, {"emotion": "angry", "split": "train"}, {"gender": "female"}):
+        genders = list(load_recipe("emotions").attributes["gender"].values)
+        want = [r for r in stored if all(r[k] == v if k != "gender" else r[k] == genders.index(v)
+                                         for k, v in filters.items())]
+        got = [gallery.summary(i) for i in gallery.select(filters, "label_confidence", descending=True)]
+        assert sorted(g["sample_id"] for g in got) == sorted(r["sample_id"] for r in want)
+        # one section per primary label, in the recipe's order; best label_confidence first inside each
+        assert [g["emotion"] for g in got] == sorted((g["emotion"] for g in got), key=EMOTIONS.index)
+        for label in EMOTIONS:
+            scores = [g["label_confidence"] for g in got if g["emotion"] == label]
+            assert scores == sorted(scores, reverse=True)
+    ascending = [gallery.summary(i)["clip_score"] for i in gallery.select({"emotion": "happy"}, "clip_score", False)]
+    assert ascending == sorted(ascending)
+    with pytest.raises(ValueError, match="emotion: unknown value 'bored'"):
+        gallery.select({"emotion": "bored"})
+    with pytest.raises(ValueError, match="sort: must be one of"):
+        gallery.select({}, "seed")
+
+
+def test_the_api_serves_rows_thumbnails_full_images_and_columns(server, demo_copy):
+    status, kind, body = get(server.url + "api/rows?emotion=sad&sort=clip_score&order=desc&limit=4")
+    data = json.loads(body)
+    assert status == 200 and data["total"] == 6 and len(data["rows"]) == 4
+    assert data["counts"] == {"happy": 0, "sad": 6, "angry": 0, "surprised": 0}
+    scores = [r["clip_score"] for r in data["rows"]]
+    assert scores == sorted(scores, reverse=True) and {r["emotion"] for r in data["rows"]} == {"sad"}
+    first = data["rows"][0]
+    stored = {r["sample_id"]: r for r in rows(demo_copy, ["sample_id", "image", "seed", "prompt"])}[first["sample_id"]]
+    status, kind, png = get(server.url + f"image/{first['i']}")
+    assert status == 200 and kind == "image/png" and png == stored["image"]["bytes"]  # the shard's own bytes
+    status, kind, jpeg = get(server.url + f"thumb/{first['i']}")
+    thumb = Image.open(io.BytesIO(jpeg))
+    assert status == 200 and kind == "image/jpeg" and thumb.format == "JPEG" and max(thumb.size) <= THUMB
+    status, _, body = get(server.url + f"api/row/{first['i']}")
+    detail = json.loads(body)
+    assert detail["columns"]["seed"] == stored["seed"] and detail["columns"]["prompt"] == stored["prompt"]
+    assert detail["columns"]["emotion"] == "sad" and "image" not in detail["columns"]
+    assert get(server.url + "api/row/999")[0] == 404
+    assert get(server.url + "api/rows?emotion=bored")[0] == 400
+    page = get(server.url)[2].decode()
+    assert "facesynth review" in page and '"primary": "emotion"' in page
+
+
+def test_a_rejection_is_saved_at_once_and_the_shards_never_change(server, demo_copy):
+    before = shard_bytes(demo_copy)
+    target = json.loads(get(server.url + "api/rows?emotion=happy&limit=3")[2])["rows"]
+    status, data = post(server.url + "api/verdicts", {"verdict": "reject", "reason": "extra  fingers\n",
+                                                      "rows": [{"sample_id": r["sample_id"], "attempt": r["attempt"]}
+                                                               for r in target[:2]]})
+    assert status == 200 and data["saved"] == 2 and data["rejected"] == 2
+    saved = read_verdicts(demo_copy)  # on disk before the answer came back
+    assert [(v.sample_id, v.verdict, v.reason) for v in saved] == [(r["sample_id"], "reject", "extra fingers")
+                                                                   for r in target[:2]]
+    images = {r["sample_id"]: r["image"]["bytes"] for r in rows(demo_copy, ["sample_id", "image"])}
+    assert all(v.image == image_digest(images[v.sample_id]) for v in saved)
+    listed = json.loads(get(server.url + "api/rows?status=rejected")[2])
+    assert {r["sample_id"] for r in listed["rows"]} == {r["sample_id"] for r in target[:2]}
+    assert all(r["reason"] == "extra fingers" for r in listed["rows"])
+    status, data = post(server.url + "api/verdicts", {"verdict": "restore", "rows": [
+        {"sample_id": target[0]["sample_id"], "attempt": target[0]["attempt"]}]})
+    assert status == 200 and data["rejected"] == 1
+    assert shard_bytes(demo_copy) == before
+    # a new server on the folder shows the same state
+    assert Gallery(demo_copy).rejected.sum() == 1
+
+
+@pytest.mark.parametrize("body, content_type, status, message", [
+    ({"rows": [{"sample_id": "emotions-9999999", "attempt": 0}]}, "application/json", 400, "not in this dataset"),
+    ({"rows": "all"}, "application/json", 400, "expected"),
+    ({"rows": [], "verdict": "delete"}, "application/json", 400, "verdict: must be"),
+    (b"rows=1", "application/x-www-form-urlencoded", 415, "send JSON"),  # what another site's form could send
+    ({"rows": [{"sample_id": "emotions-0000000", "attempt": 5}]}, "application/json", 409, "reload the page"),
+])
+def test_bad_verdict_requests_are_refused_and_nothing_is_written(server, demo_copy, body, content_type, status,
+                                                                  message):
+    code, data = post(server.url + "api/verdicts", body, content_type)
+    assert code == status and message in data["error"]
+    assert not verdicts_path(demo_copy).exists()
+
+
+def test_requests_for_another_host_name_are_refused(server):
+    assert get(server.url, host="attacker.example")[0] == 400  # DNS rebinding
+    assert get(server.url.replace("127.0.0.1", "localhost"))[0] == 200
+
+
+def test_the_page_sees_a_folder_changed_by_generate(server, demo_copy):
+    target = json.loads(get(server.url + "api/rows?limit=1")[2])["rows"][0]
+    reject(demo_copy, [target["sample_id"]], "changed elsewhere")  # another process, e.g. a second reviewer
+    manifest = demo_copy / "manifest.json"
+    manifest.write_text(manifest.read_text() + " ")  # generate rewrote the manifest
+    status, data = post(server.url + "api/verdicts", {"rows": [{"sample_id": target["sample_id"],
+                                                                "attempt": target["attempt"]}]})
+    assert status == 409 and "reload the page" in data["error"]
+    listed = json.loads(get(server.url + "api/rows?status=rejected")[2])
+    assert [r["sample_id"] for r in listed["rows"]] == [target["sample_id"]]
+
+
+def test_a_port_in_use_and_a_folder_that_is_not_a_dataset_are_one_line(demo_dataset, tmp_path, capsys):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(OutputError, match=f"--port: 127.0.0.1:{port} is in use"):
+            ReviewServer(demo_dataset, port)
+        assert invoke(["review", str(demo_dataset), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "is in use" in err
+    finally:
+        taken.close()
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "me.jpg").write_bytes(b"x")
+    assert invoke(["review", str(tmp_path / "photos")]) == 2
+    err = capsys.readouterr().err
+    assert "no manifest.json" in err and len(err.strip().splitlines()) == 1
+    assert invoke(["review", str(tmp_path / "missing")]) == 2
+    assert (tmp_path / "photos" / "me.jpg").read_bytes() == b"x" and not (tmp_path / "missing").exists()
+
+
+def test_nan_scores_sort_last_and_serialize_as_null(demo_copy):
+    gallery = Gallery(demo_copy)
+    gallery.scores["clip_score"][:] = np.nan
+    gallery.scores["clip_score"][5] = 0.5
+    order = gallery.select({}, "clip_score")
+    first_of_label = gallery.summary(order[0])
+    assert gallery.summary(5)["clip_score"] == 0.5
+    assert all(gallery.summary(i)["clip_score"] is None for i in order if i != 5)
+    assert first_of_label["emotion"] == "happy"
+    happy = [i for i in order if gallery.summary(i)["emotion"] == gallery.summary(5)["emotion"]]
+    assert happy[0] == 5  # the one real score comes before the missing ones of its section
+    json.dumps([gallery.summary(i) for i in order], allow_nan=False)
