@@ -268,13 +268,15 @@ def _finite(value) -> float | None:
 
 
 def create_app(gallery: Gallery):
-    """The Starlette app for one gallery."""
+    """The Starlette app for one gallery. Handlers that read shards are plain functions, which Starlette runs
+    in its thread pool, so thumbnails decode in parallel and never hold up the event loop."""
     import jinja2
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
     from starlette.routing import Route
 
     template = jinja2.Environment(autoescape=True).from_string(
@@ -290,11 +292,11 @@ def create_app(gallery: Gallery):
             return None
         return i if 0 <= i < len(gallery) else None
 
-    async def page(request: Request) -> Response:
+    def page(request: Request) -> Response:
         gallery.refresh()
         return HTMLResponse(template.render(config=json.dumps(gallery.config()), title=gallery.recipe.name))
 
-    async def rows(request: Request) -> Response:
+    def rows(request: Request) -> Response:
         gallery.refresh()
         q = dict(request.query_params)
         try:
@@ -309,18 +311,18 @@ def create_app(gallery: Gallery):
                              "rejected": int(gallery.rejected.sum()),
                              "rows": [gallery.summary(i) for i in selected[offset:offset + max(0, limit)]]})
 
-    async def row(request: Request) -> Response:
+    def row(request: Request) -> Response:
         i = row_index(request)
         return error(404, "no such row") if i is None else JSONResponse(gallery.row(i))
 
     def image_response(data: bytes, media: str) -> Response:
         return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
-    async def thumb(request: Request) -> Response:
+    def thumb(request: Request) -> Response:
         i = row_index(request)
         return error(404, "no such row") if i is None else image_response(gallery.thumbnail(i), "image/jpeg")
 
-    async def image(request: Request) -> Response:
+    def image(request: Request) -> Response:
         i = row_index(request)
         return error(404, "no such row") if i is None else image_response(gallery.image(i), "image/png")
 
@@ -331,9 +333,10 @@ def create_app(gallery: Gallery):
             body = await request.json()
             if not isinstance(body, dict) or not isinstance(body.get("rows"), list):
                 raise ValueError("expected {\"rows\": [...], \"verdict\": ..., \"reason\": ...}")
-            if gallery.refresh():
+            if await run_in_threadpool(gallery.refresh):
                 raise LookupError("the dataset changed since the page was loaded (generate ran); reload the page")
-            saved = gallery.judge(body["rows"], body.get("verdict", "reject"), body.get("reason"))
+            saved = await run_in_threadpool(gallery.judge, body["rows"], body.get("verdict", "reject"),
+                                            body.get("reason"))
         except LookupError as exc:
             return error(409, str(exc))
         except (ValueError, VerdictError) as exc:
