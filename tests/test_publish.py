@@ -403,3 +403,21 @@ def test_the_hub_client_names_facesynth(monkeypatch):
 
     api = make_api("hf_x")
     assert api.library_name == "facesynth" and api.library_version == __version__
+
+
+def test_rows_rejected_in_review_block_the_push_until_made_again_then_the_verdicts_go_up(folder, api, hub, capsys):
+    from conftest import reject, rows
+
+    sid = rows(folder, ["sample_id"])[0]["sample_id"]
+    reject(folder, [sid], "six fingers")
+    code, _, err = push([str(folder), "--repo-id", REPO], capsys)
+    assert code == 2 and "rejected in review (six fingers) and still in the dataset" in err
+    assert api.method_calls == []
+    generate(GenerateConfig(out=folder, num_samples=24, **DEMO))
+    code, out, err = push([str(folder), "--repo-id", REPO], capsys)
+    assert code == 0, err
+    sent = operations(api)
+    assert sent["verdicts.jsonl"] == (folder / "verdicts.jsonl").read_bytes()
+    card = sent["README.md"].decode()
+    assert "## Human review" in card and "| six fingers | 1 |" in card
+    assert json.loads(sent["manifest.json"])["version"] == "1.1.0"

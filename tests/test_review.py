@@ -203,3 +203,30 @@ def test_nan_scores_sort_last_and_serialize_as_null(demo_copy):
     happy = [i for i in order if gallery.summary(i)["emotion"] == gallery.summary(5)["emotion"]]
     assert happy[0] == 5  # the one real score comes before the missing ones of its section
     json.dumps([gallery.summary(i) for i in order], allow_nan=False)
+
+
+def test_the_command_prints_its_url_serves_and_stops_cleanly_on_ctrl_c(demo_dataset):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "facesynth", "review", str(demo_dataset), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"Reviewing {demo_dataset} (24 rows, 0 rejected) at http://127.0.0.1:")
+        url = line.split(" at ")[1].split()[0]
+        assert get(url + "api/rows?limit=1")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "run the same generate command" in out and "Traceback" not in err
+
+
+def test_a_damaged_verdict_file_stops_the_gallery_with_one_line(demo_copy, capsys):
+    (demo_copy / "verdicts.jsonl").write_text('{"sample_id": "emotions-0000000"}\n')
+    assert invoke(["review", str(demo_copy), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "verdicts.jsonl' line 1: 'attempt' must be" in err and len(err.strip().splitlines()) == 1
+    assert (demo_copy / "verdicts.jsonl").read_text() == '{"sample_id": "emotions-0000000"}\n'
