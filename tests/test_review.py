@@ -230,3 +230,26 @@ def test_a_damaged_verdict_file_stops_the_gallery_with_one_line(demo_copy, capsy
     err = capsys.readouterr().err
     assert "verdicts.jsonl' line 1: 'attempt' must be" in err and len(err.strip().splitlines()) == 1
     assert (demo_copy / "verdicts.jsonl").read_text() == '{"sample_id": "emotions-0000000"}\n'
+
+
+def test_verdicts_saved_before_the_server_is_killed_are_all_there(demo_copy):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "facesynth", "review", str(demo_copy), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split(" at ")[1].split()[0]
+        listed = json.loads(get(url + "api/rows?emotion=angry")[2])["rows"]
+        for r in listed[:3]:
+            status, _ = post(url + "api/verdicts", {"reason": "bad hands", "rows": [
+                {"sample_id": r["sample_id"], "attempt": r["attempt"]}]})
+            assert status == 200
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    gallery = Gallery(demo_copy)  # a new server sees every verdict that was answered as saved
+    assert sorted(gallery.sample_ids[i] for i in np.flatnonzero(gallery.rejected)) == sorted(
+        r["sample_id"] for r in listed[:3])

@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 VERDICTS = "verdicts.jsonl"
 VERDICT_KINDS = ("reject", "restore")
 MAX_REASON = 500
-_LOCK = ".facesynth/verdicts.lock"
 
 
 class VerdictError(OutputError):
@@ -192,41 +191,44 @@ def clean_reason(reason: Any) -> str:
 
 
 def append_verdicts(root: str | Path, entries: Iterable[Verdict]) -> list[Verdict]:
-    """Append verdicts and fsync them; several writers on one folder are serialized by a lock file.
+    """Append verdicts and fsync them; writers on one folder (two review pages, two servers) take turns
+    through an ``flock`` on the file itself, so no lock file is left behind.
 
     A torn last line (a writer killed mid-line) is cut off first, so it cannot glue onto the new one.
     """
-    from filelock import FileLock
+    import fcntl
 
-    root = Path(root)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     entries = [replace(e, time=e.time or stamp) for e in entries]
     if not entries:
         return []
     payload = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in entries).encode()
-    lock = root / _LOCK
-    lock.parent.mkdir(parents=True, exist_ok=True)
     path = verdicts_path(root)
-    with FileLock(str(lock)):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size:
-                tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
-                if not tail.endswith(b"\n"):
-                    cut = tail.rfind(b"\n")
-                    keep = size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= len(tail) else None)
-                    if keep is None:
-                        raise VerdictError(f"'{path}': the last line is longer than 64 KiB and unfinished; "
-                                           "fix or remove it (nothing was changed)")
-                    logger.warning("'%s': cutting off an unfinished last line (%d bytes)", path, size - keep)
-                    os.ftruncate(fd, keep)
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _cut_torn_tail(fd, path)
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # releases the flock
     return entries
 
+
+def _cut_torn_tail(fd: int, path: Path) -> None:
+    size = os.fstat(fd).st_size
+    if not size:
+        return
+    tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+    if tail.endswith(b"\n"):
+        return
+    cut = tail.rfind(b"\n")
+    if cut < 0 and size > len(tail):
+        raise VerdictError(f"'{path}': the last line is longer than 64 KiB and unfinished; fix or remove it "
+                           "(nothing was changed)")
+    keep = size - len(tail) + cut + 1
+    logger.warning("'%s': cutting off an unfinished last line (%d bytes)", path, size - keep)
+    os.ftruncate(fd, keep)
 
 
 def review_state(root: str | Path, shards: Iterable[str], sample_ids: set[str] | dict) -> tuple[
