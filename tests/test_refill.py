@@ -168,3 +168,15 @@ def test_a_restored_row_stays_and_workers_are_told_to_run_alone(reviewed, pair_f
     assert result.replaced == 1
     changed = {n for n in before if before[n] != shard_bytes(out)[n]}
     assert changed == {list(rejected)[-1]}
+
+
+def test_the_command_says_what_review_changed(reviewed, pair_file, tmp_path, capsys):
+    base, _ = reviewed
+    out = tmp_path / "pair"
+    shutil.copytree(base, out)
+    assert invoke(["generate", pair_file, "--out", str(out), "-n", "16", "--model", "tiny", "--rows-per-shard", "3",
+                   "--batch-size", "6", "--dedupe-threshold", str(TINY_THRESHOLD), "-q"]) == 0
+    said = capsys.readouterr().out
+    assert "3 row(s) rejected in review were made again; version 1.1.0." in said
+    gates = [line for line in said.splitlines() if line.startswith("Quality gates rejected")]
+    assert all("review" not in line for line in gates)  # a person's rejections are not the gates'

@@ -149,3 +149,20 @@ def test_review_in_the_browser_then_regenerate_exactly_the_rejected_rows(browser
     manifest = json.loads((demo_copy / "manifest.json").read_text())
     assert manifest["review"]["rejected"] == 3 and manifest["version"] == "1.1.0"
 
+
+
+def test_an_odd_folder_name_is_shown_as_text(browser, demo_dataset, tmp_path):
+    odd = tmp_path / 'faces <!-- "x" <script>alert(1)<\\script> ü'
+    shutil.copytree(demo_dataset, odd)
+    server = ReviewServer(odd, 0).start()
+    errors, dialogs = [], []
+    try:
+        page = browser.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(server.url)
+        wait_ready(page, 0)
+        assert page.locator("#name").inner_text().startswith(odd.name + " (emotions")
+        assert len(tiles(page)) == 24 and not errors and not dialogs
+    finally:
+        server.stop()

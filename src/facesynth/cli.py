@@ -315,9 +315,10 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
     if result.replaced:
         click.echo(f"{result.replaced} row(s) rejected in review were made again; version {result.version}.")
     q = result.quality
-    if q and q["rejected"]:
-        reasons = ", ".join(f"{r} {n}" for r, n in q["by_reason"].items() if n)
-        click.echo(f"Quality gates rejected {q['rejected']} of {q['checked']} candidates checked ({reasons}); "
+    gated = q and q["rejected"] - q["by_reason"].get("review", 0)  # rows rejected in review are counted apart
+    if gated:
+        reasons = ", ".join(f"{r} {n}" for r, n in q["by_reason"].items() if n and r != "review")
+        click.echo(f"Quality gates rejected {gated} of {q['checked']} candidates checked ({reasons}); "
                    f"{q['refills']} refills kept every quota.")
     if result.merged:
         click.echo(f"Load it with datasets.load_dataset('{result.out}')")

@@ -72,11 +72,11 @@ class Gallery:
         self.root = Path(root)
         if not self.root.is_dir():
             raise OutputError(f"'{self.root}': not a folder")
-        self.manifest = read_manifest(self.root)
+        self.manifest = read_manifest(self.root)  # checked again by every reload
         self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
         self.attributes = {a: list(attr.values) for a, attr in self.recipe.attributes.items()}
         self.primary = self.recipe.primary
-        self.splits = [s for s in self.recipe.splits]
+        self.splits = list(self.recipe.splits)
         self._lock = threading.Lock()
         self._groups: OrderedDict[tuple[str, int], list[bytes]] = OrderedDict()
         self._load()
@@ -294,7 +294,8 @@ def create_app(gallery: Gallery):
 
     def page(request: Request) -> Response:
         gallery.refresh()
-        return HTMLResponse(template.render(config=json.dumps(gallery.config()), title=gallery.recipe.name))
+        config = json.dumps(gallery.config()).replace("<", "\\u003c")  # no "</script>" from a recipe's names
+        return HTMLResponse(template.render(config=config, title=gallery.recipe.name))
 
     def rows(request: Request) -> Response:
         gallery.refresh()
