@@ -4,6 +4,7 @@ non-loopback address fails the test."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import textwrap
 from contextlib import contextmanager
@@ -78,6 +79,14 @@ def demo_dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
     generate(GenerateConfig(recipe="emotions", out=out, num_samples=24, model="tiny", quiet=True,
                             rows_per_shard=8, batch_size=12))
+    return out
+
+
+@pytest.fixture
+def demo_copy(demo_dataset, tmp_path):
+    """A copy of the demo dataset that a test may change."""
+    out = tmp_path / "demo"
+    shutil.copytree(demo_dataset, out)
     return out
 
 

@@ -6,14 +6,7 @@ import click
 import datasets
 import pytest
 
-from facesynth.cli import main
-
-
-def invoke(args):
-    """Run the real entry point in-process and capture the exit status and stderr."""
-    with pytest.raises(SystemExit) as exit_info:
-        main.main(args=args, prog_name="facesynth")
-    return exit_info.value.code
+from conftest import invoke
 
 
 def test_plan_prints_counts_and_writes_jsonl(tmp_path, capsys):

@@ -82,8 +82,9 @@ def test_the_same_command_makes_exactly_the_rejected_rows_again(reviewed, pair_f
     plan = Plan(load_recipe(pair_file), 16, None, 3)
     manifest = json.loads((out / "manifest.json").read_text())
     planned = Counter((s.labels["emotion"], s.split) for s in plan.samples)
-    stored = Counter((["happy", "sad"][r["emotion"]], manifest_split(manifest, r["sample_id"], out))
-                     for r in new_rows.values())
+    split_of = {r["sample_id"]: record["split"] for name, record in manifest["shards"].items()
+                for r in rows_of(out, name)}
+    stored = Counter((["happy", "sad"][r["emotion"]], split_of[r["sample_id"]]) for r in new_rows.values())
     assert stored == planned  # exact quotas
     assert manifest["version"] == "1.1.0" and manifest["previous"]["version"] == "1.0.0"
     assert manifest["previous"]["replaced"] == 3 and manifest["complete"] and "reviewing" not in manifest
@@ -111,13 +112,6 @@ def test_the_same_command_makes_exactly_the_rejected_rows_again(reviewed, pair_f
     again = generate(config(pair_file, out))  # nothing left to do: no rewrite, no new version
     assert again.shards_written == 0 and again.replaced == 0 and again.version == "1.1.0"
     assert shard_bytes(out) == after
-
-
-def manifest_split(manifest, sid, out):
-    for name in manifest["shards"]:
-        if sid in {r["sample_id"] for r in rows_of(out, name)}:
-            return manifest["shards"][name]["split"]
-    raise AssertionError(sid)
 
 
 def test_a_crash_while_rewriting_resumes_to_the_same_dataset(reviewed, pair_file, tmp_path):

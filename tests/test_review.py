@@ -3,7 +3,6 @@ test_review_browser.py for the page itself)."""
 
 import io
 import json
-import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -22,13 +21,6 @@ from facesynth.review import THUMB, Gallery, ReviewServer  # noqa: E402
 from facesynth.verdicts import image_digest, read_verdicts, verdicts_path  # noqa: E402
 
 EMOTIONS = ["happy", "sad", "angry", "surprised"]
-
-
-@pytest.fixture
-def demo_copy(demo_dataset, tmp_path):
-    out = tmp_path / "demo"
-    shutil.copytree(demo_dataset, out)
-    return out
 
 
 @pytest.fixture

@@ -38,13 +38,6 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def demo_copy(demo_dataset, tmp_path):
-    out = tmp_path / "demo"
-    shutil.copytree(demo_dataset, out)
-    return out
-
-
 def shots(tmp_path) -> Path:
     folder = Path(os.environ.get("FACESYNTH_SCREENSHOTS") or tmp_path / "shots")
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,7 +141,6 @@ def test_review_in_the_browser_then_regenerate_exactly_the_rejected_rows(browser
     assert {sid for sid in old if old[sid] != new[sid]} == set(rejected)
     manifest = json.loads((demo_copy / "manifest.json").read_text())
     assert manifest["review"]["rejected"] == 3 and manifest["version"] == "1.1.0"
-
 
 
 def test_an_odd_folder_name_is_shown_as_text(browser, demo_dataset, tmp_path):

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_engine
-from facesynth.cli import main
+from conftest import invoke, make_engine
 from facesynth.errors import OutputError
 from facesynth.generation import GenerateConfig, generate
 from facesynth.plan import Plan
@@ -27,19 +25,6 @@ from facesynth.reproduce import reproduce
 from facesynth.validate import validate
 
 DEMO = dict(recipe="emotions", num_samples=24, model="tiny", quiet=True, rows_per_shard=8, batch_size=12)
-
-
-def invoke(args):
-    with pytest.raises(SystemExit) as exit_info:
-        main.main(args=args, prog_name="facesynth")
-    return exit_info.value.code
-
-
-@pytest.fixture
-def demo_copy(demo_dataset, tmp_path):
-    out = tmp_path / "demo"
-    shutil.copytree(demo_dataset, out)
-    return out
 
 
 def _rewrite(root, name, table):

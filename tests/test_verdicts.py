@@ -2,20 +2,12 @@
 
 import json
 import multiprocessing
-import shutil
 
 import pytest
 
 from conftest import invoke, reject, rows, shard_bytes
 from facesynth.verdicts import (Verdict, VerdictError, append_verdicts, current_rows, image_digest, pending,
                                 read_verdicts, verdicts_path)
-
-
-@pytest.fixture
-def demo_copy(demo_dataset, tmp_path):
-    out = tmp_path / "demo"
-    shutil.copytree(demo_dataset, out)
-    return out
 
 
 def test_the_latest_verdict_on_a_row_wins_and_restore_undoes_a_reject(tmp_path):

@@ -33,8 +33,7 @@ from PIL import Image
 from .builder import read_manifest, shard_paths
 from .errors import FacesynthError, OutputError
 from .recipe import parse_recipe
-from .verdicts import (Verdict, VerdictError, append_verdicts, check_known, clean_reason, current_rows, image_digest,
-                       latest, read_verdicts)
+from .verdicts import Verdict, VerdictError, append_verdicts, clean_reason, image_digest, review_state
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +118,9 @@ class Gallery:
                        for k in SORTS}
         self.rejected = np.zeros(len(self.sample_ids), dtype=bool)
         self.reasons: dict[int, str] = {}
-        verdicts = read_verdicts(self.root)
-        check_known(self.root, verdicts, self.index)
-        rows = current_rows(self.root, list(self.manifest.shards), (v.sample_id for v in verdicts))
-        for (sid, attempt, image), verdict in latest(verdicts).items():
-            row = rows.get(sid)
-            if row is not None and (row.attempt, row.image) == (attempt, image):
-                self._set(self.index[sid], verdict)
+        waiting, _, _ = review_state(self.root, list(self.manifest.shards), self.index)
+        for sid, verdict in waiting.items():
+            self._set(self.index[sid], verdict)
         logger.info("review: %d rows in %d shards, %d rejected", len(self), len(paths), int(self.rejected.sum()))
 
     def refresh(self) -> bool:

@@ -40,7 +40,7 @@ from ..schema import features as build_features
 from ..layout import ShardTask, layout
 from ..writer import FORMAT_VERSION, ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
 from ..quality import CellStats, QualityOptions, quality_report, require_cv2, shard_embeddings
-from ..verdicts import Verdict, review_state, review_summary
+from ..verdicts import Verdict, review_state, review_summary, verdicts_path
 from .engine import Engine, EngineOptions, Winner
 
 logger = logging.getLogger(__name__)
@@ -437,7 +437,8 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     remove_stale_temp_files(out)
     tmp_dir = out / worker.tmp_dir
     mine = worker.share(tasks)
-    redo = _review_round(out, manifest, tasks, worker, cfg.dataset_version)
+    cells = review_cells(out, tasks)
+    redo = _review_round(out, manifest, cells, worker, cfg.dataset_version)
     todo = [t for t in mine if t.name not in manifest.shards or t.name in redo]
     done_rows = sum(len(t.samples) for t in mine if t not in todo)
     engine = None
@@ -457,7 +458,7 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
         timings = {**engine.timings.seconds, **sink_seconds, "wall": time.perf_counter() - start,
                    "unet_images": engine.unet_images}
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    _finish_review_round(out, manifest, tasks)
+    _finish_review_round(out, manifest, cells)
     manifest.data["complete"] = True
     manifest.data["quality"] = quality_report(manifest.shards)
     manifest.save(out)
@@ -471,13 +472,21 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
                           sum(len(rejected) for rejected in redo.values()), manifest.get("version"))
 
 
-def _review_round(out: Path, manifest: Manifest, tasks: list[ShardTask], worker: Worker,
+def review_cells(out: Path, tasks: list[ShardTask]) -> dict[str, str] | None:
+    """Each planned sample's label cell, for matching verdicts; None (nothing to do) without a verdict file."""
+    if not verdicts_path(out).is_file():
+        return None
+    return {s.sample_id: cell_key(s.labels) for t in tasks for s in t.samples}
+
+
+def _review_round(out: Path, manifest: Manifest, cells: dict[str, str] | None, worker: Worker,
                   version: str | None) -> dict[str, dict[str, Verdict]]:
     """Shards holding rows rejected in review (shard -> sample_id -> verdict); starts a review round if any.
 
     The round's version is fixed when it starts, so a run resumed after a crash finishes the same version.
     """
-    cells = {s.sample_id: cell_key(s.labels) for t in tasks for s in t.samples}
+    if cells is None:
+        return {}
     waiting, done, rows = review_state(out, list(manifest.shards), cells)
     redo: dict[str, dict[str, Verdict]] = {}
     for sid, verdict in waiting.items():
@@ -502,9 +511,10 @@ def _review_round(out: Path, manifest: Manifest, tasks: list[ShardTask], worker:
     return redo
 
 
-def _finish_review_round(out: Path, manifest: Manifest, tasks: list[ShardTask]) -> None:
+def _finish_review_round(out: Path, manifest: Manifest, cells: dict[str, str] | None) -> None:
     """Record the review history (manifest ``review``, for the card) and the round's new version."""
-    cells = {s.sample_id: cell_key(s.labels) for t in tasks for s in t.samples}
+    if cells is None:
+        return
     waiting, done, _ = review_state(out, list(manifest.shards), cells)
     if done or waiting:
         manifest.data["review"] = {**review_summary(done, cells), "pending": len(waiting)}
