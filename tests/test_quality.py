@@ -101,8 +101,13 @@ def test_faces_on_the_tiny_model_exhaust_refills_with_one_line(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
     assert "no candidate passed the quality gates in 2 attempts (4 candidates: no_face 4)" in lines[0]
-    assert "raise --max-refills" in lines[0]
+    assert "run the same command with a higher --max-refills to resume" in lines[0]
+    assert "relax the gates" not in lines[0]
     assert not list(out.rglob("*.parquet"))  # neither a finished nor a partial shard
+    # what the line advises works: the same command with a higher bound is this run, resumed (not refused)
+    again = CliRunner().invoke(main, ["generate", "emotions", "--model", "tiny", "-n", "8", "--out", str(out),
+                                      "-q", "--faces", "--max-refills", "2", "--candidates", "2"])
+    assert again.exit_code == 1 and "in 3 attempts" in again.output and "different" not in again.output
 
 
 def test_missing_opencv_names_the_extra(monkeypatch, tmp_path):

@@ -125,12 +125,16 @@ def test_a_crash_while_rewriting_resumes_to_the_same_dataset(reviewed, pair_file
     halfway = json.loads((crashed / "manifest.json").read_text())
     assert not halfway["complete"] and halfway["reviewing"]["version"] == "1.1.0"
     assert (crashed / list(rejected)[-1]).read_bytes() == (base / list(rejected)[-1]).read_bytes()  # old one kept
+    assert sorted(halfway["reviewing"]["rejected"]) == sorted(s for ids in rejected.values() for s in ids)
     result = generate(config(pair_file, crashed))
-    assert result.replaced == 1 and result.version == "1.1.0"
+    # the round's count, whichever run finished it: the CLI line, previous.replaced and the card agree
+    assert result.replaced == 3 and result.version == "1.1.0"
     assert shard_bytes(crashed) == shard_bytes(straight)
     done = json.loads((crashed / "manifest.json").read_text())
-    assert done["previous"]["replaced"] == 3 and done["version"] == "1.1.0"
-    assert done["review"] == json.loads((straight / "manifest.json").read_text())["review"]
+    uninterrupted = json.loads((straight / "manifest.json").read_text())
+    assert done["previous"] == uninterrupted["previous"] and done["previous"]["replaced"] == 3
+    assert done["review"] == uninterrupted["review"] and done["attempts"] == uninterrupted["attempts"]
+    assert "reviewing" not in done and done["version"] == "1.1.0"
 
 
 def test_a_row_rejected_twice_moves_on_to_yet_another_attempt(reviewed, pair_file, tmp_path):

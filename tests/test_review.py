@@ -132,8 +132,9 @@ def test_a_rejection_is_saved_at_once_and_the_shards_never_change(server, demo_c
 
 @pytest.mark.parametrize("body, content_type, status, message", [
     ({"rows": [{"sample_id": "emotions-9999999", "attempt": 0}]}, "application/json", 400, "not in this dataset"),
-    ({"rows": "all"}, "application/json", 400, "expected"),
-    ({"rows": [], "verdict": "delete"}, "application/json", 400, "verdict: must be"),
+    ({"rows": "all"}, "application/json", 400, "rows: Input should be a valid list"),
+    ({"rows": [{"sample_id": "emotions-0000000", "attempt": 0}], "verdict": "delete"}, "application/json", 400,
+     "verdict: Input should be 'reject' or 'restore'"),
     (b"rows=1", "application/x-www-form-urlencoded", 415, "send JSON"),  # what another site's form could send
     ({"rows": [{"sample_id": "emotions-0000000", "attempt": 5}]}, "application/json", 409, "reload the page"),
 ])

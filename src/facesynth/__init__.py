@@ -7,11 +7,12 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 
-def load(dir_or_repo: str, split: str | None = None, **filters):
+def load(dir_or_repo: str, split: str | None = None, **options):
     """Load a facesynth dataset, optionally filtered by label names.
 
-    ``facesynth.load("demo", emotion="happy", gender=["female"])``
+    ``facesynth.load("demo", emotion="happy", gender=["female"])``; see :func:`facesynth.builder.load` for
+    ``streaming``, ``revision``, ``columns`` and ``wait``.
     """
     from .builder import load as _load
 
-    return _load(dir_or_repo, split=split, **filters)
+    return _load(dir_or_repo, split=split, **options)

@@ -28,10 +28,11 @@ from datasets.builder import Key
 from datasets.naming import camelcase_to_snakecase
 
 from .errors import OutputError
+from .files import inside, safe_name
 from .recipe import parse_recipe
 from .schema import features as build_features
 from .schema import label_ids
-from .writer import FORMAT_VERSION, Manifest
+from .writer import FORMAT_VERSION, Manifest, is_facesynth_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +103,18 @@ def read_manifest(root: str | Path, generated: bool = False, current: bool = Fal
 
 def checked(manifest: Manifest, root: str | Path, generated: bool = False, current: bool = False) -> Manifest:
     """``manifest`` if it has the keys and types readers rely on (see :func:`read_manifest`)."""
+    if not is_facesynth_manifest(manifest.data):
+        raise OutputError(f"'{Manifest.path(root)}': not a facesynth manifest (another program's file?); "
+                          "is this a facesynth dataset folder?")
     try:
         (_Generated if generated else _Manifest).model_validate(manifest.data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise OutputError(f"'{Manifest.path(root)}': not a valid facesynth manifest ({where}: {err['msg']})") from None
+    where = f"'{Manifest.path(root)}'"
+    for name in [*manifest.shards, *manifest["layout"], *(manifest.get("files") or {})]:
+        safe_name(name, where)  # every file it names lies inside the folder
     if (current or generated) and manifest.get("format", 0) != FORMAT_VERSION:
         raise OutputError(outdated(root, manifest))
     return manifest
@@ -151,7 +158,7 @@ def hub_url(repo_id: str, revision: str | None = None) -> str:
 
 def shard_paths(root: str | Path, manifest: Manifest) -> dict[str, Path]:
     """Each recorded shard's path, in name order; a missing one is an error that says what to do."""
-    paths = {name: Path(root) / name for name in sorted(manifest.shards)}
+    paths = {name: inside(Path(root), name) for name in sorted(manifest.shards)}
     for name, path in paths.items():
         if not path.is_file():
             raise OutputError(f"'{root}': shard {name} is missing; run `facesynth validate {root}`")
@@ -207,6 +214,7 @@ class Facesynth(datasets.ArrowBasedBuilder):
         self._fragments: dict[str, pads.ParquetFileFragment] = {}
         self.manifest = remote_manifest(self.root) if self.remote else read_manifest(self.root)
         self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
+        filter_expression(self.recipe, kwargs.get("filters"))  # bad filters are one line before anything is read
         primary = self.recipe.primary
         labels = list(self.recipe.attributes[primary].values)
         # One config per primary label, as the card declares them, and "default" over every row.
@@ -305,15 +313,52 @@ class Facesynth(datasets.ArrowBasedBuilder):
                     yield Key(file_idx, batch_idx), pa.Table.from_batches([batch])
 
 
+def _looks_local(name: str) -> bool:
+    """A path, not a Hub id (``ORG/NAME``): absolute, relative with ``.`` or ``~``, or with more than one ``/``."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or Path(name).exists()
+
+
+def wait_for_writer(root: Path, wait: bool | float) -> None:
+    """One line if a facesynth process is writing ``root`` (or, with ``wait``, wait up to that many seconds,
+    ``True`` for as long as it takes): a split read then could hold only the shards finished so far."""
+    import time
+
+    from .lock import LOCK_FILE, FolderBusy, folder_held
+
+    deadline = None if wait is True else time.monotonic() + float(wait or 0)
+    while folder_held(root):
+        if deadline is not None and time.monotonic() >= deadline:
+            waited = f" after waiting {float(wait):g} s" if wait else ""
+            raise FolderBusy(f"'{root}': a facesynth process is writing it ({LOCK_FILE} is held){waited}; load it "
+                             "when that finishes, or pass wait=True to wait for it")
+        time.sleep(0.2)
+
+
 def load(dir_or_repo: str, split: str | None = None, streaming: bool = False, revision: str | None = None,
-         columns: list[str] | None = None, **filters):
+         columns: list[str] | None = None, wait: bool | float = False, **filters):
     """Load a local folder, an fsspec URL or a Hub dataset repo made by facesynth, filtered by label names.
 
     A Hub repo is read lazily over HTTP, as ``load_dataset`` reads Parquet: the manifest, then only
-    the matching label's files and, within them, only the row groups the filters can match.
+    the matching label's files and, within them, only the row groups the filters can match. A local
+    folder that a facesynth process is writing is refused in one line, or waited for with ``wait``
+    (``True``, or seconds).
     """
-    local = Path(dir_or_repo).is_dir()
-    root = dir_or_repo if local or is_url(dir_or_repo) else hub_url(dir_or_repo, revision)
+    if not isinstance(dir_or_repo, (str, Path)):
+        raise OutputError(f"dir_or_repo: give a folder, a URL or a Hub id (ORG/NAME), not {type(dir_or_repo).__name__}")
+    for name, value in (("split", split), ("revision", revision)):
+        if value is not None and not isinstance(value, str):
+            raise OutputError(f"{name}: must be text (got {type(value).__name__})")
+    if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
+        raise OutputError(f"columns: give a list of column names (got {columns!r:.60})")
+    if not isinstance(wait, (bool, int, float)):
+        raise OutputError(f"wait: True, False or seconds (got {type(wait).__name__})")
+    name = str(dir_or_repo)
+    local = Path(name).is_dir()
+    if not local and not is_url(name) and _looks_local(name):
+        raise OutputError(f"'{name}': no such folder (a Hub dataset is named ORG/NAME)")
+    if local:
+        wait_for_writer(Path(name), wait)
+    root = name if local or is_url(name) else hub_url(name, revision)
     builder = Facesynth(data_dir=str(root), filters=filters or None, columns=columns)
     if streaming:
         return builder.as_streaming_dataset(split=split)

@@ -475,10 +475,13 @@ def reproduce_cmd(directory: Path, sample_id: str, out_png: Path | None, device:
 @click.option("--repo-id", help="Write the card for this Hub repo, ORG/NAME (its load snippets and citation).")
 @click.option("--tag", help="The tag the snippets pin, e.g. v1.0.0.")
 @click.option("--gated", is_flag=True, help="Ask for gated access on the Hub (extra_gated_* fields).")
-def card_cmd(directory: Path, repo_id: str | None, tag: str | None, gated: bool) -> None:
+@click.option("--overwrite-card", is_flag=True, help="Replace a README.md that facesynth did not write, instead of "
+              "refusing.")
+def card_cmd(directory: Path, repo_id: str | None, tag: str | None, gated: bool, overwrite_card: bool) -> None:
     """Regenerate a dataset folder's README.md card and sample grid from its data.
 
-    Text you add outside the card's facesynth markers is kept.
+    Text you add outside the card's facesynth markers is kept; a README.md without the
+    markers that facesynth did not write is refused unless --overwrite-card is given.
 
     \b
     Examples:
@@ -489,13 +492,15 @@ def card_cmd(directory: Path, repo_id: str | None, tag: str | None, gated: bool)
     from .dataset_card import write_card
     from .lock import FolderLock
 
+    from .publish import check_ref, check_repo_id
+
     read_manifest(directory, current=True)  # a folder that is not a current dataset stays untouched
     if repo_id is not None:
-        from .publish import check_repo_id
-
         check_repo_id(repo_id)
+    if tag is not None:
+        check_ref(tag, "--tag")
     with FolderLock(directory, "DIRECTORY"):
-        path = write_card(directory, repo_id, tag, gated)
+        path = write_card(directory, repo_id, tag, gated, overwrite_card)
     click.echo(f"wrote {path}")
 
 

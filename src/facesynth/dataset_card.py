@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .builder import read_manifest, shard_paths
 from .errors import OutputError
+from .escape import Markup, environment
 from .files import atomic_write
 from .folder import FIRST_VERSION
 from .quality import REASONS, quality_report
@@ -276,7 +277,7 @@ def review_tables(recipe: Recipe, manifest: Manifest) -> dict[str, Any]:
         for cell, n in cells.items():
             grouped[cell.split("/")[at]] += n
         cells, grouping = dict(sorted(grouped.items())), recipe.primary
-    reasons = {" ".join(r.replace("|", "\\|").split()): n for r, n in (review.get("reasons") or {}).items()}
+    reasons = dict(review.get("reasons") or {})  # escaped and shortened where the card shows them
     return {"review": review, "review_cells": cells, "review_grouping": grouping, "review_reasons": reasons}
 
 
@@ -299,17 +300,26 @@ def speedups(recipe: Recipe, overrides: dict) -> dict:
             "cfg_step": switch_step(settings.get("cfg_until"), steps)}
 
 
+def render_card(data: DatasetCardData, **values: Any) -> DatasetCard:
+    """``templates/card.md`` rendered so that no text from a person, a recipe or a folder name can change the
+    card's structure: every value is escaped for Markdown and HTML where it lands (see :mod:`facesynth.escape`)."""
+    template = environment().from_string(
+        (resources.files("facesynth") / "templates" / "card.md").read_text(encoding="utf-8"))
+    return DatasetCard(template.render(card_data=Markup(data.to_yaml()), **{**data.to_dict(), **values}))
+
+
 def build_card(root: str | Path, repo_id: str | None = None, revision: str | None = None,
-               gated: bool = False, write_grid: bool = True) -> DatasetCard:
-    """Build the card for a dataset folder (and refresh its sample grid, unless ``write_grid`` is off and it exists).
+               gated: bool = False, write_grid: bool | None = True, summary: Summary | None = None) -> DatasetCard:
+    """Build the card for a dataset folder (and refresh its sample grid, unless ``write_grid`` is off and it
+    exists; ``None`` never writes it, as ``validate`` needs).
 
     ``repo_id`` (ORG/NAME) is the Hub repo the card is for; without it the snippets name the folder
     by its own name, never by an absolute path. ``revision`` is the tag the snippets pin.
     """
     root = Path(root)
-    summary = summarize(root)
+    summary = summary or summarize(root)
     grid = root / "assets" / "samples.png"
-    if write_grid or not grid.is_file():
+    if write_grid or (write_grid is not None and not grid.is_file()):
         grid = sample_grid(root, summary)
     recipe, manifest = summary.recipe, summary.manifest
     configs, infos = configs_and_infos(summary)
@@ -343,11 +353,9 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
     )
     by = "gender" if "gender" in recipe.attributes else None
     by_values = list(recipe.attributes[by].values) if by else []
-    template = resources.files("facesynth") / "templates" / "card.md"
     overrides = (manifest.get("generation") or {}).get("overrides") or {}
-    return DatasetCard.from_template(
+    return render_card(
         data,
-        template_str=template.read_text(encoding="utf-8"),
         repo_id=repo_id or root.name,
         hub=repo_id is not None,
         revision=revision,
@@ -402,20 +410,49 @@ def merge_card(card: DatasetCard, existing: str | None) -> str | None:
 
 
 def write_card(root: str | Path, repo_id: str | None = None, revision: str | None = None,
-               gated: bool = False) -> Path:
+               gated: bool = False, overwrite_card: bool = False) -> Path:
     """Write ``README.md`` and the sample grid (atomically), and list both in the manifest.
 
     Listed with their sha256, they are what ``--overwrite`` may delete later: a card
-    someone edited since is no longer facesynth's to delete.
+    someone edited since is no longer facesynth's to delete. A README without the facesynth
+    markers is replaced only if facesynth wrote it (its sha256 is the listed one) or with
+    ``overwrite_card``; otherwise it is refused, as ``push`` refuses such a README on the Hub.
     """
     root = Path(root)
+    refuse_foreign_readme(root, overwrite_card)
     card = build_card(root, repo_id, revision, gated)
     path = root / "README.md"
     existing = path.read_text(encoding="utf-8") if path.is_file() else None
-    text = merge_card(card, existing) or str(card)  # a card without markers is an older facesynth's: replaced
+    text = merge_card(card, existing) or str(card)  # refuse_foreign_readme let only ours, or --overwrite-card, here
     with atomic_write(path) as f:
         f.write(text)
     manifest = read_manifest(root)
     manifest.data["files"] = {name: sha256_file(root / name) for name in ("README.md", "assets/samples.png")}
+    manifest.data["card"] = {"repo_id": repo_id, "revision": revision, "gated": gated}  # validate rebuilds it so
     manifest.save(root)
     return path
+
+
+def foreign_readme(root: Path) -> bool:
+    """Whether ``README.md`` is someone else's: no facesynth markers, and not the one facesynth wrote."""
+    path = Path(root) / "README.md"
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if BEGIN in text and END in text:
+        return False
+    listed = ((read_manifest(root).get("files") or {}).get("README.md"))
+    return listed != sha256_file(path)
+
+
+def refuse_foreign_readme(root: Path, overwrite_card: bool) -> None:
+    if not overwrite_card and foreign_readme(root):
+        raise OutputError(f"'{Path(root) / 'README.md'}': not written by facesynth (it has no facesynth markers), so "
+                          "it cannot be merged; give --overwrite-card to replace it (nothing was changed)")
+
+
+def generated_part(text: str) -> str | None:
+    """The text between the facesynth markers (None without them)."""
+    if BEGIN not in text or END not in text:
+        return None
+    return text[text.index(BEGIN):text.index(END, text.index(BEGIN)) + len(END)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError
-from .files import is_temp_file
+from .files import inside, is_temp_file
 from .lock import WORKERS_DIR
 from .quality import quality_report
 from .writer import MANIFEST, WORK_DIR, Manifest, sha256_file
@@ -85,7 +85,11 @@ def check_shards(root: Path, manifest: Manifest, names: list[str]) -> dict[str, 
         record = manifest.shards.get(name)
         if record is None:
             continue
-        path = root / name
+        try:
+            path = inside(root, name)
+        except OutputError as exc:
+            damaged[name] = str(exc).split(": ", 1)[-1]
+            continue
         if not path.exists():
             damaged[name] = "missing"
         elif path.stat().st_size != record["bytes"]:
@@ -96,8 +100,9 @@ def check_shards(root: Path, manifest: Manifest, names: list[str]) -> dict[str, 
 
 
 def is_dataset(out: Path) -> bool:
-    """Whether ``out`` holds a facesynth manifest (a merged one, or a worker's)."""
-    return (out / MANIFEST).is_file() or any((out / WORKERS_DIR).glob("*-of-*.json"))
+    """Whether ``out`` holds a facesynth manifest (a merged one, or a worker's) that says it is one: another
+    program's ``manifest.json`` (a web app's, say) does not make a folder facesynth's."""
+    return Manifest.peek(out / MANIFEST) or any(Manifest.peek(p) for p in (out / WORKERS_DIR).glob("*-of-*.json"))
 
 
 def check_owner(out: Path, what: str = "--out") -> None:
@@ -123,9 +128,9 @@ def listed_files(out: Path, manifests: list[Manifest]) -> list[Path]:
     """What these manifests say a run wrote: shards, card and grid (when unchanged), and the manifests."""
     paths = []
     for manifest in manifests:
-        paths += [out / name for name in manifest.shards]
+        paths += [inside(out, name) for name in manifest.shards]
         for name, digest in (manifest.get("files") or {}).items():
-            path = out / name
+            path = inside(out, name)
             if name in OWN_FILES and path.is_file() and sha256_file(path) == digest:
                 paths.append(path)  # facesynth's card or grid, as facesynth wrote it
         paths.append(Manifest.path(out, manifest.file))
@@ -184,6 +189,8 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
         fresh.data["version"] = version or FIRST_VERSION
         fresh.data["complete"] = False
         return fresh, replaced
+    if not worker.alone:
+        _refuse_other_runs(out, main, header, worker)
     base = _base(out, main, header, layout_ids, version)
     if not worker.alone:
         part = Manifest.load(out, worker.manifest_file)
@@ -207,9 +214,23 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
     for name in damaged:
         logger.warning("repairing %s: %s", name, damaged[name])
         del base.shards[name]
-        (out / name).unlink(missing_ok=True)
+        inside(out, name).unlink(missing_ok=True)
     base.data["complete"] = False
     return base, []
+
+
+def _refuse_other_runs(out: Path, main: Manifest | None, header: dict[str, Any], worker: Worker) -> None:
+    """A worker whose parameters differ from the run whose workers' manifests are here is refused at once, in
+    one line, before it writes anything (a merged run's old parts, which a grow leaves, do not count)."""
+    known = {header["fingerprint"], *((main.get("fingerprint"),) if main is not None else ())}
+    for count, parts in worker_parts(out).items():
+        for index, part in sorted(parts.items()):
+            if part is None or part.get("fingerprint") in known:
+                continue
+            changed = changed_keys(part.get("parameters", {}), header["parameters"])
+            raise OutputError(f"--out: '{out}' holds the manifest of worker {index} of {count} of a run with "
+                              f"different {', '.join(changed) or 'parameters'}; start every worker with that run's "
+                              "command (each resumes its own shards), or use another folder (nothing was changed)")
 
 
 def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: dict[str, str],
@@ -223,7 +244,7 @@ def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: 
         if version:
             main.data["version"] = version
         main.data.setdefault("version", FIRST_VERSION)
-        main.data.update(layout=header["layout"], cells=header["cells"])
+        main.data.update(layout=header["layout"], cells=header["cells"], generator=header["generator"])
         return main
     old, new = main.get("parameters", {}), header["parameters"]
     changed = changed_keys(old, new)
@@ -233,7 +254,8 @@ def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: 
         fresh.data["previous"] = {"version": old_version, "num_samples": old["num_samples"],
                                   "cells": main.get("cells", {})}
         fresh.shards.update(main.shards)  # kept where the layout still puts the same samples
-        for key in ("model", "clip_model"):  # the same model commit, so old and new rows match
+        for key in ("model", "clip_model", "attempts", "review"):  # the same model commit, so old and new rows
+            # match; every sample keeps the attempt review moved it to, and the review history stays
             if key in main.data:
                 fresh.data[key] = main.data[key]
         kept = sum(1 for n, r in main.shards.items() if layout_ids.get(n) == r.get("ids"))

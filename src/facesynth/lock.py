@@ -180,3 +180,12 @@ def remove_lock_files(root: Path) -> None:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def folder_held(root: Path) -> bool:
+    """Whether a facesynth process holds the folder (a lone run, or any worker); a reader that cannot open
+    the lock file (read-only) takes the folder as free."""
+    try:
+        return _held(Path(root) / LOCK_FILE)
+    except PermissionError:
+        return False

@@ -23,12 +23,15 @@ from typing import Any
 from . import __version__
 from .builder import read_manifest
 from .errors import FacesynthError
-from .files import dumps_json
+from .files import dumps_json, inside
 from .folder import FIRST_VERSION
 from .verdicts import VERDICTS, verdicts_path
 from .writer import MANIFEST, Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
+
+GRID = "assets/samples.png"
+
 
 class PublishError(FacesynthError):
     """The Hub refused or could not be reached; nothing is left half-done without saying so."""
@@ -106,6 +109,35 @@ def check_repo_id(repo_id: str) -> None:
         raise FacesynthError(f"--repo-id: '{repo_id}' is not a dataset repo id of the form ORG/NAME") from None
 
 
+_REF_FORBIDDEN = set(" ~^:?*[\\\x7f")
+
+
+def check_ref(name: str, what: str) -> None:
+    """One line unless ``name`` is a valid git ref name (``git check-ref-format`` rules), checked before
+    anything is sent: a tag or branch the Hub would refuse after the upload is refused here instead."""
+    why = None
+    if not name:
+        why = "is empty"
+    elif any(ord(c) < 32 or c in _REF_FORBIDDEN for c in name):
+        bad = next(c for c in name if ord(c) < 32 or c in _REF_FORBIDDEN)
+        why = f"holds {bad!r}, which git refs may not"
+    elif name.startswith("-"):
+        why = "starts with '-'"
+    elif name == "@" or "@{" in name:
+        why = "is '@' or holds '@{'"
+    elif ".." in name or "//" in name:
+        why = f"holds '{'..' if '..' in name else '//'}'"
+    elif name.startswith("/") or name.endswith("/") or name.endswith("."):
+        why = "starts or ends with '/', or ends with '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
+        why = "has a part that starts with '.' or ends with '.lock'"
+    elif len(name) > 200:
+        why = "is longer than 200 characters"
+    if why:
+        shown = f"'{name}'" if name.isprintable() and len(name) <= 60 else repr(name[:60])
+        raise FacesynthError(f"{what}: {shown} is not a valid tag or branch name: it {why}")
+
+
 def transport_errors() -> tuple[type[BaseException], ...]:
     """Network failures: the HTTP client's transport errors (whichever client this huggingface_hub uses)."""
     import importlib
@@ -170,13 +202,22 @@ def public_manifest(manifest: Manifest) -> dict[str, Any]:
 
 
 def local_files(root: Path, manifest: Manifest, generated: dict[str, bytes]) -> dict[str, Path | bytes]:
-    """What a push sends: the card and manifest made for the repo, the sample grid, the shards and the
-    reviewers' verdicts."""
+    """What a push sends, and nothing else: the card and manifest made for the repo, the files the manifest
+    lists (the sample grid), its shards and the reviewers' verdicts. Every one is a regular file inside the
+    folder: a name with ``..`` or a link out of the folder is refused, and other files (``assets/.env``) stay."""
     files: dict[str, Path | bytes] = dict(generated)
-    files.update({p.relative_to(root).as_posix(): p for p in sorted((root / "assets").glob("*")) if p.is_file()})
-    files.update({name: root / name for name in sorted(manifest.shards)})
-    if verdicts_path(root).is_file():  # the review log, versioned with the rows it judged
-        files[VERDICTS] = verdicts_path(root)
+    names = [*sorted(manifest.get("files") or {}), GRID, *sorted(manifest.shards)]
+    if verdicts_path(root).exists():  # the review log, versioned with the rows it judged
+        names.append(VERDICTS)
+    for name in names:
+        if name in files:
+            continue
+        path = inside(root, name)
+        if name == GRID and not path.exists():
+            continue
+        if not path.is_file():
+            raise FacesynthError(f"'{root}': {name} is not a regular file; refused (nothing was sent)")
+        files[name] = path
     return files
 
 
@@ -228,6 +269,9 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
     """Publish ``root`` to the dataset repo ``repo_id``; see the module docstring for the steps."""
     root = Path(root)
     check_repo_id(repo_id)
+    for value, what in ((tag, "--tag"), (branch, "--branch")):
+        if value is not None:
+            check_ref(value, what)
     if tag and create_pr:
         raise FacesynthError("--tag: not with --create-pr; tag the commit once the pull request is merged")
     _check_folder(root)

@@ -202,6 +202,11 @@ class Gates:
     def active(self) -> bool:
         return self.options.active
 
+    def reset(self) -> None:
+        """Forget every kept row (a new pass over the layout reads them again)."""
+        if self.index is not None:
+            self.index = DuplicateIndex(self.options.dedupe_threshold)
+
     def check(self, pixels: np.ndarray, embedding: np.ndarray, unsafe: float | None, cell: str,
               pending: Sequence[np.ndarray] = ()) -> tuple[str | None, Box | None]:
         """``(reason, None)`` for a rejected candidate, ``(None, face box or None)`` for a kept one.

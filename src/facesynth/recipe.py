@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import string
+import struct
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -44,6 +45,16 @@ RESERVED_CONFIGS = frozenset(("default", "all"))
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _no_bool(value: Any) -> Any:
+    """``true`` is not a number: YAML booleans are refused where a number is read (pydantic would take 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not a boolean ({str(value).lower()})")
+    if isinstance(value, dict):
+        for item in value.values():
+            _no_bool(item)
+    return value
+
+
 class Settings(BaseModel):
     """Generation settings; any field left out inherits from the level above."""
 
@@ -59,6 +70,9 @@ class Settings(BaseModel):
     prune_at: float | None = Field(None, gt=0, lt=1)
     keep: int | None = Field(None, ge=1)
     cfg_until: float | None = Field(None, gt=0, lt=1)
+
+    _numbers = field_validator("steps", "guidance", "width", "height", "prune_at", "keep", "cfg_until",
+                               mode="before")(classmethod(lambda cls, v: _no_bool(v)))
 
     @model_validator(mode="after")
     def _prune_pair(self) -> "Settings":
@@ -191,6 +205,8 @@ class Recipe(BaseModel):
     balance: Balance
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
 
+    _numbers = field_validator("seed", "splits", mode="before")(classmethod(lambda cls, v: _no_bool(v)))
+
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
@@ -254,7 +270,9 @@ def switch_step(fraction: float | None, steps: int) -> int | None:
     """How many steps run before a switch at ``fraction``; None when it would change nothing."""
     if fraction is None:
         return None
-    done = max(1, round(fraction * steps))
+    # the fraction as the ``prune_at``/``cfg_until`` columns store it (float32), so the engine, validate and the
+    # card, reading the command line, a recipe or a row, all get the same step
+    done = max(1, round(float(struct.unpack("f", struct.pack("f", fraction))[0]) * steps))
     return done if done < steps else None
 
 

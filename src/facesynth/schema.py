@@ -50,12 +50,21 @@ def features(recipe: Recipe, format: int | None = None) -> Features:
 
 def label_ids(recipe: Recipe, filters: dict[str, str | list[str]]) -> dict[str, list[int]]:
     """Map label names to ClassLabel ids, e.g. ``{"emotion": "happy"} -> {"emotion": [0]}``."""
+    if not isinstance(filters, dict):
+        raise KeyError(f"must map attributes to value names, e.g. {{'{recipe.primary}': "
+                       f"'{next(iter(recipe.attributes[recipe.primary].values))}'}} (got {type(filters).__name__})")
     out = {}
     for attr, wanted in filters.items():
         if attr not in recipe.attributes:
             raise KeyError(f"'{attr}' is not an attribute ({', '.join(recipe.attributes)})")
         names = list(recipe.attributes[attr].values)
-        wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+        if isinstance(wanted, (list, tuple, set, frozenset)) and wanted and all(isinstance(v, str) for v in wanted):
+            wanted = list(wanted)
+        elif isinstance(wanted, str):
+            wanted = [wanted]
+        else:
+            raise KeyError(f"{attr}: give a value name or a list of them ({', '.join(names)}), not "
+                           f"{type(wanted).__name__} {wanted!r:.40}")
         for value in wanted:
             if value not in names:
                 raise KeyError(f"'{value}' is not a value of '{attr}' ({', '.join(names)})")

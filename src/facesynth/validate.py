@@ -24,13 +24,14 @@ from datasets import Features
 from PIL import Image
 
 from .builder import read_manifest
-from .files import is_temp_file
+from .errors import OutputError, PlanError
+from .files import inside, is_temp_file
 from .folder import check_shards
 from .layout import layout as shard_layout
 from .plan import Plan
 from .recipe import SPEEDUPS, parse_recipe, switch_step
 from .schema import features as build_features
-from .verdicts import VERDICTS, VerdictError, review_state
+from .verdicts import VERDICTS, VerdictError, review_state, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,12 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     for name, why in check_shards(root, manifest, sorted(manifest.shards)).items():
         report.add(name, f"damaged: {why}; run generate with --repair to regenerate it", damaged=True)
 
-    plan = Plan(recipe, manifest["plan"]["num_samples"], manifest["plan"]["seed"], manifest["plan"]["candidates"])
+    try:
+        plan = Plan(recipe, manifest["plan"]["num_samples"], manifest["plan"]["seed"], manifest["plan"]["candidates"])
+    except PlanError as exc:  # the plan's own words name generate's options; here the manifest is at fault
+        why = str(exc).split(": ", 1)[-1]
+        raise OutputError(f"'{root / 'manifest.json'}': damaged: its plan ({manifest['plan']['num_samples']} samples, "
+                          f"seed {manifest['plan']['seed']}) cannot be rebuilt ({why})") from None
     expected = {s.sample_id: s for s in plan.samples}
     per_shard = manifest["plan"].get("rows_per_shard")
     usable = isinstance(per_shard, int) and per_shard > 0
@@ -107,7 +113,14 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     params = manifest.get("parameters") or {}
     claims = {"gates": params.get("quality") or {}, "overrides": params.get("overrides") or {},
               "candidates": manifest["plan"]["candidates"]}  # what the run says of every row
-    report.unread = {n for n in manifest.shards if not (root / n).is_file()}
+    report.unread = set()
+    for name in manifest.shards:
+        try:
+            if not inside(root, name).is_file():
+                report.unread.add(name)
+        except OutputError as exc:
+            report.add(name, str(exc).split(": ", 1)[-1], damaged=True)
+            report.unread.add(name)
     files = [n for n in sorted(manifest.shards) if n not in report.unread]
     bar = _bar(progress, sum(manifest.shards[n]["rows"] for n in files))
     with ThreadPoolExecutor(IMAGE_THREADS) as pool:
@@ -248,20 +261,22 @@ def _decode(sid: str, cell: dict, size: tuple[int, int]) -> tuple[str, tuple, st
 def _check_review(root: Path, manifest, expected: dict, report: Report) -> None:
     """A row rejected in review must be gone from a finished dataset (``generate`` makes it again)."""
     try:
-        waiting, _, rows = review_state(root, [n for n in manifest.shards if n not in report.unread], expected)
+        waiting, rows = review_state(root, [n for n in manifest.shards if n not in report.unread], expected)
     except VerdictError as exc:
         report.add(VERDICTS, str(exc))
         return
     for sid, verdict in sorted(waiting.items()):
-        why = f" ({verdict.reason})" if verdict.reason else ""
+        why = f" ({shorten(verdict.reason)})" if verdict.reason else ""
         report.add(f"{rows[sid].shard} {sid}", f"rejected in review{why} and still in the dataset; run the same "
                                                "generate command to make it again")
 
 
 def _check_card(root: Path, report: Report) -> None:
+    """The card's YAML agrees with the data, and its generated part is the one the data gives now (so nothing
+    was cut or injected into it, and nothing changed since it was written)."""
     from huggingface_hub import DatasetCard
 
-    from .dataset_card import configs_and_infos, summarize
+    from .dataset_card import build_card, configs_and_infos, generated_part, summarize
 
     path = root / "README.md"
     if not path.exists():
@@ -269,7 +284,11 @@ def _check_card(root: Path, report: Report) -> None:
         return
     try:
         card = DatasetCard.load(path)
-        configs, infos = configs_and_infos(summarize(root))
+        summary = summarize(root)
+        configs, infos = configs_and_infos(summary)
+        made = (summary.manifest.get("card") or {})
+        expected = build_card(root, made.get("repo_id"), made.get("revision"), bool(made.get("gated")),
+                              write_grid=None, summary=summary)
     except Exception as exc:  # noqa: BLE001
         report.add("README.md", f"cannot be read against the data: {exc}")
         return
@@ -278,6 +297,13 @@ def _check_card(root: Path, report: Report) -> None:
         report.add("README.md", "YAML `configs` disagree with the data; run `facesynth card DIR`")
     if data.get("dataset_info") != infos:
         report.add("README.md", "YAML `dataset_info` (features, split sizes) disagrees with the data; "
+                                "run `facesynth card DIR`")
+    ours = generated_part(card.text)
+    if ours is None:
+        report.add("README.md", "has no facesynth markers, so its text is not the card of this data; "
+                                "run `facesynth card DIR --overwrite-card`")
+    elif ours != generated_part(expected.text):
+        report.add("README.md", "the generated part (between the facesynth markers) differs from the data; "
                                 "run `facesynth card DIR`")
 
 

@@ -19,6 +19,7 @@ Any other unreadable line is damage: one clear error, and nothing is changed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -81,33 +82,40 @@ def _parse(line: str, where: str) -> Verdict:
     if not isinstance(sid, str) or not sid:
         raise VerdictError(f"{where}: 'sample_id' must be a non-empty string (nothing was changed)")
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
-        raise VerdictError(f"{where}: 'attempt' must be a whole number >= 0 (got {attempt!r}; nothing was changed)")
+        raise VerdictError(f"{where}: 'attempt' must be a whole number >= 0 "
+                           f"(got {shorten(repr(attempt), 60)}; nothing was changed)")
     image = data.get("image")
     if not isinstance(image, str) or not image:
         raise VerdictError(f"{where}: 'image' must be the row's image digest (nothing was changed)")
     if kind not in VERDICT_KINDS:
         raise VerdictError(f"{where}: 'verdict' must be one of {', '.join(VERDICT_KINDS)} "
-                           f"(got {kind!r}; nothing was changed)")
+                           f"(got {shorten(repr(kind), 60)}; nothing was changed)")
     reason = data.get("reason") or ""
     if not isinstance(reason, str):
         raise VerdictError(f"{where}: 'reason' must be text (nothing was changed)")
     return Verdict(sid, attempt, image, kind, reason, str(data.get("time") or ""))
 
 
-def read_verdicts(root: str | Path) -> list[Verdict]:
-    """Every verdict in file order (empty when there is no file); a torn last line is skipped."""
+def read_verdicts(root: str | Path, limit: int | None = None) -> list[Verdict]:
+    """Every verdict in file order (empty when there is no file); a torn last line is skipped.
+
+    ``limit`` reads only the file's first ``limit`` bytes: the snapshot a review round took when it started.
+    A last line without its newline counts if it is a whole verdict (added by hand); a part of one is torn.
+    """
     path = verdicts_path(root)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read() if limit is None else f.read(limit)
     except FileNotFoundError:
         return []
     except OSError as exc:
         raise VerdictError(f"'{path}': cannot read ({exc.strerror or exc})") from None
     lines = raw.split(b"\n")
-    if lines[-1]:
+    if lines[-1] and _whole(lines[-1]) is None:
         logger.warning("'%s': the last line is unfinished (a write was cut off); it is ignored", path)
+        lines[-1] = b""
     out = []
-    for number, line in enumerate(lines[:-1], 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -116,6 +124,26 @@ def read_verdicts(root: str | Path) -> list[Verdict]:
             raise VerdictError(f"'{path}' line {number}: not UTF-8 text (nothing was changed)") from None
         out.append(_parse(text, f"'{path}' line {number}"))
     return out
+
+
+def _whole(line: bytes) -> Verdict | None:
+    """The verdict a line holds, or None if it is not one whole verdict (a torn write)."""
+    try:
+        return _parse(line.decode("utf-8"), "")
+    except (UnicodeDecodeError, VerdictError):
+        return None
+
+
+def snapshot_size(root: str | Path) -> int:
+    """The verdict file's size up to its last whole verdict: what a review round starting now takes."""
+    try:
+        raw = verdicts_path(root).read_bytes()
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise VerdictError(f"'{verdicts_path(root)}': cannot read ({exc.strerror or exc})") from None
+    cut = raw.rfind(b"\n") + 1
+    return len(raw) if raw[cut:] and _whole(raw[cut:]) is not None else cut
 
 
 def latest(verdicts: Iterable[Verdict]) -> dict[tuple[str, int, str], Verdict]:
@@ -157,7 +185,8 @@ def check_known(root: str | Path, verdicts: Iterable[Verdict], sample_ids: set[s
     """Every verdict must name a sample of this dataset."""
     for v in verdicts:
         if v.sample_id not in sample_ids:
-            raise VerdictError(f"'{verdicts_path(root)}': names sample '{v.sample_id}', which is not in this "
+            raise VerdictError(f"'{verdicts_path(root)}': names sample '{shorten(v.sample_id, 60)}', which is not in "
+                               "this "
                                "dataset (was the file copied from another one?); nothing was changed")
 
 
@@ -171,10 +200,10 @@ def pending(verdicts: Iterable[Verdict], rows: dict[str, Row]) -> dict[str, Verd
     return out
 
 
-def settled(verdicts: Iterable[Verdict], rows: dict[str, Row]) -> list[Verdict]:
-    """Rejections whose rows have been made again since (the review history the card reports)."""
-    return [v for (sid, attempt, _), v in latest(verdicts).items()
-            if v.verdict == "reject" and sid in rows and rows[sid].attempt > attempt]
+def shorten(text: str, limit: int = 120) -> str:
+    """One line of at most ``limit`` characters, for messages and tables (a reason can be any length)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def reason_counts(verdicts: Iterable[Verdict]) -> Counter:
@@ -191,10 +220,13 @@ def clean_reason(reason: Any) -> str:
 
 
 def append_verdicts(root: str | Path, entries: Iterable[Verdict]) -> list[Verdict]:
-    """Append verdicts and fsync them; writers on one folder (two review pages, two servers) take turns
-    through an ``flock`` on the file itself, so no lock file is left behind.
+    """Append verdicts and fsync them; return them only once every byte is on disk.
 
-    A torn last line (a writer killed mid-line) is cut off first, so it cannot glue onto the new one.
+    Writers on one folder (two review pages, two servers) take turns through an ``flock`` on the file
+    itself, so no lock file is left behind. A torn last line (a writer killed mid-line) is cut off first,
+    and a whole last line without its newline gets one, so neither glues onto the new line. A write that
+    fails or comes up short (a full disk) is undone: the file is cut back to what it held, and the caller
+    gets a :class:`VerdictError`; nothing is acknowledged that is not on disk.
     """
     import fcntl
 
@@ -204,47 +236,65 @@ def append_verdicts(root: str | Path, entries: Iterable[Verdict]) -> list[Verdic
         return []
     payload = "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in entries).encode()
     path = verdicts_path(root)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+    except OSError as exc:
+        raise VerdictError(f"'{path}': cannot write ({exc.strerror or exc}); the verdict was not saved") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        _cut_torn_tail(fd, path)
-        os.write(fd, payload)
-        os.fsync(fd)
+        payload = _mend_tail(fd, path) + payload
+        size = os.fstat(fd).st_size
+        try:
+            _write_all(fd, payload)
+            os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            except OSError:
+                logger.warning("'%s': could not cut back a failed write", path)
+            raise VerdictError(f"'{path}': cannot write ({exc.strerror or exc}); the verdict was not saved") from None
     finally:
         os.close(fd)  # releases the flock
     return entries
 
 
-def _cut_torn_tail(fd: int, path: Path) -> None:
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written; a write that makes no progress is a full disk."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
+def _mend_tail(fd: int, path: Path) -> bytes:
+    """Cut off a torn last line; return the newline a whole last line lacks (b"" if it needs none)."""
     size = os.fstat(fd).st_size
     if not size:
-        return
+        return b""
     tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
     if tail.endswith(b"\n"):
-        return
+        return b""
     cut = tail.rfind(b"\n")
     if cut < 0 and size > len(tail):
         raise VerdictError(f"'{path}': the last line is longer than 64 KiB and unfinished; fix or remove it "
                            "(nothing was changed)")
+    if _whole(tail[cut + 1:]) is not None:
+        return b"\n"  # a whole verdict written without its newline: kept
     keep = size - len(tail) + cut + 1
     logger.warning("'%s': cutting off an unfinished last line (%d bytes)", path, size - keep)
     os.ftruncate(fd, keep)
+    return b""
 
 
 def review_state(root: str | Path, shards: Iterable[str], sample_ids: set[str] | dict) -> tuple[
-        dict[str, Verdict], list[Verdict], dict[str, Row]]:
-    """Pending rejections (sample_id -> verdict), settled ones, and the rows the verdicts name."""
+        dict[str, Verdict], dict[str, Row]]:
+    """Rejections pending now (sample_id -> verdict) and the rows the verdicts name."""
     verdicts = read_verdicts(root)
     if not verdicts:
-        return {}, [], {}
+        return {}, {}
     check_known(root, verdicts, sample_ids)
     rows = current_rows(root, shards, (v.sample_id for v in verdicts))
-    return pending(verdicts, rows), settled(verdicts, rows), rows
-
-
-def review_summary(verdicts: Iterable[Verdict], cells: dict[str, str]) -> dict[str, Any]:
-    """For the manifest and the card: rows rejected in review, by label cell and by reason."""
-    verdicts = list(verdicts)
-    by_cell = Counter(cells[v.sample_id] for v in verdicts if v.sample_id in cells)
-    return {"rejected": len(verdicts), "cells": dict(sorted(by_cell.items())),
-            "reasons": dict(reason_counts(verdicts).most_common())}
+    return pending(verdicts, rows), rows

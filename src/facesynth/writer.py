@@ -113,6 +113,23 @@ class ShardWriter:
             self.tmp.unlink(missing_ok=True)
 
 
+GENERATOR = "facesynth"  # manifest.json's "generator": what makes a folder unmistakably a facesynth dataset
+
+
+def is_facesynth_manifest(data: Any) -> bool:
+    """Whether parsed JSON is a facesynth manifest: it says so (``"generator": "facesynth"``), or, for folders
+    made before that key, it has every part of one (recipe YAML, plan, layout, shards, format)."""
+    if not isinstance(data, dict):
+        return False
+    if data.get("generator") == GENERATOR:
+        return True
+    recipe, plan = data.get("recipe"), data.get("plan")
+    return (isinstance(recipe, dict) and isinstance(recipe.get("yaml"), str) and isinstance(plan, dict)
+            and "num_samples" in plan and isinstance(data.get("layout"), list)
+            and isinstance(data.get("shards"), dict) and isinstance(data.get("format"), int)
+            and isinstance(data.get("fingerprint"), str))
+
+
 class Manifest:
     """The dataset folder's manifest.json: run parameters plus finished shards."""
 
@@ -137,6 +154,14 @@ class Manifest:
         if not isinstance(data, dict):
             raise OutputError(f"'{path}': not a valid manifest (not a JSON object)")
         return cls(data, file)
+
+    @classmethod
+    def peek(cls, path: Path) -> bool:
+        """Whether ``path`` holds a facesynth manifest (a file that does not parse is someone else's)."""
+        try:
+            return path.is_file() and is_facesynth_manifest(load_json(path))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
 
     def save(self, root: Path) -> None:
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -248,7 +248,8 @@ class Engine:
         reasons = ", ".join(f"{r} {n}" for r, n in tally.rejected.most_common())
         return (f"sample '{sample.sample_id}' ({cell_key(sample.labels)}): no candidate passed the quality gates "
                 f"in {tally.refills} attempts ({tally.checked} candidates: {reasons}); finished shards are kept: "
-                "raise --max-refills or relax the gates, then run the same command to resume")
+                "run the same command with a higher --max-refills to resume (it changes only when a sample gives "
+                "up); relaxed gates are another dataset: use another folder, or --overwrite")
 
     # One pipeline call ------------------------------------------------------------------
     def _scheduler(self, name: str):

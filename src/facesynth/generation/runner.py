@@ -30,17 +30,18 @@ from PIL import Image
 
 from .. import __version__
 from ..errors import OutputError, PlanError, WriteError
-from ..folder import (FIRST_VERSION, Worker, cell_counts, cell_key, check_owner, clear_listed, merge, open_folder,
-                      remove_stale_temp_files, tidy, version_bump, worker_from)
+from .. import review_round as rounds
+from ..folder import (Worker, cell_counts, cell_key, check_owner, clear_listed, merge, open_folder,
+                      remove_stale_temp_files, tidy, worker_from)
 from ..lock import WORK_DIR, FolderLock
 from ..plan import Plan
 from ..recipe import Recipe, load_recipe, resolve
 from ..schema import SETTING_COLUMNS
 from ..schema import features as build_features
 from ..layout import ShardTask, layout
-from ..writer import FORMAT_VERSION, ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
+from ..writer import FORMAT_VERSION, GENERATOR, ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
 from ..quality import CellStats, QualityOptions, quality_report, require_cv2, shard_embeddings
-from ..verdicts import Verdict, review_state, review_summary, verdicts_path
+from ..verdicts import Verdict, verdicts_path
 from .engine import Engine, EngineOptions, Winner
 
 logger = logging.getLogger(__name__)
@@ -400,6 +401,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     tasks = layout(plan, per_shard)
     source, text = resolve(cfg.recipe)
     header = {
+        "generator": GENERATOR,
         "format": FORMAT_VERSION,
         "fingerprint": fingerprint(params),
         "parameters": params,
@@ -429,7 +431,11 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
 def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model: str, overrides: dict[str, Any],
                      quality: QualityOptions, header: dict[str, Any], tasks: list[ShardTask], out: Path,
                      worker: Worker) -> GenerateResult:
-    """The run, holding the folder: resume, grow, repair or replace, then the card."""
+    """The run, holding the folder: resume, grow, repair or replace, then the review round, then the card.
+
+    Shards missing from the folder are built first (every sample from its floor attempt); then the rows that
+    the review snapshot rejects are made again, also those a rebuilt shard brought back (see review_round).
+    """
     from tqdm.auto import tqdm
 
     manifest, replaced = open_folder(out, header, {t.name: t.ids for t in tasks}, worker, overwrite=cfg.overwrite,
@@ -438,11 +444,12 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     tmp_dir = out / worker.tmp_dir
     mine = worker.share(tasks)
     cells = review_cells(out, tasks)
-    redo = _review_round(out, manifest, cells, worker, cfg.dataset_version)
-    todo = [t for t in mine if t.name not in manifest.shards or t.name in redo]
+    limit = rounds.snapshot(out, manifest) if cells is not None else 0
+    redo = _review(out, manifest, cells, worker, cfg.dataset_version, limit, list(manifest.shards))
+    todo = [t for t in mine if t.name not in manifest.shards]
     done_rows = sum(len(t.samples) for t in mine if t not in todo)
     engine = None
-    if todo:  # load the model before changing anything: a model that fails to load leaves the folder as it was
+    if todo or redo:  # load the model before changing anything: a model that fails to load leaves the folder as it was
         engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest, quality)
     try:
         clear_listed(out, replaced)
@@ -452,24 +459,38 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     except PermissionError:
         raise OutputError(f"--out: cannot write to '{out}': permission denied") from None
     timings: dict[str, float] = {}
-    if todo:
+    written = {t.name for t in todo} | set(redo)
+    if engine is not None:
         start = time.perf_counter()
         sink_seconds = _run(engine, mine, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm, redo)
+        built = [t.name for t in todo]
+        again = _review(out, manifest, cells, worker, cfg.dataset_version, limit, built) if built else {}
+        if again:  # a rebuilt shard (repair, grow) holds rows the snapshot rejects: one more pass makes them again
+            manifest.save(out)
+            engine.gates.reset()
+            rewritten = [t for t in mine if t.name in again]
+            more = _run(engine, mine, out, tmp_dir, recipe, manifest, sum(len(t.samples) for t in mine if
+                        t not in rewritten), cfg.quiet, tqdm, again)
+            sink_seconds = {k: sink_seconds.get(k, 0) + more.get(k, 0) for k in {*sink_seconds, *more}}
+            written |= set(again)
         timings = {**engine.timings.seconds, **sink_seconds, "wall": time.perf_counter() - start,
                    "unet_images": engine.unet_images}
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    _finish_review_round(out, manifest, cells)
+    made_again = rounds.finish(out, manifest, cells)
     manifest.data["complete"] = True
     manifest.data["quality"] = quality_report(manifest.shards)
     manifest.save(out)
     merged = worker.alone or _merge_if_last(out, worker)
     if merged and cfg.write_card:
-        from ..dataset_card import write_card
+        from ..dataset_card import foreign_readme, write_card
 
-        write_card(out)
-    return GenerateResult(out, sum(len(t.samples) for t in mine), len(todo), len(mine) - len(todo), timings,
-                          worker, merged, manifest.data["quality"]["total"],
-                          sum(len(rejected) for rejected in redo.values()), manifest.get("version"))
+        if foreign_readme(out):  # someone's own README: never replaced behind their back
+            logger.warning("'%s' has no facesynth markers and is not the card facesynth wrote: left as it is; "
+                           "`facesynth card %s --overwrite-card` replaces it", out / "README.md", out)
+        else:
+            write_card(out)
+    return GenerateResult(out, sum(len(t.samples) for t in mine), len(written), len(mine) - len(written), timings,
+                          worker, merged, manifest.data["quality"]["total"], made_again, manifest.get("version"))
 
 
 def review_cells(out: Path, tasks: list[ShardTask]) -> dict[str, str] | None:
@@ -479,53 +500,18 @@ def review_cells(out: Path, tasks: list[ShardTask]) -> dict[str, str] | None:
     return {s.sample_id: cell_key(s.labels) for t in tasks for s in t.samples}
 
 
-def _review_round(out: Path, manifest: Manifest, cells: dict[str, str] | None, worker: Worker,
-                  version: str | None) -> dict[str, dict[str, Verdict]]:
-    """Shards holding rows rejected in review (shard -> sample_id -> verdict); starts a review round if any.
-
-    The round's version is fixed when it starts, so a run resumed after a crash finishes the same version.
-    """
+def _review(out: Path, manifest: Manifest, cells: dict[str, str] | None, worker: Worker, version: str | None,
+            limit: int, names: list[str]) -> dict[str, dict[str, Verdict]]:
+    """Shards among ``names`` holding rows the snapshot rejects (shard -> sample_id -> verdict); opens the
+    review round (or adds to it) if there are any."""
     if cells is None:
         return {}
-    waiting, done, rows = review_state(out, list(manifest.shards), cells)
-    redo: dict[str, dict[str, Verdict]] = {}
-    for sid, verdict in waiting.items():
-        redo.setdefault(rows[sid].shard, {})[sid] = verdict
-    if not redo:
-        return redo
-    if not worker.alone:
-        raise OutputError(f"--num-workers: {len(waiting)} row(s) rejected in review are made again by a single "
-                          "process; run the same command without --worker-index/--num-workers")
-    if manifest.get("reviewing") is None:
-        current = manifest.get("version", FIRST_VERSION)
-        n = manifest["plan"]["num_samples"]
-        previous = manifest.get("previous") or {}
-        growing = not manifest.get("complete") and previous.get("num_samples", n) < n  # already a new version
-        manifest.data["reviewing"] = {"from": previous["version"] if growing else current,
-                                      "version": version or (current if growing else version_bump(current)),
-                                      "settled": len(done)}
-    manifest.data["version"] = manifest["reviewing"]["version"]
-    manifest.data["complete"] = False
-    logger.info("%d row(s) rejected in review, in %d shard(s), are made again (version %s)", len(waiting),
-                len(redo), manifest["version"])
-    return redo
-
-
-def _finish_review_round(out: Path, manifest: Manifest, cells: dict[str, str] | None) -> None:
-    """Record the review history (manifest ``review``, for the card) and the round's new version."""
-    if cells is None:
-        return
-    waiting, done, _ = review_state(out, list(manifest.shards), cells)
-    if done or waiting:
-        manifest.data["review"] = {**review_summary(done, cells), "pending": len(waiting)}
-    round_ = manifest.data.pop("reviewing", None)
-    if round_ is None:
-        return
-    previous = manifest.get("previous") or {}
-    n = manifest["plan"]["num_samples"]
-    if previous.get("version") != round_["from"] or previous.get("num_samples", n) >= n:  # not grown this round
-        previous = {"version": round_["from"], "num_samples": n, "cells": manifest["cells"]}
-    manifest.data["previous"] = {**previous, "replaced": len(done) - round_["settled"]}
+    found = rounds.find_rejected(out, manifest, cells, names, limit)
+    if found:
+        if not worker.alone:
+            rounds.refuse_for_workers(found)
+        rounds.start(manifest, found, cells, limit, version)
+    return found
 
 
 def _rewrite(engine: Engine, sink: ShardSink, task: ShardTask, path: Path, rejected: dict[str, Verdict],
@@ -543,7 +529,8 @@ def _rewrite(engine: Engine, sink: ShardSink, task: ShardTask, path: Path, rejec
             if sid not in rejected:
                 engine.gates.accept(cell, embedding)
     samples = [s for s in task.samples if s.sample_id in rejected]
-    first = {sid: v.attempt + 1 for sid, v in rejected.items()}
+    floor = rounds.floors(manifest)
+    first = {sid: floor.get(sid, v.attempt + 1) for sid, v in rejected.items()}
     winners = {w.sample.sample_id: w for w in engine.run(samples, first_attempt=first)}
     sink.start(task, manifest.shards[task.name].get("quality"))
     parquet = pq.ParquetFile(path)
@@ -632,6 +619,7 @@ def _run(engine: Engine, mine: list[ShardTask], out: Path, tmp_dir: Path, recipe
     bar = tqdm(total=sum(len(t.samples) for t in mine), initial=done_rows, unit="img", desc="generating",
                disable=quiet, dynamic_ncols=True)
     attributes = {a: list(attr.values) for a, attr in recipe.attributes.items()}
+    floors = rounds.floors(manifest)  # samples a review round moved on start at their next attempt
     total_score, kept, rejected = 0.0, 0, 0
     redo = redo or {}
     try:
@@ -646,7 +634,7 @@ def _run(engine: Engine, mine: list[ShardTask], out: Path, tmp_dir: Path, recipe
                         engine.gates.accept(cell, embedding)
                 continue
             sink.start(task)
-            for winner in engine.run(task.samples):
+            for winner in engine.run(task.samples, first_attempt=floors):
                 sink.add(winner)
                 total_score += winner.clip_score
                 kept += 1
