@@ -161,3 +161,43 @@ def reject(out, sample_ids, reason="", verdict="reject"):
     found = {r["sample_id"]: r for r in rows(out, ["sample_id", "attempt", "image"]) if r["sample_id"] in sample_ids}
     return append_verdicts(out, [Verdict(sid, found[sid]["attempt"], image_digest(found[sid]["image"]["bytes"]),
                                          verdict, reason) for sid in sample_ids])
+
+
+@contextmanager
+def tmpfs(path, size: str = "4m", read_only: bool = False):
+    """A real tmpfs of ``size`` mounted at ``path`` (needs root and mount rights; the test is skipped
+    otherwise), unmounted afterwards: full disks and read-only folders without any injection."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    got = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "facesynth-test", str(path)],
+                         capture_output=True, text=True)
+    if got.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({got.stderr.strip() or 'mount failed'})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def remount(path, options: str) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True, capture_output=True)
+
+
+def fill_disk(folder, leave: int = 0) -> None:
+    """Fill the file system of ``folder`` but for ``leave`` bytes."""
+    import os
+
+    stat = os.statvfs(folder)
+    free = stat.f_bavail * stat.f_frsize - leave
+    with open(os.path.join(folder, "filler"), "wb") as f:
+        while free > 0:
+            chunk = min(free, 1 << 20)
+            try:
+                f.write(b"\0" * chunk)
+                f.flush()
+            except OSError:
+                break
+            free -= chunk

@@ -4,6 +4,7 @@ shards byte-identical, a new version, the card's report, validate and reproduce.
 import json
 import shutil
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from datasets import load_dataset
@@ -178,3 +179,111 @@ def test_the_command_says_what_review_changed(reviewed, pair_file, tmp_path, cap
     assert "3 row(s) rejected in review were made again; version 1.1.0." in said
     gates = [line for line in said.splitlines() if line.startswith("Quality gates rejected")]
     assert all("review" not in line for line in gates)  # a person's rejections are not the gates'
+
+
+def listing(out):
+    """sha256 of every shard, by name: what 'the same bytes' means."""
+    import hashlib
+
+    return {name: hashlib.sha256(data).hexdigest() for name, data in shard_bytes(out).items()}
+
+
+def test_growing_a_reviewed_dataset_keeps_every_rows_attempt_killed_or_not(reviewed, pair_file, tmp_path):
+    """After a review round, a grow never brings a rejected row back, and a grow killed and resumed gives the
+    same bytes as an uninterrupted one."""
+    from facesynth.validate import validate
+
+    base, rejected = reviewed
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    shutil.copytree(base, straight)
+    generate(config(pair_file, straight))  # the review round: 1.1.0
+    moved = {r["sample_id"]: r["attempt"] for r in rows(straight, ["sample_id", "attempt"])
+             if r["sample_id"] in {s for ids in rejected.values() for s in ids}}
+    assert min(moved.values()) >= 1
+    shutil.copytree(straight, crashed)
+    generate(replace(config(pair_file, straight), num_samples=20, max_refills=40))
+    grown = {r["sample_id"]: r["attempt"] for r in rows(straight, ["sample_id", "attempt"])}
+    assert all(grown[sid] == attempt for sid, attempt in moved.items())  # not back at attempt 0
+    report = validate(straight, images=False)
+    assert report.ok, [str(p) for p in report.problems]
+    with crash_at_shard(2):
+        generate(replace(config(pair_file, crashed), num_samples=20, max_refills=40))
+    generate(replace(config(pair_file, crashed), num_samples=20, max_refills=40))
+    assert listing(crashed) == listing(straight)
+    done, want = (json.loads((d / "manifest.json").read_text()) for d in (crashed, straight))
+    assert done["version"] == want["version"] == "1.2.0" and done["attempts"] == want["attempts"]
+    assert done["review"] == want["review"] and done["review"]["rejected"] == 3
+
+
+def test_repairing_a_shard_that_holds_a_pending_rejection_makes_it_at_its_next_attempt(reviewed, pair_file,
+                                                                                       tmp_path):
+    from facesynth.validate import validate
+
+    base, rejected = reviewed
+    straight, repaired = tmp_path / "straight", tmp_path / "repaired"
+    shutil.copytree(base, straight)
+    shutil.copytree(base, repaired)
+    shard = list(rejected)[0]
+    (repaired / shard).unlink()  # lost before the round ran
+    result = generate(config(pair_file, repaired, repair=True))
+    assert result.replaced == 3 and result.version == "1.1.0"  # the 2 in the lost shard, and the other one
+    again = {r["sample_id"]: r["attempt"] for r in rows(repaired, ["sample_id", "attempt"])}
+    assert all(again[sid] >= 1 for sid in rejected[shard])  # not the rejected image at attempt 0
+    report = validate(repaired, images=False)
+    assert report.ok, [str(p) for p in report.problems]
+    generate(config(pair_file, straight))
+    assert listing(repaired) == listing(straight)  # the same bytes as a round on the undamaged folder
+
+
+def test_a_verdict_naming_another_rows_image_is_not_counted(reviewed, pair_file, tmp_path):
+    from facesynth.verdicts import Verdict, append_verdicts
+
+    base, rejected = reviewed
+    out = tmp_path / "pair"
+    shutil.copytree(base, out)
+    other = next(r["sample_id"] for r in rows(out, ["sample_id"]) if r["sample_id"] not in
+                 {s for ids in rejected.values() for s in ids})
+    append_verdicts(out, [Verdict(other, 0, "0123456789abcdef", "reject", "forged digest")])
+    result = generate(config(pair_file, out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert result.replaced == 3 and manifest["review"]["rejected"] == 3 and manifest["previous"]["replaced"] == 3
+    assert "forged digest" not in manifest["review"]["reasons"]
+    assert {r["sample_id"]: r["attempt"] for r in rows(out, ["sample_id", "attempt"])}[other] == 0
+
+
+def test_verdicts_posted_while_generate_runs_wait_for_the_next_round(reviewed, pair_file, tmp_path, capsys):
+    """The round takes a snapshot when it starts: a restore and a reject posted mid-round (from another thread,
+    as the gallery would) change nothing in it; the CLI line, the manifest and the card count the same 3 rows."""
+    from facesynth.generation import runner
+
+    base, rejected = reviewed
+    out = tmp_path / "pair"
+    shutil.copytree(base, out)
+    ids = [s for ids_ in rejected.values() for s in ids_]
+    late = next(r["sample_id"] for r in rows(out, ["sample_id"]) if r["sample_id"] not in ids)
+    real, posted = runner.ShardSink._finish, []
+
+    def finish(self):
+        if not posted:  # the first rewritten shard is done: a reviewer acts now
+            reject(out, [ids[-1]], verdict="restore")
+            reject(out, [late], "posted during the round")
+            posted.append(True)
+        return real(self)
+
+    runner.ShardSink._finish = finish
+    try:
+        assert invoke(["generate", pair_file, "--out", str(out), "-n", "16", "--model", "tiny", "--rows-per-shard",
+                       "3", "--batch-size", "6", "--dedupe-threshold", str(TINY_THRESHOLD), "-q"]) == 0
+    finally:
+        runner.ShardSink._finish = real
+    said = capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    card = (out / "README.md").read_text()
+    assert "3 row(s) rejected in review were made again; version 1.1.0." in said
+    assert manifest["previous"]["replaced"] == 3 and manifest["review"]["rejected"] == 3
+    assert manifest["review"]["pending"] == 1  # the late rejection waits for the next round
+    assert "3 rows of 1.0.0 rejected in review and made again" in card and "1 more rejected rows" in card
+    now = {r["sample_id"]: r["attempt"] for r in rows(out, ["sample_id", "attempt"])}
+    assert now[late] == 0 and all(now[sid] >= 1 for sid in ids)
+    result = generate(config(pair_file, out))  # the next round takes the late one
+    assert result.replaced == 1 and result.version == "1.2.0"

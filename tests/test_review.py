@@ -246,3 +246,212 @@ def test_verdicts_saved_before_the_server_is_killed_are_all_there(demo_copy):
     gallery = Gallery(demo_copy)  # a new server sees every verdict that was answered as saved
     assert sorted(gallery.sample_ids[i] for i in np.flatnonzero(gallery.rejected)) == sorted(
         r["sample_id"] for r in listed[:3])
+
+
+# --- hostile requests: every failure is a JSON error the page shows, never a 500 -------------------------------
+
+def raw_post(url, data: bytes, content_type="application/json", headers=None):
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type, **(headers or {})},
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def first_row(server):
+    code, _, body = get(server.url + "api/rows?limit=1")
+    row = json.loads(body)["rows"][0]
+    return {"sample_id": row["sample_id"], "attempt": row["attempt"]}
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b'{"rows": [{"sample_id": {"a": 1}, "attempt": 0}]}', 400, "rows.0.sample_id: Input should be a valid string"),
+    (b'{"rows": [{"sample_id": "x", "attempt": true}]}', 400, "rows.0.attempt: Input should be a valid integer"),
+    (b'{"rows": [{"sample_id": "x", "attempt": -1}]}', 400, "rows.0.attempt: Input should be greater than or equal"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+    (b'{"rows": [], "verdict": "reject"}', 400, "rows: List should have at least 1 item"),
+    (b'{"rows": [{"sample_id": "x", "attempt": 0}], "delete": true}', 400, "delete: Extra inputs are not permitted"),
+    (b'{"rows": [{"sample_id": "x", "attempt": 0}], "reason": 5}', 400, "reason: Input should be a valid string"),
+    (b"\xff\xfe", 400, "not JSON"),
+    (b"NaN", 400, "body: Input should be a valid dictionary"),
+])
+def test_malformed_verdict_bodies_are_400_and_write_nothing(server, demo_copy, body, status, message):
+    code, data = raw_post(server.url + "api/verdicts", body)
+    assert (code, message in data["error"]) == (status, True), data
+    assert not verdicts_path(demo_copy).exists()
+
+
+def test_bodies_and_row_counts_are_bounded(server, demo_copy):
+    from facesynth.review import MAX_BODY, MAX_ROWS
+
+    import http.client
+
+    row = first_row(server)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)  # no Content-Length: read and counted
+    conn.putrequest("POST", "/api/verdicts")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    try:
+        for _ in range(MAX_BODY // 65536 + 2):
+            conn.send(b"10000\r\n" + b" " * 65536 + b"\r\n")
+        conn.send(b"0\r\n\r\n")
+    except OSError:
+        pass  # the server stopped reading once it had too much
+    response = conn.getresponse()
+    assert response.status == 413 and "larger than" in json.loads(response.read())["error"]
+    conn.close()
+    many = json.dumps({"rows": [row] * (MAX_ROWS + 1)}).encode()
+    code, data = raw_post(server.url + "api/verdicts", many)
+    assert code == 400 and f"at most {MAX_ROWS} items" in data["error"]
+    assert not verdicts_path(demo_copy).exists()
+    code, data = raw_post(server.url + "api/verdicts", json.dumps({"rows": [row] * 5000}).encode())
+    assert code == 200 and data["saved"] == 1  # one row named 5,000 times is judged once
+    assert len(read_verdicts(demo_copy)) == 1
+
+
+def test_a_100_mb_body_is_refused_without_being_read(server):
+    """A client that says it sends 100 MB is refused at once, from its Content-Length."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.putrequest("POST", "/api/verdicts")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(100 * 1024 * 1024))
+    conn.endheaders()
+    conn.send(b"{" * 65536)
+    response = conn.getresponse()
+    assert response.status == 413 and "larger than" in json.loads(response.read())["error"]
+    conn.close()
+
+
+@pytest.mark.parametrize("query, message", [
+    ("offset=-5", "offset: must be between 0"), ("offset=x", "offset: must be a whole number"),
+    ("limit=0", "limit: must be between 1"), ("limit=99999", "limit: must be between 1 and 2000"),
+    ("order=sideways", "order: must be asc or desc"), ("emotion=bored", "emotion: unknown value 'bored'"),
+    ("colour=red", "unknown filter 'colour'"),
+])
+def test_bad_queries_are_400(server, query, message):
+    code, kind, body = get(server.url + "api/rows?" + query)
+    assert code == 400 and kind == "application/json" and message in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("path", ["api/row/-1", "api/row/99999", "api/row/x", "thumb/99999", "image/1e3"])
+def test_rows_that_do_not_exist_are_404_json(server, path):
+    code, kind, body = get(server.url + path)
+    assert code == 404 and kind == "application/json" and "no such row" in json.loads(body)["error"]
+
+
+def test_verdict_bodies_never_get_a_500(server, demo_copy):
+    """Property: whatever JSON the page (or anyone on this machine) posts, the answer is JSON with a 2xx or 4xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    row = first_row(server)
+    scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=8)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5),
+                                                                                                inner, max_size=3),
+                          max_leaves=8)
+    bodies = st.fixed_dictionaries({}, optional={"rows": st.lists(st.fixed_dictionaries(
+        {}, optional={"sample_id": st.sampled_from([row["sample_id"], "nope"]) | values,
+                      "attempt": st.sampled_from([row["attempt"], 7]) | values}), max_size=3) | values,
+        "verdict": st.sampled_from(["reject", "restore", "x"]) | values, "reason": values}) | values
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(bodies)
+    def check(body):
+        code, data = raw_post(server.url + "api/verdicts", json.dumps(body).encode())
+        assert code in (200, 400, 409), (code, body, data)
+        assert ("saved" in data) if code == 200 else isinstance(data["error"], str)
+
+    check()
+    read_verdicts(demo_copy)  # whatever was saved is a readable file
+
+
+def test_a_full_disk_never_acknowledges_a_verdict_that_is_not_on_disk(demo_dataset, tmp_path):
+    """A real, nearly full tmpfs: every verdict answered "saved" is on disk, the others are JSON errors, and the
+    file never gets a torn tail."""
+    import shutil
+
+    from conftest import fill_disk, tmpfs
+
+    with tmpfs(tmp_path / "disk", size="3m") as disk:
+        folder = disk / "demo"
+        shutil.copytree(demo_dataset, folder)
+        fill_disk(disk, leave=6000)  # one page: some verdicts fit, then the disk is full
+        srv = ReviewServer(folder, 0).start()
+        try:
+            _, _, body = get(srv.url + "api/rows?limit=24")
+            targets = json.loads(body)["rows"]
+            answers = []
+            for n in range(40):
+                row = targets[n % len(targets)]
+                answers.append(raw_post(srv.url + "api/verdicts", json.dumps({
+                    "rows": [{"sample_id": row["sample_id"], "attempt": row["attempt"]}],
+                    "verdict": "reject", "reason": f"reason {n} " + "x" * 150}).encode()))
+        finally:
+            srv.stop()
+        saved = [n for n, (code, _) in enumerate(answers) if code == 200]
+        refused = [(code, data["error"]) for code, data in answers if code != 200]
+        assert saved and refused, answers  # the disk filled up part of the way through
+        assert all(code == 503 and "No space left on device" in error for code, error in refused)
+        raw = verdicts_path(folder).read_bytes()
+        assert raw.endswith(b"\n")  # no torn tail
+        on_disk = [v.reason.split()[1] for v in read_verdicts(folder)]
+        assert on_disk == [str(n) for n in saved]  # exactly the acknowledged ones, in order
+
+
+def test_a_read_only_folder_answers_a_json_error_the_page_shows(demo_dataset, tmp_path):
+    import shutil
+
+    from conftest import remount, tmpfs
+
+    with tmpfs(tmp_path / "disk", size="8m") as disk:
+        folder = disk / "demo"
+        shutil.copytree(demo_dataset, folder)
+        remount(disk, "ro")
+        srv = ReviewServer(folder, 0).start()
+        try:
+            code, data = post(srv.url + "api/verdicts", {"rows": [first_row(srv)], "reason": "blurry"})
+            page_code, _, _ = get(srv.url)
+        finally:
+            srv.stop()
+            remount(disk, "rw")
+        assert code == 503 and "Read-only file system" in data["error"] and "not saved" in data["error"]
+        assert page_code == 200 and not verdicts_path(folder).exists()
+
+
+def test_requests_during_reloads_see_one_consistent_snapshot(demo_copy):
+    """1,200 row requests from 8 threads while the folder changes under the server (a manifest rewritten as
+    ``generate`` does): every answer is 200 (or 404 JSON for an index past the end), none fails."""
+    import threading
+
+    from facesynth.writer import Manifest
+
+    srv = ReviewServer(demo_copy, 0).start()
+    answers, stop = [], threading.Event()
+
+    def client(k):
+        for n in range(150):
+            code, kind, _ = get(srv.url + f"api/row/{(k * 150 + n) % 24}")
+            answers.append((code, kind))
+
+    def writer():
+        while not stop.is_set():
+            manifest = Manifest.load(demo_copy)
+            manifest.save(demo_copy)  # a new stamp: the next request reloads
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    changer = threading.Thread(target=writer)
+    changer.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    changer.join()
+    srv.stop()
+    assert len(answers) == 1200 and {code for code, _ in answers} == {200}
+    assert {kind for _, kind in answers} == {"application/json"}

@@ -102,3 +102,79 @@ def test_current_rows_finds_the_rows_verdicts_name_by_image_digest(demo_dataset)
         assert found[r["sample_id"]].image == image_digest(r["image"]["bytes"])
         assert found[r["sample_id"]].attempt == r["attempt"]
         assert (demo_dataset / found[r["sample_id"]].shard).is_file()
+
+
+def _short_writes(monkeypatch, fail_after=1):
+    """``os.write`` as a nearly full disk does it: a first call that writes half, then ENOSPC."""
+    import errno
+    import os
+
+    from facesynth import verdicts
+
+    real, calls = os.write, {"n": 0}
+
+    def write(fd, data):
+        calls["n"] += 1
+        if calls["n"] > fail_after:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, bytes(data)[: max(1, len(data) // 2)])
+
+    monkeypatch.setattr(verdicts.os, "write", write)
+    return calls
+
+
+def test_a_short_write_is_finished_and_a_full_disk_is_an_error_with_the_file_as_it_was(tmp_path, monkeypatch):
+    append_verdicts(tmp_path, [Verdict("a", 0, "d1", "reject", "kept")])
+    before = verdicts_path(tmp_path).read_bytes()
+    _short_writes(monkeypatch, fail_after=1)  # half the line, then the disk is full
+    with pytest.raises(VerdictError, match=r"verdicts.jsonl': cannot write \(No space left on device\); the verdict "
+                                           r"was not saved"):
+        append_verdicts(tmp_path, [Verdict("b", 0, "d2", "reject", "x" * 200)])
+    assert verdicts_path(tmp_path).read_bytes() == before  # no torn tail: cut back to what it held
+    monkeypatch.undo()
+    calls = _short_writes(monkeypatch, fail_after=10)  # short writes that do make progress are finished
+    saved = append_verdicts(tmp_path, [Verdict("c", 0, "d3", "reject", "y" * 200)])
+    assert calls["n"] > 1 and [v.sample_id for v in saved] == ["c"]
+    monkeypatch.undo()
+    assert [v.sample_id for v in read_verdicts(tmp_path)] == ["a", "c"]
+
+
+def test_a_whole_last_line_without_its_newline_is_kept_and_a_torn_one_is_cut(tmp_path):
+    line = json.dumps({"sample_id": "a", "attempt": 0, "image": "d1", "verdict": "reject", "reason": "by hand"})
+    verdicts_path(tmp_path).write_text(line)  # typed into an editor that adds no final newline
+    assert [v.reason for v in read_verdicts(tmp_path)] == ["by hand"]
+    append_verdicts(tmp_path, [Verdict("b", 0, "d2", "reject", "from the page")])
+    assert verdicts_path(tmp_path).read_text().splitlines()[0] == line  # given its newline, not deleted
+    assert [v.sample_id for v in read_verdicts(tmp_path)] == ["a", "b"]
+    with open(verdicts_path(tmp_path), "ab") as f:
+        f.write(line[:-3].encode())  # torn: not a whole verdict
+    append_verdicts(tmp_path, [Verdict("c", 0, "d3", "restore")])
+    assert [v.sample_id for v in read_verdicts(tmp_path)] == ["a", "b", "c"]
+
+
+def test_a_snapshot_reads_only_the_verdicts_written_before_it(tmp_path):
+    from facesynth.verdicts import snapshot_size
+
+    append_verdicts(tmp_path, [Verdict("a", 0, "d1", "reject")])
+    size = snapshot_size(tmp_path)
+    with open(verdicts_path(tmp_path), "ab") as f:
+        f.write(b'{"sample_id": "b", "att')  # a torn write is not in any snapshot
+    assert snapshot_size(tmp_path) == size
+    append_verdicts(tmp_path, [Verdict("c", 0, "d3", "reject")])
+    assert [v.sample_id for v in read_verdicts(tmp_path, size)] == ["a"]
+    assert [v.sample_id for v in read_verdicts(tmp_path)] == ["a", "c"]
+
+
+def test_a_verdict_file_on_a_read_only_folder_is_one_line(tmp_path):
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("this user writes read-only folders (root without a read-only mount)")
+        with pytest.raises(VerdictError, match="cannot write .*the verdict was not saved"):
+            append_verdicts(folder, [Verdict("a", 0, "d1", "reject")])
+    finally:
+        os.chmod(folder, 0o755)

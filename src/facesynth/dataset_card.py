@@ -309,12 +309,13 @@ def render_card(data: DatasetCardData, **values: Any) -> DatasetCard:
 
 
 def build_card(root: str | Path, repo_id: str | None = None, revision: str | None = None,
-               gated: bool = False, write_grid: bool | None = True, summary: Summary | None = None) -> DatasetCard:
+               gated: bool = False, write_grid: bool | None = True, summary: Summary | None = None,
+               name: str | None = None) -> DatasetCard:
     """Build the card for a dataset folder (and refresh its sample grid, unless ``write_grid`` is off and it
     exists; ``None`` never writes it, as ``validate`` needs).
 
     ``repo_id`` (ORG/NAME) is the Hub repo the card is for; without it the snippets name the folder
-    by its own name, never by an absolute path. ``revision`` is the tag the snippets pin.
+    by its own name (or ``name``), never by an absolute path. ``revision`` is the tag the snippets pin.
     """
     root = Path(root)
     summary = summary or summarize(root)
@@ -356,7 +357,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
     overrides = (manifest.get("generation") or {}).get("overrides") or {}
     return render_card(
         data,
-        repo_id=repo_id or root.name,
+        repo_id=repo_id or name or root.name,
         hub=repo_id is not None,
         revision=revision,
         tiny=tiny,
@@ -428,7 +429,8 @@ def write_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         f.write(text)
     manifest = read_manifest(root)
     manifest.data["files"] = {name: sha256_file(root / name) for name in ("README.md", "assets/samples.png")}
-    manifest.data["card"] = {"repo_id": repo_id, "revision": revision, "gated": gated}  # validate rebuilds it so
+    # what validate rebuilds the card with (a folder copied under another name keeps its card)
+    manifest.data["card"] = {"repo_id": repo_id, "revision": revision, "gated": gated, "name": root.name}
     manifest.save(root)
     return path
 

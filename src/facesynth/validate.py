@@ -288,7 +288,7 @@ def _check_card(root: Path, report: Report) -> None:
         configs, infos = configs_and_infos(summary)
         made = (summary.manifest.get("card") or {})
         expected = build_card(root, made.get("repo_id"), made.get("revision"), bool(made.get("gated")),
-                              write_grid=None, summary=summary)
+                              write_grid=None, summary=summary, name=made.get("name"))
     except Exception as exc:  # noqa: BLE001
         report.add("README.md", f"cannot be read against the data: {exc}")
         return
