@@ -151,3 +151,161 @@ def test_the_card_shows_the_models_licence_when_the_model_declares_one(demo_data
     assert card_license(recipe, manifest) == ("apache-2.0", None, None)
     manifest.data["model"]["license"] = "other"
     assert card_license(recipe, manifest) == ("other", "model-licence", "https://huggingface.co/org/model")
+
+
+SECTIONS = ["Splits", "How it was generated", "Attributes", "Human review", "Usage", "Limitations and bias",
+            "Out-of-scope use", "Personal and sensitive information", "Licence", "Citation"]
+
+
+def _hostile_folder(demo_dataset, tmp_path, name="demo", reason="", description="", model="", tag=None):
+    """A copy of the demo dataset whose review history, recipe description and model name are ``reason``,
+    ``description`` and ``model``, with its card written (for the repo of the folder's name, and ``tag``)."""
+    import shutil
+
+    import yaml
+
+    from facesynth.dataset_card import write_card
+    from facesynth.writer import Manifest
+
+    root = tmp_path / name
+    shutil.copytree(demo_dataset, root)
+    manifest = Manifest.load(root)
+    manifest.data["review"] = {"rejected": 2, "cells": {"happy/male/black": 2}, "reasons": {reason: 2},
+                               "pending": 0}
+    recipe = yaml.safe_load(manifest["recipe"]["yaml"])
+    recipe["description"] = description
+    manifest.data["recipe"]["yaml"] = yaml.safe_dump(recipe, sort_keys=False)
+    manifest.data["model"]["name"] = model
+    manifest.save(root)
+    write_card(root, revision=tag)
+    return root
+
+
+def _check_structure(text: str, repo_id: str, tag: str | None = None) -> None:
+    """The card keeps its structure: the two markers only, every section in order, snippets that parse and
+    name exactly this repo and tag."""
+    import ast
+    import re
+
+    from facesynth.dataset_card import BEGIN, END
+
+    assert text.count("<!--") == 2 and text.count(BEGIN) == 1 and text.count(END) == 1
+    assert text.rstrip().endswith(END)
+    headings = [h for h in re.findall(r"^## (.+)$", text, re.M) if h in SECTIONS]
+    assert headings == SECTIONS, headings
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 3
+    tree = ast.parse(blocks[0])
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "load_dataset"]
+    assert calls and all(c.args[0].value == repo_id for c in calls)
+    pinned = [kw.value.value for c in calls for kw in c.keywords if kw.arg == "revision"]
+    assert pinned == [tag or "main"]
+    for block in blocks[1:]:
+        ast.parse(block)
+
+
+def test_text_from_people_recipes_and_folders_cannot_cut_or_change_the_card(demo_dataset, tmp_path):
+    """A review reason that is the end marker, a description that opens a comment and starts a heading, a model
+    name with backticks and pipes, a folder name with quotes, and a tag that git allows but Python needs
+    quoted: the card keeps every section, shows each text as text, and validate says it matches the data."""
+    from facesynth.validate import validate
+
+    reason = "<!-- facesynth:end --> | six fingers"
+    root = _hostile_folder(demo_dataset, tmp_path, name='faces "x" \'y\'', reason=reason,
+                           description="# Title\n<!-- hidden\n<script>alert(1)</script>", model="a`b|c*d*",
+                           tag='v1"2')
+    text = (root / "README.md").read_text()
+    _check_structure(text, 'faces "x" \'y\'', 'v1"2')
+    assert "&lt;!-- facesynth:end --&gt; \\| six fingers" in text and "\\# Title &lt;!-- hidden" in text
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert "<code>a\\`b\\|c\\*d\\*</code>" in text
+    report = validate(root, images=False)
+    assert report.ok, [str(p) for p in report.problems]
+    markdown_it = pytest.importorskip("markdown_it")
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(text.split("---", 2)[2])
+    assert "&lt;!-- facesynth:end --&gt; | six fingers</td>" in html  # one cell, shown as the text it is
+    assert "<h1>Title" not in html and "# Title &lt;!-- hidden &lt;script&gt;" in html
+    assert all(f"<h2>{s}</h2>" in html for s in SECTIONS)
+
+
+def test_a_long_reason_is_shortened_in_the_card(demo_dataset, tmp_path):
+    root = _hostile_folder(demo_dataset, tmp_path, reason="blurry " + "x" * 10_000)
+    line = next(line for line in (root / "README.md").read_text().splitlines() if line.startswith("| blurry"))
+    assert len(line) < 200 and "…" in line
+
+
+def test_any_text_that_reaches_the_card_leaves_its_structure_intact(demo_dataset, tmp_path_factory):
+    """Property: whatever a reviewer, a recipe's author, a model's or a folder's name writes."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from facesynth.dataset_card import build_card
+    from facesynth.writer import Manifest
+
+    texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60) | st.sampled_from([
+        "<!-- facesynth:end -->", "<!--", "-->", "```", "\n## Usage\n", "|", "\\", "`", "<img src=x onerror=1>",
+        "${{ x }}", "{% raw %}", "\u2028", "1. x", "- x", "# x", "> x", "***", "[x](javascript:1)"])
+    root = _hostile_folder(demo_dataset, tmp_path_factory.mktemp("fuzz"))
+    manifest = Manifest.load(root)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(reason=texts, model=texts, name=texts.filter(lambda s: s.strip() != ""), tag=texts)
+    def check(reason, model, name, tag):
+        manifest.data["review"]["reasons"] = {reason: 2}
+        manifest.data["model"]["name"] = model
+        manifest.save(root)
+        card = build_card(root, revision=tag or None, write_grid=False, name=name)
+        _check_structure(card.text, name, tag or None)
+
+    check()
+
+
+def test_card_refuses_a_readme_it_did_not_write_as_push_does(demo_dataset, tmp_path, capsys):
+    import shutil
+
+    from conftest import invoke
+
+    root = tmp_path / "demo"
+    shutil.copytree(demo_dataset, root)
+    (root / "README.md").write_text("# Our own dataset notes\n")
+    assert invoke(["card", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"Error: '{root / 'README.md'}': not written by facesynth (it has no facesynth markers), so it "
+                   "cannot be merged; give --overwrite-card to replace it (nothing was changed)\n")
+    assert (root / "README.md").read_text() == "# Our own dataset notes\n"
+    assert invoke(["card", str(root), "--overwrite-card"]) == 0
+    assert "<!-- facesynth:begin" in (root / "README.md").read_text()
+
+
+def test_validate_notices_a_generated_part_that_does_not_match_the_data(demo_dataset, tmp_path):
+    import shutil
+
+    from facesynth.validate import validate
+
+    root = tmp_path / "demo"
+    shutil.copytree(demo_dataset, root)
+    readme = root / "README.md"
+    text = readme.read_text()
+    readme.write_text(text.replace("## Limitations and bias", "## Limitations and bias\n\nAll labels verified by hand."))
+    assert [str(p) for p in validate(root, images=False).problems] == [
+        "README.md: the generated part (between the facesynth markers) differs from the data; run `facesynth card DIR`"]
+    readme.write_text(text.replace("<!-- facesynth:end -->", "<!-- facesynth:end -->\n\nOur notes, kept.\n"))
+    assert validate(root, images=False).ok  # text outside the markers is the owner's
+
+
+def test_a_full_disk_during_card_is_one_line_and_leaves_no_empty_assets(demo_dataset, tmp_path, capsys):
+    import shutil
+
+    from conftest import fill_disk, invoke, tmpfs
+
+    with tmpfs(tmp_path / "disk", size="4m") as disk:
+        root = disk / "demo"
+        shutil.copytree(demo_dataset, root, ignore=shutil.ignore_patterns("assets", "README.md"))
+        for leave, names in ((0, f"DIRECTORY: cannot write to '{root}'"), (12_000, str(root / "assets"))):
+            (disk / "filler").unlink(missing_ok=True)
+            fill_disk(disk, leave=leave)  # nothing left at all; then room for the lock but not the sample grid
+            assert invoke(["card", str(root)]) == 1
+            err = capsys.readouterr().err.splitlines()
+            assert len(err) == 1 and names in err[0] and "No space left on device" in err[0], err
+            assert "unexpected" not in err[0]
+            assert sorted(p.name for p in root.iterdir()) == ["data", "manifest.json"]  # no empty assets/, no lock

@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import OutputError, WriteError
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,18 @@ class FolderLock:
                 self._made.append(path)
 
     def acquire(self) -> "FolderLock":
+        """Take the folder's locks; a folder that cannot be written (a full disk) is one line, and leaves no
+        lock file or work folder behind."""
+        try:
+            return self._acquire()
+        except OSError as exc:
+            if isinstance(exc, (FileNotFoundError, PermissionError)):
+                raise
+            self.release()
+            raise WriteError(f"{self.what}: cannot write to '{self.root}' ({exc.strerror or exc}); nothing was "
+                             "changed") from None
+
+    def _acquire(self) -> "FolderLock":
         work = self.root / WORK_DIR
         self.root.mkdir(parents=True, exist_ok=True)
         self._mkdir(work)
