@@ -6,7 +6,7 @@ import datasets
 import pytest
 
 import facesynth
-from facesynth.builder import Facesynth, content_fingerprint, read_manifest
+from facesynth.builder import Facesynth, content_fingerprint, load, read_manifest
 from facesynth.errors import OutputError
 
 
@@ -191,3 +191,50 @@ def test_loading_from_the_hub_reads_only_the_matching_files(hub_mirror, demo_dat
     opened = {p.split("faces@main/", 1)[1]: n for p, n in hub_mirror.items()}
     assert {"manifest.json", "data/sad/train-00000.parquet"} <= set(opened)
     assert all(p == "manifest.json" or p.startswith("data/sad/") for p in opened)  # no other label's file
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"emotion": 1}, "filters: emotion: give a value name or a list of them (happy, sad, angry, surprised), not int 1"),
+    ({"emotion": None}, "filters: emotion: give a value name or a list of them"),
+    ({"emotion": b"happy"}, "filters: emotion: give a value name or a list of them (happy, sad, angry, surprised), "
+                            "not bytes b'happy'"),
+    ({"emotion": []}, "filters: emotion: give a value name or a list of them"),
+    ({"filters": "str"}, "filters: 'filters' is not an attribute (emotion, gender, ethnicity)"),
+    ({"split": 3}, "split: must be text (got int)"),
+    ({"columns": "image"}, "columns: give a list of column names"),
+    ({"wait": "yes"}, "wait: True, False or seconds (got str)"),
+])
+def test_load_with_wrong_types_is_one_line(demo_dataset, kwargs, message):
+    from facesynth import load as top_level_load
+
+    with pytest.raises(OutputError) as refused:
+        top_level_load(str(demo_dataset), **kwargs)
+    assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize("path", ["/data/nope/x", "./nope", "~/nope", "a/b/c"])
+def test_a_local_path_that_does_not_exist_is_not_taken_for_a_hub_id(path):
+    with pytest.raises(OutputError, match=r"no such folder \(a Hub dataset is named ORG/NAME\)"):
+        load(path)
+
+
+def test_loading_while_a_writer_holds_the_folder_is_one_line_or_waits(demo_copy):
+    import threading
+    import time
+
+    from facesynth.lock import FolderBusy, FolderLock
+
+    lock = FolderLock(demo_copy).acquire()
+    try:
+        with pytest.raises(FolderBusy) as busy:
+            load(str(demo_copy), split="train")
+        assert str(busy.value) == (f"'{demo_copy}': a facesynth process is writing it (.facesynth/lock is held); "
+                                   "load it when that finishes, or pass wait=True to wait for it")
+        start = time.monotonic()
+        with pytest.raises(FolderBusy, match="after waiting 0.3 s"):
+            load(str(demo_copy), split="train", wait=0.3)
+        assert time.monotonic() - start >= 0.3
+        threading.Timer(0.5, lock.release).start()
+        assert len(load(str(demo_copy), split="train", wait=True)) == 16  # every train row once the writer is done
+    finally:
+        lock.release()

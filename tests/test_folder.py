@@ -281,3 +281,43 @@ def test_a_folder_made_by_another_format_still_loads_and_is_named_one_line(demo_
     assert sum(len(d) for d in datasets.load_dataset(str(root)).values()) == 24
     old = load(str(root), split="train")  # the builder declares only the columns format 3 had
     assert "prune_at" not in old.features and "seed" in old.features and len(old)
+
+
+def test_another_programs_manifest_json_does_not_make_a_folder_a_dataset(tmp_path):
+    """A web app's folder with its own manifest.json is someone's files: refused, with or without --overwrite."""
+    root = tmp_path / "webapp"
+    root.mkdir()
+    (root / "manifest.json").write_text(json.dumps({"name": "My App", "start_url": "/", "icons": []}))
+    (root / "index.html").write_text("<html></html>")
+    before = listing(root)
+    for extra in ([], ["--overwrite"]):
+        proc = cli("generate", "emotions", "--model", "tiny", "-n", "4", "--out", str(root), *extra)
+        assert proc.returncode == 2
+        assert proc.stderr == (f"Error: --out: '{root}' is not empty (index.html, manifest.json) and holds no "
+                               "facesynth manifest; use an empty folder (nothing was changed)\n")
+        assert listing(root) == before
+    proc = cli("validate", str(root))
+    assert proc.returncode == 2 and proc.stderr == (
+        f"Error: '{root / 'manifest.json'}': not a facesynth manifest (another program's file?); is this a "
+        "facesynth dataset folder?\n")
+
+
+def test_files_facesynth_writes_follow_the_umask(tmp_path):
+    """manifest.json, the card and the grid get 0666 less the umask, like the shards (mkstemp alone gives 0600)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "shared"
+        proc = cli("generate", "emotions", "--model", "tiny", "-n", "4", "--out", str(out), "-q")
+        assert proc.returncode == 0, proc.stderr
+        modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+        assert set(modes.values()) == {0o644}, modes
+        os.umask(0o077)
+        from facesynth.files import write_json_atomic
+
+        write_json_atomic(out / "private.json", {})
+        assert stat.S_IMODE((out / "private.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -256,6 +256,19 @@ BAD = [
     (["--repo-id", "justaname"], "--repo-id: 'justaname' is not a dataset repo id of the form ORG/NAME"),
     (["--repo-id", REPO, "--tag", "v1", "--create-pr"],
      "--tag: not with --create-pr; tag the commit once the pull request is merged"),
+    # tags and branches are checked as git refs before anything is sent (the Hub would refuse them after the upload)
+    (["--repo-id", REPO, "--tag", "v1..2", "--dry-run"], "--tag: 'v1..2' is not a valid tag or branch name: it "
+                                                         "holds '..'"),
+    (["--repo-id", REPO, "--tag", "v 1"], "--tag: 'v 1' is not a valid tag or branch name: it holds ' ', which git "
+                                          "refs may not"),
+    (["--repo-id", REPO, "--tag", "-x"], "--tag: '-x' is not a valid tag or branch name: it starts with '-'"),
+    (["--repo-id", REPO, "--tag", "v1~1"], "--tag: 'v1~1' is not a valid tag or branch name: it holds '~', which "
+                                           "git refs may not"),
+    (["--repo-id", REPO, "--tag", "@"], "--tag: '@' is not a valid tag or branch name: it is '@' or holds '@{'"),
+    (["--repo-id", REPO, "--branch", "dev.lock"], "--branch: 'dev.lock' is not a valid tag or branch name: it has a "
+                                                  "part that starts with '.' or ends with '.lock'"),
+    (["--repo-id", REPO, "--branch", "a//b", "--dry-run"], "--branch: 'a//b' is not a valid tag or branch name: it "
+                                                           "holds '//'"),
 ]
 
 
@@ -421,3 +434,61 @@ def test_rows_rejected_in_review_block_the_push_until_made_again_then_the_verdic
     card = sent["README.md"].decode()
     assert "## Human review" in card and "| six fingers | 1 |" in card
     assert json.loads(sent["manifest.json"])["version"] == "1.1.0"
+
+
+def test_push_sends_only_what_the_manifest_lists(folder, api, hub, capsys, tmp_path):
+    """Hidden files and links in assets/ stay home; a link out of the folder is refused."""
+    import os
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("HF_TOKEN=hf_secret")
+    (folder / "assets" / ".env").write_text("HF_TOKEN=hf_secret")
+    (folder / "assets" / "notes.txt").write_text("mine")
+    os.symlink(secret, folder / "assets" / "outside.txt")
+    code, out, _ = push([str(folder), "--repo-id", REPO, "--dry-run"], capsys)
+    assert code == 0
+    listed = {line.split()[1] for line in out.splitlines()[:-1]}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert listed == {"README.md", "manifest.json", "assets/samples.png", *manifest["shards"]}
+    (folder / "assets" / "samples.png").unlink()
+    os.symlink(secret, folder / "assets" / "samples.png")  # the grid itself a link out of the folder
+    code, _, err = push([str(folder), "--repo-id", REPO, "--dry-run"], capsys)
+    assert code == 2 and err == (f"Error: manifest.json: 'assets/samples.png' leads out of '{folder}' (through a "
+                                 "symbolic link); refused\n")
+
+
+@pytest.mark.parametrize("name", ["data/sad/../../../outside.parquet", "/etc/passwd", "data//x.parquet",
+                                  "data\\x.parquet"])
+def test_a_manifest_naming_a_file_outside_the_folder_is_refused_everywhere(folder, api, hub, capsys, name):
+    from conftest import invoke
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"][name] = next(iter(manifest["shards"].values()))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    message = (f"'{folder / 'manifest.json'}': names the file {name!r}, which is not a plain path inside the dataset "
+               "folder")
+    for args in (["validate", str(folder)], ["push", str(folder), "--repo-id", REPO, "--dry-run"],
+                 ["card", str(folder)]):
+        assert invoke(args) == 2
+        assert capsys.readouterr().err == f"Error: {message}\n"
+    assert api.method_calls == []
+
+
+def test_a_quoted_tag_and_an_odd_folder_name_are_string_literals_in_the_snippets(demo_dataset, tmp_path, capsys):
+    import ast
+    import re
+    import shutil
+
+    from conftest import invoke
+
+    root = tmp_path / 'my "odd"\nname'
+    shutil.copytree(demo_dataset, root)
+    assert invoke(["card", str(root), "--tag", 'v1"); import os; os.system("x']) == 2  # a space: not a git ref
+    assert invoke(["card", str(root), "--tag", 'v1"+os.getcwd()+"']) == 0
+    capsys.readouterr()
+    text = (root / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call) and getattr(n.func, "id", "") ==
+             "load_dataset"]
+    assert {c.args[0].value for c in calls} == {'my "odd"\nname'}
+    assert [kw.value.value for c in calls for kw in c.keywords if kw.arg == "revision"] == ['v1"+os.getcwd()+"']

@@ -176,3 +176,16 @@ def test_a_key_holding_a_newline_is_still_one_line():
     with pytest.raises(RecipeError) as err:
         parse_recipe(GOOD.replace("  gender:\n    values:", '  "\\n":\n    values:'), "x.yaml")
     assert "\n" not in str(err.value) and str(err.value).startswith("x.yaml: attributes")
+
+
+@pytest.mark.parametrize("key, value", [("steps", "true"), ("guidance", "false"), ("width", "true")])
+def test_booleans_are_not_numbers(tmp_path, key, value):
+    from facesynth.errors import RecipeError
+    from facesynth.recipe import load_recipe
+
+    path = tmp_path / "b.yaml"
+    path.write_text(f"name: b\nprimary: e\nattributes:\n  e:\n    values: {{x: [x]}}\ntemplate: '{{e}}'\n"
+                    f"balance: {{cross: [e]}}\ngeneration: {{{key}: {value}}}\n")
+    with pytest.raises(RecipeError) as refused:
+        load_recipe(str(path))
+    assert str(refused.value) == f"{path}: generation.{key}: must be a number, not a boolean ({value})"

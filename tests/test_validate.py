@@ -250,3 +250,45 @@ def test_validate_flags_temp_files_left_by_interrupted_writes(demo_copy):
         "data/happy/.train-00000.parquet.ab12cd.tmp: temp file left by an interrupted write (not part of the dataset); "
         "delete it",
     ]
+
+
+def test_a_damaged_manifest_plan_names_the_manifest_not_a_generate_option(demo_copy, capsys):
+    from conftest import invoke
+
+    manifest = json.loads((demo_copy / "manifest.json").read_text())
+    manifest["plan"]["num_samples"] = 0
+    (demo_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert invoke(["validate", str(demo_copy)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"Error: '{demo_copy / 'manifest.json'}': damaged: its plan (0 samples, seed "
+                   f"{manifest['plan']['seed']}) cannot be rebuilt (must be at least 1 (got 0)), so the rows cannot "
+                   "be checked against it\n")
+
+
+def test_a_ten_megabyte_reason_is_shortened_where_it_is_printed(demo_copy, capsys):
+    from conftest import invoke, reject, rows
+
+    sid = rows(demo_copy, ["sample_id"])[0]["sample_id"]
+    reject(demo_copy, [sid])
+    with open(demo_copy / "verdicts.jsonl", "a") as f:  # written by hand: no 500-character limit
+        row = json.loads((demo_copy / "verdicts.jsonl").read_text().splitlines()[0])
+        f.write(json.dumps({**row, "reason": "blurry " + "x" * 10_000_000}) + "\n")
+    assert invoke(["validate", str(demo_copy), "--no-images"]) == 1
+    out = capsys.readouterr().out
+    assert "rejected in review (blurry xxx" in out and len(out) < 5000
+
+
+def test_a_float32_prune_at_gives_the_engine_validate_and_the_card_one_step(tmp_path):
+    """0.7 of 5 steps is 3.5 in float64 but 3.4999999 as the float32 the column stores: one function rounds the
+    stored value everywhere, so validate agrees with the run."""
+    import numpy as np
+
+    from facesynth.recipe import switch_step
+
+    assert switch_step(0.7, 5) == switch_step(float(np.float32(0.7)), 5) == 3
+    out = tmp_path / "p"
+    generate(GenerateConfig(recipe="emotions", out=out, num_samples=4, model="tiny", quiet=True, steps=5,
+                            prune_at=0.7, keep=1, candidates=3))
+    report = validate(out, images=False)
+    assert report.ok, [str(p) for p in report.problems]
+    assert "after 3 of 5 steps" in (out / "README.md").read_text()

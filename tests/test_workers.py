@@ -84,3 +84,19 @@ def test_workers_of_a_run_with_other_parameters_are_refused(tmp_path):
     generate(GenerateConfig(out=out, worker_index=0, num_workers=2, **DEMO))
     with pytest.raises(OutputError, match="different seed"):
         generate(GenerateConfig(out=out, worker_index=0, num_workers=2, **{**DEMO, "seed": 5}))
+
+
+def test_a_worker_with_other_parameters_is_refused_at_once_and_the_right_one_then_works(tmp_path, demo_dataset):
+    """Worker 0 of a run finished; worker 1 started with another seed is refused in one line before it writes
+    anything, and worker 1 with the right command then finishes and merges the single-process dataset."""
+    out = tmp_path / "split"
+    generate(GenerateConfig(out=out, worker_index=0, num_workers=2, **DEMO))
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    with pytest.raises(OutputError) as refused:
+        generate(GenerateConfig(out=out, worker_index=1, num_workers=2, **{**DEMO, "seed": 5}))
+    assert str(refused.value) == (f"--out: '{out}' holds the manifest of worker 0 of 2 of a run with different "
+                                  "seed; start every worker with that run's command (each resumes its own shards), "
+                                  "or use another folder (nothing was changed)")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    result = generate(GenerateConfig(out=out, worker_index=1, num_workers=2, **DEMO))
+    assert result.merged and shard_sums(out) == shard_sums(demo_dataset)

@@ -101,7 +101,8 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     except PlanError as exc:  # the plan's own words name generate's options; here the manifest is at fault
         why = str(exc).split(": ", 1)[-1]
         raise OutputError(f"'{root / 'manifest.json'}': damaged: its plan ({manifest['plan']['num_samples']} samples, "
-                          f"seed {manifest['plan']['seed']}) cannot be rebuilt ({why})") from None
+                          f"seed {manifest['plan']['seed']}) cannot be rebuilt ({why}), so the rows cannot be checked "
+                          "against it") from None
     expected = {s.sample_id: s for s in plan.samples}
     per_shard = manifest["plan"].get("rows_per_shard")
     usable = isinstance(per_shard, int) and per_shard > 0
