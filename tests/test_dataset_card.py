@@ -286,7 +286,8 @@ def test_validate_notices_a_generated_part_that_does_not_match_the_data(demo_dat
     shutil.copytree(demo_dataset, root)
     readme = root / "README.md"
     text = readme.read_text()
-    readme.write_text(text.replace("## Limitations and bias", "## Limitations and bias\n\nAll labels verified by hand."))
+    claim = "## Limitations and bias\n\nAll labels verified by hand."  # written inside the generated part
+    readme.write_text(text.replace("## Limitations and bias", claim))
     assert [str(p) for p in validate(root, images=False).problems] == [
         "README.md: the generated part (between the facesynth markers) differs from the data; run `facesynth card DIR`"]
     readme.write_text(text.replace("<!-- facesynth:end -->", "<!-- facesynth:end -->\n\nOur notes, kept.\n"))

@@ -250,16 +250,6 @@ def test_verdicts_saved_before_the_server_is_killed_are_all_there(demo_copy):
 
 # --- hostile requests: every failure is a JSON error the page shows, never a 500 -------------------------------
 
-def raw_post(url, data: bytes, content_type="application/json", headers=None):
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type, **(headers or {})},
-                                     method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 def first_row(server):
     code, _, body = get(server.url + "api/rows?limit=1")
     row = json.loads(body)["rows"][0]
@@ -278,7 +268,7 @@ def first_row(server):
     (b"NaN", 400, "body: Input should be a valid dictionary"),
 ])
 def test_malformed_verdict_bodies_are_400_and_write_nothing(server, demo_copy, body, status, message):
-    code, data = raw_post(server.url + "api/verdicts", body)
+    code, data = post(server.url + "api/verdicts", body)
     assert (code, message in data["error"]) == (status, True), data
     assert not verdicts_path(demo_copy).exists()
 
@@ -304,10 +294,10 @@ def test_bodies_and_row_counts_are_bounded(server, demo_copy):
     assert response.status == 413 and "larger than" in json.loads(response.read())["error"]
     conn.close()
     many = json.dumps({"rows": [row] * (MAX_ROWS + 1)}).encode()
-    code, data = raw_post(server.url + "api/verdicts", many)
+    code, data = post(server.url + "api/verdicts", many)
     assert code == 400 and f"at most {MAX_ROWS} items" in data["error"]
     assert not verdicts_path(demo_copy).exists()
-    code, data = raw_post(server.url + "api/verdicts", json.dumps({"rows": [row] * 5000}).encode())
+    code, data = post(server.url + "api/verdicts", json.dumps({"rows": [row] * 5000}).encode())
     assert code == 200 and data["saved"] == 1  # one row named 5,000 times is judged once
     assert len(read_verdicts(demo_copy)) == 1
 
@@ -362,7 +352,7 @@ def test_verdict_bodies_never_get_a_500(server, demo_copy):
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(bodies)
     def check(body):
-        code, data = raw_post(server.url + "api/verdicts", json.dumps(body).encode())
+        code, data = post(server.url + "api/verdicts", json.dumps(body).encode())
         assert code in (200, 400, 409), (code, body, data)
         assert ("saved" in data) if code == 200 else isinstance(data["error"], str)
 
@@ -388,7 +378,7 @@ def test_a_full_disk_never_acknowledges_a_verdict_that_is_not_on_disk(demo_datas
             answers = []
             for n in range(40):
                 row = targets[n % len(targets)]
-                answers.append(raw_post(srv.url + "api/verdicts", json.dumps({
+                answers.append(post(srv.url + "api/verdicts", json.dumps({
                     "rows": [{"sample_id": row["sample_id"], "attempt": row["attempt"]}],
                     "verdict": "reject", "reason": f"reason {n} " + "x" * 150}).encode()))
         finally:

@@ -449,7 +449,7 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     todo = [t for t in mine if t.name not in manifest.shards]
     done_rows = sum(len(t.samples) for t in mine if t not in todo)
     engine = None
-    if todo or redo:  # load the model before changing anything: a model that fails to load leaves the folder as it was
+    if todo or redo:  # load the model before changing anything: a model that fails to load changes nothing
         engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest, quality)
     try:
         clear_listed(out, replaced)
