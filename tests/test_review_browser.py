@@ -158,3 +158,31 @@ def test_an_odd_folder_name_is_shown_as_text(browser, demo_dataset, tmp_path):
         assert len(tiles(page)) == 24 and not errors and not dialogs
     finally:
         server.stop()
+
+
+def test_a_verdict_that_cannot_be_saved_is_said_on_the_page(browser, demo_dataset, tmp_path):
+    """On a read-only folder (a real tmpfs remounted read-only) the page shows why nothing was saved; the tile
+    stays as it was."""
+    from conftest import remount, tmpfs
+
+    with tmpfs(tmp_path / "disk", size="8m") as disk:
+        folder = disk / "demo"
+        shutil.copytree(demo_dataset, folder)
+        remount(disk, "ro")
+        server = ReviewServer(folder, 0).start()
+        errors = []
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server.url)
+            wait_ready(page, 0)
+            page.locator(".tile").nth(0).focus()
+            page.keyboard.press("x")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('not saved')")
+            status = page.locator("#status").inner_text()
+            assert "Read-only file system" in status and "the verdict was not saved" in status
+            assert not any(t["rejected"] for t in tiles(page)) and not errors
+        finally:
+            server.stop()
+            remount(disk, "rw")
+        assert not (folder / "verdicts.jsonl").exists()
