@@ -230,6 +230,8 @@ def test_loading_while_a_writer_holds_the_folder_is_one_line_or_waits(demo_copy)
             load(str(demo_copy), split="train")
         assert str(busy.value) == (f"'{demo_copy}': a facesynth process is writing it (.facesynth/lock is held); "
                                    "load it when that finishes, or pass wait=True to wait for it")
+        with pytest.raises(FolderBusy, match="a facesynth process is writing it"):
+            Facesynth(data_dir=str(demo_copy))  # the builder class itself, as users import it
         start = time.monotonic()
         with pytest.raises(FolderBusy, match="after waiting 0.3 s"):
             load(str(demo_copy), split="train", wait=0.3)

@@ -212,6 +212,8 @@ class Facesynth(datasets.ArrowBasedBuilder):
         self.remote = is_url(data_dir)
         self.root = data_dir.rstrip("/") if self.remote else Path(data_dir)
         self._fragments: dict[str, pads.ParquetFileFragment] = {}
+        if not self.remote:
+            wait_for_writer(self.root, False)  # a folder being written would give partial splits
         self.manifest = remote_manifest(self.root) if self.remote else read_manifest(self.root)
         self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
         filter_expression(self.recipe, kwargs.get("filters"))  # bad filters are one line before anything is read

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from .errors import OutputError, WriteError
+from .files import NO_SPACE
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +96,11 @@ class FolderLock:
                 self._made.append(path)
 
     def acquire(self) -> "FolderLock":
-        """Take the folder's locks; a folder that cannot be written (a full disk) is one line, and leaves no
-        lock file or work folder behind."""
+        """Take the folder's locks; a full disk is one line, and leaves no lock file or work folder behind."""
         try:
             return self._acquire()
         except OSError as exc:
-            if isinstance(exc, (FileNotFoundError, PermissionError)):
+            if exc.errno not in NO_SPACE:  # not a folder, no permission: the caller names those
                 raise
             self.release()
             raise WriteError(f"{self.what}: cannot write to '{self.root}' ({exc.strerror or exc}); nothing was "

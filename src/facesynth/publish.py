@@ -73,9 +73,11 @@ class PushReport:
 
     @property
     def snippet(self) -> str:
+        from .escape import py
+
         ref = self.tag or self.revision or self.commit
-        pin = f', revision="{ref}"' if ref else ""
-        return f'load_dataset("{self.repo_id}"{pin})'
+        pin = f", revision={py(ref)}" if ref else ""
+        return f"load_dataset({py(self.repo_id)}{pin})"
 
 
 def make_api(token: str | None):
