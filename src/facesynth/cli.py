@@ -306,9 +306,14 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
       torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
       facesynth generate agfd --out agfd --worker-index 3 --num-workers 16
     """
+    from .escape import py
     from .generation import GenerateConfig, generate
 
-    result = generate(GenerateConfig(recipe=recipe, out=out, **options))
+    config = GenerateConfig(recipe=recipe, out=out, **options)
+    preset = _tiny_preset_line(config)
+    if preset:
+        click.echo(preset)
+    result = generate(config)
     who = "" if result.worker.alone else f"worker {result.worker.index} of {result.worker.count}: "
     click.echo(f"{who}{result.out}: {result.rows} rows ({result.shards_written} shards written, "
                f"{result.shards_skipped} already done).")
@@ -321,9 +326,29 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
         click.echo(f"Quality gates rejected {gated} of {q['checked']} candidates checked ({reasons}); "
                    f"{q['refills']} refills kept every quota.")
     if result.merged:
-        click.echo(f"Load it with datasets.load_dataset('{result.out}')")
+        click.echo(f"Load it with datasets.load_dataset({py(result.out)})")
     else:
         click.echo("Other workers are still running; the last to finish merges (or run `facesynth merge`).")
+
+
+def _tiny_preset_line(config) -> str | None:
+    """One line when the tiny preset replaces the recipe's size and steps (the card says it too)."""
+    from .recipe import load_recipe
+    from .tiny import TINY_SETTINGS
+
+    recipe = load_recipe(config.recipe)
+    if (config.model or recipe.model) != "tiny":
+        return None
+    changed = {k: v for k, v in TINY_SETTINGS.items() if getattr(config, k) is None and recipe.settings.get(k) != v}
+    if not changed:
+        return None
+    def show(settings):
+        parts = [f"{settings['width']}x{settings['height']}" if "width" in changed or "height" in changed else "",
+                 f"{settings['steps']} steps" if "steps" in changed else ""]
+        return " with ".join(p for p in parts if p)
+
+    return (f"--model tiny: a random-weight test model, run at {show({**recipe.settings, **changed})} (the recipe "
+            f"asks for {show(recipe.settings)}); its images are noise, not faces")
 
 
 @main.command("merge")
