@@ -287,3 +287,30 @@ def test_verdicts_posted_while_generate_runs_wait_for_the_next_round(reviewed, p
     assert now[late] == 0 and all(now[sid] >= 1 for sid in ids)
     result = generate(config(pair_file, out))  # the next round takes the late one
     assert result.replaced == 1 and result.version == "1.2.0"
+
+
+def test_a_verdict_file_damaged_during_the_round_leaves_the_rounds_work_standing(reviewed, pair_file, tmp_path):
+    """The round acts on its snapshot; a line damaged after it started is reported by validate, and the run
+    still finishes its round (complete manifest, card) instead of failing at the end."""
+    from facesynth.generation import runner
+    from facesynth.validate import validate
+
+    base, _ = reviewed
+    out = tmp_path / "pair"
+    shutil.copytree(base, out)
+    real = runner.ShardSink._finish
+
+    def finish(self):
+        with open(out / "verdicts.jsonl", "a") as f:
+            f.write("{not json\n")
+        return real(self)
+
+    runner.ShardSink._finish = finish
+    try:
+        result = generate(config(pair_file, out))
+    finally:
+        runner.ShardSink._finish = real
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert result.replaced == 3 and manifest["complete"] and manifest["previous"]["replaced"] == 3
+    problems = [str(p) for p in validate(out, images=False).problems]
+    assert len(problems) == 1 and "verdicts.jsonl" in problems[0] and "not JSON" in problems[0]

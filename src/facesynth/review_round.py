@@ -22,7 +22,8 @@ from typing import Any
 
 from .errors import OutputError
 from .folder import FIRST_VERSION, version_bump
-from .verdicts import Verdict, check_known, current_rows, pending, read_verdicts, reason_counts, snapshot_size
+from .verdicts import (Verdict, VerdictError, check_known, current_rows, pending, read_verdicts, reason_counts,
+                       snapshot_size)
 from .writer import Manifest
 
 logger = logging.getLogger(__name__)
@@ -95,8 +96,11 @@ def finish(out: Path, manifest: Manifest, cells: dict[str, str] | None) -> int:
         reasons.update(reason_counts(Verdict("", 0, "", "reject", r["reason"]) for r in replaced))
         review.update(rejected=review.get("rejected", 0) + len(replaced), cells=dict(sorted(by_cell.items())),
                       reasons=dict(reasons.most_common()))
-    waiting = find_rejected(out, manifest, cells, list(manifest.shards), snapshot_size(out))
-    review["pending"] = sum(map(len, waiting.values()))
+    try:  # verdicts posted since the snapshot: counted, not acted on
+        waiting = find_rejected(out, manifest, cells, list(manifest.shards), snapshot_size(out))
+        review["pending"] = sum(map(len, waiting.values()))
+    except VerdictError as exc:  # damaged since the round started: the run's work stands, validate reports it
+        logger.warning("%s", exc)
     if review.get("rejected") or review["pending"]:
         manifest.data["review"] = review
     if round_ is None:
