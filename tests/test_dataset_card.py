@@ -1,3 +1,4 @@
+import json
 from collections import Counter
 
 import datasets
@@ -310,3 +311,35 @@ def test_a_full_disk_during_card_is_one_line_and_leaves_no_empty_assets(demo_dat
             assert len(err) == 1 and names in err[0] and "No space left on device" in err[0], err
             assert "unexpected" not in err[0]
             assert sorted(p.name for p in root.iterdir()) == ["data", "manifest.json"]  # no empty assets/, no lock
+
+
+def test_the_cards_sizes_are_measured_per_config_and_split(demo_dataset, tmp_path):
+    """dataset_size is the rows' Arrow size (what load_dataset holds), per config and split; download_size the
+    Parquet bytes of the config's own files. A manifest written before the figure was kept gives the same."""
+    import shutil
+
+    import yaml
+
+    from facesynth.dataset_card import configs_and_infos, summarize
+    from facesynth.writer import Manifest
+
+    infos = {i["config_name"]: i for i in yaml.safe_load((demo_dataset / "README.md").read_text().split("---")[1])[
+        "dataset_info"]}
+    manifest = json.loads((demo_dataset / "manifest.json").read_text())
+    for name, info in infos.items():
+        files = f"data/{'*' if name == 'default' else name}"
+        ds = datasets.load_dataset(str(demo_dataset), data_files={s["name"]: f"{files}/{s['name']}-*"
+                                                                  for s in info["splits"]})
+        for split in info["splits"]:
+            loaded = ds[split["name"]].data.nbytes
+            assert abs(split["num_bytes"] - loaded) <= 0.01 * loaded, (name, split, loaded)  # validity bitmaps
+        parquet = sum(r["bytes"] for n, r in manifest["shards"].items() if name == "default" or
+                      n.split("/")[1] == name)
+        assert info["download_size"] == parquet and info["dataset_size"] != info["download_size"]
+    old = tmp_path / "old"
+    shutil.copytree(demo_dataset, old)
+    record = Manifest.load(old)
+    for shard in record.shards.values():
+        shard.pop("arrow_bytes")
+    record.save(old)
+    assert configs_and_infos(summarize(old)) == configs_and_infos(summarize(demo_dataset))

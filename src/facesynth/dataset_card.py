@@ -30,7 +30,7 @@ from .folder import FIRST_VERSION
 from .quality import REASONS, quality_report
 from .recipe import Recipe, parse_recipe, switch_step
 from .schema import features as build_features
-from .writer import Manifest, sha256_file
+from .writer import Manifest, arrow_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,9 @@ class Summary:
     recipe: Recipe
     manifest: Manifest
     split_sizes: Counter = field(default_factory=Counter)
-    split_bytes: Counter = field(default_factory=Counter)
-    label_bytes: Counter = field(default_factory=Counter)  # bytes of each primary label's files
+    split_bytes: Counter = field(default_factory=Counter)  # Parquet bytes per split
+    label_bytes: Counter = field(default_factory=Counter)  # Parquet bytes of each primary label's files
+    arrow_bytes: Counter = field(default_factory=Counter)  # (label, split) -> the rows' Arrow size, measured
     # attribute -> value -> Counter over (split or gender value)
     counts: dict[str, dict[str, Counter]] = field(default_factory=dict)
     primary_split: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
@@ -103,6 +104,7 @@ def summarize(root: str | Path) -> Summary:
         summary.split_bytes[split] += rec["bytes"]
         summary.label_bytes[name.split("/")[1]] += rec["bytes"]
         pf = pq.ParquetFile(path)
+        summary.arrow_bytes[name.split("/")[1], split] += rec.get("arrow_bytes") or arrow_bytes(path)  # older records
         for i in range(pf.num_row_groups):
             table = pf.read_row_group(i, columns=cols).to_pydict()
             labels = {a: [names[a][x] for x in table[a]] for a in names}
@@ -231,8 +233,9 @@ def configs_and_infos(summary: Summary) -> tuple[list[dict], list[dict]]:
 
 def _info(name: str, features_yaml: list, sizes: dict[str, int], summary: Summary,
           label: str | None = None) -> dict[str, Any]:
-    per_row = {s: summary.split_bytes[s] / max(1, summary.split_sizes[s]) for s in sizes}
-    split_list = [{"name": s, "num_bytes": int(per_row[s] * n), "num_examples": n} for s, n in sizes.items()]
+    labels = [label] if label else list(summary.label_bytes)
+    split_list = [{"name": s, "num_bytes": int(sum(summary.arrow_bytes[v, s] for v in labels)), "num_examples": n}
+                  for s, n in sizes.items()]  # measured per label and split, as load_dataset holds them
     download = summary.label_bytes[label] if label else sum(summary.split_bytes.values())
     return {
         "config_name": name,

@@ -52,6 +52,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def arrow_bytes(path: Path) -> int:
+    """The shard's rows as Arrow tables, read back one row group at a time: the size ``load_dataset`` holds
+    (the card's ``dataset_size``; the file's own size is its ``download_size``)."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    return sum(parquet.read_row_group(i).nbytes for i in range(parquet.num_row_groups))
+
+
 @dataclass
 class ShardRecord:
     """What the manifest keeps about one finished shard."""
@@ -62,6 +71,7 @@ class ShardRecord:
     sha256: str
     row_groups: int
     ids: str  # ids_digest of the shard's sample ids
+    arrow_bytes: int = 0  # see arrow_bytes()
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -99,7 +109,7 @@ class ShardWriter:
         final = self.root / self.name
         final.parent.mkdir(parents=True, exist_ok=True)
         record = ShardRecord(self.split, self.rows, self.tmp.stat().st_size, sha256_file(self.tmp), self.row_groups,
-                             ids_digest(self.sample_ids))
+                             ids_digest(self.sample_ids), arrow_bytes(self.tmp))
         os.replace(self.tmp, final)
         return record
 
