@@ -32,7 +32,7 @@ def test_generate_then_load(tmp_path, capsys):
     said = capsys.readouterr().out.splitlines()
     # the tiny preset's size and steps are said on the console, not only in the card
     assert said[0] == ("--model tiny: a random-weight test model, run at 64x64 with 4 steps (the recipe asks for "
-                       "512x512 with 25 steps); its images are noise, not faces")
+                       "512x512 with 25 steps); its images are noise, not faces.")
     assert said[-1] == f"Load it with datasets.load_dataset({json.dumps(str(out))})"  # a literal, whatever the name
     ds = datasets.load_dataset(str(out))
     assert sum(len(d) for d in ds.values()) == 8

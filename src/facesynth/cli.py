@@ -310,10 +310,10 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
     from .generation import GenerateConfig, generate
 
     config = GenerateConfig(recipe=recipe, out=out, **options)
-    preset = _tiny_preset_line(config)
+    result = generate(config)
+    preset = _tiny_preset_line(config)  # after the run: bad input stays one line
     if preset:
         click.echo(preset)
-    result = generate(config)
     who = "" if result.worker.alone else f"worker {result.worker.index} of {result.worker.count}: "
     click.echo(f"{who}{result.out}: {result.rows} rows ({result.shards_written} shards written, "
                f"{result.shards_skipped} already done).")
@@ -348,7 +348,7 @@ def _tiny_preset_line(config) -> str | None:
         return " with ".join(p for p in parts if p)
 
     return (f"--model tiny: a random-weight test model, run at {show({**recipe.settings, **changed})} (the recipe "
-            f"asks for {show(recipe.settings)}); its images are noise, not faces")
+            f"asks for {show(recipe.settings)}); its images are noise, not faces.")
 
 
 @main.command("merge")
