@@ -190,7 +190,7 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
         fresh.data["complete"] = False
         return fresh, replaced
     if not worker.alone:
-        _refuse_other_runs(out, main, header, worker)
+        _refuse_other_runs(out, main, header)
     base = _base(out, main, header, layout_ids, version)
     if not worker.alone:
         part = Manifest.load(out, worker.manifest_file)
@@ -219,7 +219,7 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
     return base, []
 
 
-def _refuse_other_runs(out: Path, main: Manifest | None, header: dict[str, Any], worker: Worker) -> None:
+def _refuse_other_runs(out: Path, main: Manifest | None, header: dict[str, Any]) -> None:
     """A worker whose parameters differ from the run whose workers' manifests are here is refused at once, in
     one line, before it writes anything (a merged run's old parts, which a grow leaves, do not count)."""
     known = {header["fingerprint"], *((main.get("fingerprint"),) if main is not None else ())}
