@@ -16,6 +16,7 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.hf_api import CommitInfo, GitRefInfo, GitRefs, RepoFile
 
 from facesynth.cli import main
+from facesynth.publish import check_hub_resolves as RESOLVES
 from facesynth.generation import GenerateConfig, generate
 
 REPO = "me/faces-demo"
@@ -57,10 +58,12 @@ def api():
 
 @pytest.fixture(autouse=True)
 def online(monkeypatch):
-    """The suite runs offline; these tests talk to the autospec'd HfApi as if the Hub answered."""
+    """The suite runs offline; these tests talk to the autospec'd HfApi as if the Hub answered (and its host
+    name resolved)."""
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("facesynth.publish.check_hub_resolves", lambda step: None)
 
 
 @pytest.fixture
@@ -492,3 +495,29 @@ def test_a_quoted_tag_and_an_odd_folder_name_are_string_literals_in_the_snippets
              "load_dataset"]
     assert {c.args[0].value for c in calls} == {'my "odd"\nname'}
     assert [kw.value.value for c in calls for kw in c.keywords if kw.arg == "revision"] == ['v1"+os.getcwd()+"']
+
+
+def test_without_a_network_push_fails_at_once_and_a_dry_run_says_so_in_its_own_words(folder, monkeypatch, capsys):
+    """No DNS (as on a machine without a network): one line at once, not after huggingface_hub's ~25 s of
+    retries; the dry run lists every file and says nothing of finishing an upload."""
+    import socket
+    import time
+
+    from facesynth import publish
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(publish, "check_hub_resolves", RESOLVES)  # the real check, on a machine without DNS
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    start = time.monotonic()
+    code, out, err = push([str(folder), "--repo-id", REPO, "--dry-run"], capsys)
+    assert code == 0 and err == "" and time.monotonic() - start < 10
+    assert out.splitlines()[-1].startswith(f"dry run: the Hub could not be reached (cannot reach the Hub "
+                                           f"(huggingface.co does not resolve); check the network), so '{REPO}' "
+                                           "was not compared: all ")
+    assert "files already uploaded" not in out and "run the same command again" not in out
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    code, _, err = push([str(folder), "--repo-id", REPO], capsys)
+    assert code == 1 and err == ("Error: reaching the Hub: cannot reach the Hub (huggingface.co does not resolve); "
+                                 "check the network\n")

@@ -80,6 +80,21 @@ class PushReport:
         return f"load_dataset({py(self.repo_id)}{pin})"
 
 
+def check_hub_resolves(step: str) -> None:
+    """Fail at once, in one line, when the Hub's host name does not resolve (no network), instead of after
+    huggingface_hub's retries (about 25 s)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except (socket.gaierror, UnicodeError):
+        raise PublishError(f"{step}: cannot reach the Hub ({host} does not resolve); check the network") from None
+
+
 def make_api(token: str | None):
     """The Hub client (the one boundary the tests replace)."""
     from huggingface_hub import HfApi
@@ -155,11 +170,12 @@ def transport_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def hub_errors(repo_id: str, step: str):
+def hub_errors(repo_id: str, step: str, dry_run: bool = False):
     """Turn Hub and network failures into one line that says what to do next."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    again = "run the same command again to finish (files already uploaded are not sent twice)"
+    again = ("run the dry run again" if dry_run else
+             "run the same command again to finish (files already uploaded are not sent twice)")
     try:
         yield
     except OfflineModeIsEnabled:
@@ -285,6 +301,7 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
     if dry_run:
         return _dry_run(root, manifest, report, api or make_api(token), gated)
     api = api or make_api(token)
+    check_hub_resolves("reaching the Hub")
     if tag:
         with hub_errors(repo_id, "checking tags"):
             _refuse_existing_tag(api, repo_id, tag)
@@ -356,7 +373,8 @@ def _dry_run(root: Path, manifest: Manifest, report: PushReport, api, gated: boo
     try:
         if constants.HF_HUB_OFFLINE:
             raise PublishError("HF_HUB_OFFLINE is set")
-        with _quiet_hub(), hub_errors(report.repo_id, "listing the repo"):
+        check_hub_resolves("reaching the Hub")
+        with _quiet_hub(), hub_errors(report.repo_id, "listing the repo", dry_run=True):
             remote = remote_files(api, report.repo_id, report.revision)
     except PublishError as exc:
         report.remote_error = str(exc).split(": ", 1)[-1]
