@@ -25,6 +25,12 @@ class OutputError(FacesynthError):
     """The output folder is unusable, belongs to another run, or is damaged."""
 
 
+def shorten(text: str, limit: int = 120) -> str:
+    """One line of at most ``limit`` characters, for messages and tables (a reason can be any length)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, for one-line reports."""
     text = str(exc).strip().splitlines()

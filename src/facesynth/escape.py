@@ -20,6 +20,8 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from .errors import shorten
+
 CELL_LIMIT = 120  # characters of a value in the card (a table cell, a name); more is shortened
 TEXT_LIMIT = 2000  # characters of a paragraph (a recipe's description)
 
@@ -27,12 +29,6 @@ _PUNCTUATION = re.compile(r"([\\`*\[\]|~])")
 _UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")  # word-inner underscores never emphasise
 _LINE_START = re.compile(r"^([#>+=-])")  # a heading, quote, list or rule where a value starts a line
 _ORDERED = re.compile(r"^(\d+)([.)])(\s|$)")  # "1. " would start a numbered list
-
-
-def shorten(text: str, limit: int) -> str:
-    """One line of at most ``limit`` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def md(value: Any, limit: int = CELL_LIMIT) -> Markup:

@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .builder import read_manifest, shard_paths
-from .errors import FacesynthError, OutputError
+from .errors import FacesynthError, OutputError, shorten
 from .recipe import parse_recipe
-from .verdicts import Verdict, VerdictError, append_verdicts, clean_reason, image_digest, review_state, shorten
+from .verdicts import Verdict, VerdictError, append_verdicts, clean_reason, image_digest, review_state
 
 logger = logging.getLogger(__name__)
 

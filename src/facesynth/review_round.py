@@ -22,8 +22,7 @@ from typing import Any
 
 from .errors import OutputError
 from .folder import FIRST_VERSION, version_bump
-from .verdicts import (Verdict, VerdictError, check_known, current_rows, pending, read_verdicts, reason_counts,
-                       snapshot_size)
+from .verdicts import Verdict, VerdictError, reason_counts, review_state, snapshot_size
 from .writer import Manifest
 
 logger = logging.getLogger(__name__)
@@ -45,13 +44,9 @@ def find_rejected(out: Path, manifest: Manifest, cells: dict[str, str], names: l
                   limit: int) -> dict[str, dict[str, Verdict]]:
     """Rejections in the snapshot whose rows these shards hold now (same attempt, same image): shard ->
     sample_id -> verdict."""
-    verdicts = read_verdicts(out, limit)
-    if not verdicts:
-        return {}
-    check_known(out, verdicts, cells)
-    rows = current_rows(out, names, (v.sample_id for v in verdicts))
+    waiting, rows = review_state(out, names, cells, limit)
     found: dict[str, dict[str, Verdict]] = {}
-    for sid, verdict in pending(verdicts, rows).items():
+    for sid, verdict in waiting.items():
         found.setdefault(rows[sid].shard, {})[sid] = verdict
     return found
 

@@ -24,14 +24,14 @@ from datasets import Features
 from PIL import Image
 
 from .builder import read_manifest
-from .errors import OutputError, PlanError
+from .errors import OutputError, PlanError, shorten
 from .files import inside, is_temp_file
 from .folder import check_shards
 from .layout import layout as shard_layout
 from .plan import Plan
 from .recipe import SPEEDUPS, parse_recipe, switch_step
 from .schema import features as build_features
-from .verdicts import VERDICTS, VerdictError, review_state, shorten
+from .verdicts import VERDICTS, VerdictError, review_state
 
 logger = logging.getLogger(__name__)
 

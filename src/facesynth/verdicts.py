@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from .errors import OutputError, shorten
 
 logger = logging.getLogger(__name__)
 
@@ -200,12 +200,6 @@ def pending(verdicts: Iterable[Verdict], rows: dict[str, Row]) -> dict[str, Verd
     return out
 
 
-def shorten(text: str, limit: int = 120) -> str:
-    """One line of at most ``limit`` characters, for messages and tables (a reason can be any length)."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def reason_counts(verdicts: Iterable[Verdict]) -> Counter:
     return Counter(v.reason.strip() or "(no reason given)" for v in verdicts)
 
@@ -289,10 +283,11 @@ def _mend_tail(fd: int, path: Path) -> bytes:
     return b""
 
 
-def review_state(root: str | Path, shards: Iterable[str], sample_ids: set[str] | dict) -> tuple[
-        dict[str, Verdict], dict[str, Row]]:
-    """Rejections pending now (sample_id -> verdict) and the rows the verdicts name."""
-    verdicts = read_verdicts(root)
+def review_state(root: str | Path, shards: Iterable[str], sample_ids: set[str] | dict,
+                 limit: int | None = None) -> tuple[dict[str, Verdict], dict[str, Row]]:
+    """Rejections pending now (sample_id -> verdict) and the rows the verdicts name; ``limit`` reads only the
+    verdicts of a snapshot (see :func:`read_verdicts`)."""
+    verdicts = read_verdicts(root, limit)
     if not verdicts:
         return {}, {}
     check_known(root, verdicts, sample_ids)
