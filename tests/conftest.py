@@ -201,3 +201,36 @@ def fill_disk(folder, leave: int = 0) -> None:
             except OSError:
                 break
             free -= chunk
+
+
+def as_older_format(root, fmt: int) -> None:
+    """Rewrite a format-6 folder's shards and manifest as format ``fmt`` (5 or below) wrote them: ``batch`` and
+    ``unet_calls`` lists, a null ``face_box`` and ``safety_score``, null speed-ups (none before format 5). The
+    README is removed: its YAML declares this version's columns, where an old folder's declared its own."""
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    for name, record in manifest["shards"].items():
+        t = pq.read_table(root / name)
+        n, cols = t.num_rows, {c: t.column(c) for c in t.column_names}
+        cols["batch"] = pa.array([b.split() for b in cols["batch"].to_pylist()], pa.list_(pa.string()))
+        cols["unet_calls"] = pa.array([[int(c) for c in u.split()] for u in cols["unet_calls"].to_pylist()],
+                                      pa.list_(pa.int32()))
+        cols["face_box"] = pa.nulls(n, pa.list_(pa.int32()))
+        cols["safety_score"] = pa.nulls(n, pa.float32())
+        speedups = {"prune_at": pa.float32(), "keep": pa.int32(), "cfg_until": pa.float32()}
+        for key, kind in speedups.items():
+            cols[key] = pa.nulls(n, kind)
+        at = t.column_names.index("clip_embedding") + 1
+        order = [*t.column_names[:at], "face_box", "safety_score", *t.column_names[at:]]
+        order = [c for c in order if fmt >= 5 or c not in speedups]
+        pq.write_table(pa.table({k: cols[k] for k in order}), root / name)
+        record["sha256"] = hashlib.sha256((root / name).read_bytes()).hexdigest()
+        record["bytes"] = (root / name).stat().st_size
+    manifest["format"] = fmt
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "README.md").unlink()

@@ -9,6 +9,8 @@ import facesynth
 from facesynth.builder import Facesynth, content_fingerprint, load, read_manifest
 from facesynth.errors import OutputError
 
+from conftest import PAIR, as_older_format
+
 
 def _labels(ds, col):
     names = ds.features[col].names
@@ -240,3 +242,50 @@ def test_loading_while_a_writer_holds_the_folder_is_one_line_or_waits(demo_copy)
         assert len(load(str(demo_copy), split="train", wait=True)) == 16  # every train row once the writer is done
     finally:
         lock.release()
+
+
+def test_a_default_dataloader_takes_every_column(tmp_path):
+    """Ragged batches, no face box, no safety score, no speed-ups: the default collate takes the full row."""
+    import pyarrow.parquet as pq
+    import torch
+    from torch.utils.data import DataLoader
+
+    from facesynth.generation import GenerateConfig, generate
+    from facesynth.reproduce import Reproducer
+
+    out, recipe = tmp_path / "dl", tmp_path / "pair.yaml"
+    recipe.write_text(PAIR)  # one prompt length: 4 samples share a batch, and a 5-row shard ends with 1
+    generate(GenerateConfig(recipe=str(recipe), out=out, num_samples=12, model="tiny", quiet=True,
+                            rows_per_shard=5, batch_size=12))
+    table = pq.read_table(sorted(out.glob("data/*/*.parquet")), columns=["batch", "unet_calls"]).to_pydict()
+    assert len({len(b.split()) for b in table["batch"]}) > 1  # batches of several sizes: a list would be ragged
+    ds = load_dataset_torch(out)
+    assert not {"face_box", "safety_score"} & set(ds.column_names)  # measured only with --faces / --safety
+    seen = 0
+    for batch in DataLoader(ds, batch_size=4):
+        assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (3, 64, 64)
+        assert batch["emotion"].dtype == torch.int64
+        for col in ("prune_at", "cfg_until", "keep", "clip_score", "label_confidence", "candidate_scores"):
+            assert torch.isfinite(batch[col].float()).all(), col
+        assert batch["prune_at"].eq(1.0).all() and batch["cfg_until"].eq(1.0).all() and batch["keep"].eq(3).all()
+        seen += len(batch["sample_id"])
+    assert seen == ds.num_rows
+    # the string provenance still reruns the exact batch
+    sid = next(s for s, b in zip(pq.read_table(sorted(out.glob("data/*/*.parquet")), columns=["sample_id"])
+                                 .column(0).to_pylist(), table["batch"]) if len(b.split()) > 1)
+    reproducer = Reproducer(out)
+    assert reproducer.reproduce(reproducer.rows([sid])[sid]).identical
+
+
+def load_dataset_torch(out):
+    return datasets.load_dataset(str(out), split="train").with_format("torch")
+
+
+def test_a_folder_of_an_older_format_still_loads(demo_copy):
+    """A format-5 folder (nullable face_box and speed-ups, list batch) loads with its own column types."""
+    as_older_format(demo_copy, 5)
+    ds = datasets.load_dataset(str(demo_copy), split="train")
+    assert ds.features["batch"] == datasets.List(datasets.Value("string")) and ds[0]["face_box"] is None
+    old = load(str(demo_copy), split="train", emotion="happy")
+    assert old.features["face_box"] == datasets.List(datasets.Value("int32")) and old.num_rows > 0
+    assert all(isinstance(b, list) for b in old["batch"]) and old.features["keep"] == datasets.Value("int32")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import as_older_format
+
 from facesynth.builder import load
 from facesynth.errors import OutputError
 from facesynth.files import atomic_write, load_json
@@ -264,9 +266,7 @@ def test_a_folder_made_by_another_format_still_loads_and_is_named_one_line(demo_
 
     root = tmp_path / "old"
     shutil.copytree(demo_dataset, root)
-    manifest = load_json(root / "manifest.json")
-    manifest["format"] = 3
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    as_older_format(root, 3)
     before = listing(root)
     line = (f"'{root}': made by another facesynth version (manifest format 3; this version's is {FORMAT_VERSION}), "
             "whose plan, layout or columns differ; it still loads with load_dataset, and the same generate command with --overwrite "

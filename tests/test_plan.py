@@ -254,3 +254,93 @@ def test_every_primary_label_gets_train_validation_and_test_at_small_sizes(n):
 def test_a_label_with_two_rows_keeps_one_for_training():
     samples = Plan(EMOTIONS, 8).samples
     assert Counter(s.split for s in samples if s.labels["emotion"] == "happy") == {"train": 1, "validation": 1}
+
+
+# Balance at every prefix ------------------------------------------------------------------------------
+def _worst_spreads(rows, sizes, with_pairs=True):
+    """The plain reference: walk the rows, and after each one take max - min of every axis and pair's counts."""
+    import itertools
+
+    m = len(sizes)
+    axes = [Counter() for _ in range(m)]
+    pairs = {(i, j): Counter() for i, j in itertools.combinations(range(m), 2)} if with_pairs else {}
+    worst_axis = worst_pair = 0
+    for row in rows:
+        for j in range(m):
+            axes[j][row[j]] += 1
+            worst_axis = max(worst_axis, max(axes[j].values()) - min(axes[j].get(v, 0) for v in range(sizes[j])))
+        for (i, j), c in pairs.items():
+            c[row[i], row[j]] += 1
+            full = sizes[i] * sizes[j]
+            worst_pair = max(worst_pair, max(c.values()) - (min(c.values()) if len(c) == full else 0))
+    return worst_axis, worst_pair
+
+
+def _grid():
+    axes = {"emotion": 7, "gender": 2, "age": 5, "race": 5, "pose": 3}
+    text = "name: grid\nprimary: emotion\nattributes:\n"
+    for a, n in axes.items():
+        text += f"  {a}:\n    values:\n" + "".join(f"      {a}{i}: [{a} {i}]\n" for i in range(n))
+    text += "template: '" + " ".join("{%s}" % a for a in axes) + "'\nbalance: {cross: [%s]}\n" % ", ".join(axes)
+    return parse_recipe(text)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 12), min_size=1, max_size=6))
+def test_every_axis_and_cell_within_one_at_every_prefix(sizes):
+    """Random shapes: one whole round (or its first 6,000 rows) holds every cell at most once and keeps each axis
+    within one of equal after every row; the next round repeats it."""
+    import math
+
+    import numpy as np
+
+    from facesynth.balance import CrossOrder
+
+    order = CrossOrder(sizes)
+    n = min(order.size, 6000)
+    rows = [tuple(r) for r in order.cells(np.arange(n)).tolist()]
+    assert len(set(rows)) == n and all(0 <= v < k for r in rows for v, k in zip(r, sizes))
+    worst_axis, _ = _worst_spreads(rows, sizes, with_pairs=False)
+    assert worst_axis <= 1
+    assert [order[order.size + i] for i in range(min(n, 50))] == rows[:50]
+    if len(sizes) == 2 or all(math.gcd(a, b) == 1 for i, a in enumerate(sizes) for b in sizes[i + 1:]):
+        assert _worst_spreads(rows, sizes)[1] <= 1  # two axes, or pairwise coprime sizes: pairs within one too
+
+
+@pytest.mark.parametrize("recipe,n,pair_bound", [(EMOTIONS, 112, 2), (_grid(), 1050, 7)])
+def test_the_pair_bound_plan_prints_is_the_worst_over_every_prefix(recipe, n, pair_bound):
+    from facesynth.plan import balance_report
+
+    plan = Plan(recipe, n)
+    axes = list(recipe.balance.cross)
+    rows = [tuple(list(recipe.attributes[a].values).index(s.labels[a]) for a in recipe.attributes)
+            for s in plan.samples]
+    sizes = [len(recipe.attributes[a].values) for a in recipe.attributes]
+    report = balance_report(plan)
+    assert report["attributes"] == list(recipe.attributes) and set(axes) == set(recipe.attributes)
+    assert (report["axis"], report["pair"][0]) == _worst_spreads(rows, sizes) == (1, pair_bound)
+
+
+def test_splits_balance_every_attribute_and_primary_pair_and_stay_put_as_the_plan_grows():
+    grid = _grid()
+    for n in (1050, 2100):
+        plan = Plan(grid, n)
+        for split, rows in plan.by_split().items():
+            for a, attr in grid.attributes.items():
+                single = Counter(s.labels[a] for s in rows)
+                assert max(single.values()) - min(single.get(v, 0) for v in attr.values) <= 3, (n, split, a)
+                both = Counter((s.labels["emotion"], s.labels[a]) for s in rows)
+                if a != "emotion":
+                    full = [both.get((e, v), 0) for e in grid.attributes["emotion"].values for v in attr.values]
+                    assert max(full) - min(full) <= 4, (n, split, a)
+    small, big = Plan(grid, 1050).samples, Plan(grid, 2100).samples
+    assert [s.split for s in small] == [s.split for s in big[:1050]]
+
+
+def test_a_free_attribute_stays_within_one_at_every_prefix():
+    """AGFD's ethnicity is free (its strata fix age, feature and gender): each prefix uses its values evenly."""
+    values = list(AGFD.attributes["ethnicity"].values)
+    counts = Counter()
+    for s in Plan(AGFD).samples[:3000]:
+        counts[s.labels["ethnicity"]] += 1
+        assert max(counts.values()) - min(counts.get(v, 0) for v in values) <= 1

@@ -3,11 +3,13 @@ CLIP, the safety screen, refills that keep quotas exact, resume, reproduction an
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -126,9 +128,9 @@ def test_gates_are_off_by_default_and_the_tiny_preset_does_not_dedupe(tmp_path, 
     manifest = json.loads((demo_dataset / "manifest.json").read_text())
     assert manifest["parameters"]["quality"] == {"faces": False, "min_face_size": None, "dedupe_threshold": None,
                                                  "safety": False, "safety_threshold": None}
-    rows = _rows(demo_dataset, ["face_box", "safety_score", "clip_embedding", "candidate_index",
-                                "candidate_scores"])
-    assert all(r["face_box"] is None and r["safety_score"] is None for r in rows)
+    names = pq.read_schema(sorted(demo_dataset.glob("data/*/*.parquet"))[0]).names
+    assert "face_box" not in names and "safety_score" not in names  # written only by the gates that measure them
+    rows = _rows(demo_dataset, ["clip_embedding", "candidate_index", "candidate_scores"])
     assert all(r["candidate_index"] == int(np.argmax(r["candidate_scores"])) for r in rows)
     assert all(abs(np.linalg.norm(r["clip_embedding"]) - 1) < 1e-5 for r in rows)
     from facesynth.generation.runner import DEFAULT_DEDUPE, quality_options
@@ -337,11 +339,23 @@ def test_validate_holds_rows_to_the_face_gate_the_run_claims(deduped, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["parameters"]["quality"]["faces"] = True  # as if the rows had passed --faces
+    manifest["parameters"]["quality"]["faces"] = True  # as if the rows had passed --faces, but hold no face box
+    from facesynth.schema import features_of
+
+    declared = features_of(parse_recipe(manifest["recipe"]["yaml"]), manifest).arrow_schema
+    for name, record in manifest["shards"].items():
+        table = pq.read_table(copy / name)
+        columns = {c: table.column(c) if c in table.column_names else pa.nulls(table.num_rows, declared.field(c).type)
+                   for c in declared.names}
+        pq.write_table(pa.table(columns, schema=declared), copy / name)
+        record["sha256"] = hashlib.sha256((copy / name).read_bytes()).hexdigest()
+        record["bytes"] = (copy / name).stat().st_size
     (copy / "manifest.json").write_text(json.dumps(manifest))
     problems = [str(p) for p in validate(copy, images=False).problems]
-    assert len(problems) == 24
-    assert all("no face_box, but the run kept only rows with one face" in p for p in problems)
+    rows = [p for p in problems if "no face_box, but the run kept only rows with one face" in p]
+    assert len(rows) == 24  # and the card, written for the run without faces, declares no face_box column:
+    assert [p for p in problems if p not in rows] == [
+        "README.md: YAML `dataset_info` (features, split sizes) disagrees with the data; run `facesynth card DIR`"]
 
 
 def test_shard_embeddings_read_back_each_row_and_its_cell(deduped):

@@ -76,7 +76,7 @@ def test_the_same_command_makes_exactly_the_rejected_rows_again(reviewed, pair_f
                                                                                           "caption")}
         manifest = json.loads((out / "manifest.json").read_text())
         assert new["seed"] == derive_seed(manifest["plan"]["seed"], sid, new["candidate_index"], new["attempt"])
-        assert set(new["batch"]) <= ids  # made in a call of rejected samples only, so it can be run again
+        assert set(new["batch"].split()) <= ids  # made in a call of rejected samples only, so it can be run again
     for shard, sids in rejected.items():  # each row stays where it was
         assert [r["sample_id"] for r in rows_of(out, shard)] == [r["sample_id"] for r in rows_of(base, shard)]
 

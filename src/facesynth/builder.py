@@ -30,7 +30,7 @@ from datasets.naming import camelcase_to_snakecase
 from .errors import OutputError
 from .files import inside, safe_name
 from .recipe import parse_recipe
-from .schema import features as build_features
+from .schema import features_of
 from .schema import label_ids
 from .writer import FORMAT_VERSION, Manifest, is_facesynth_manifest
 
@@ -252,7 +252,7 @@ class Facesynth(datasets.ArrowBasedBuilder):
         return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(self.root.split("://", 1)[0])))
 
     def _info(self) -> datasets.DatasetInfo:
-        features = build_features(self.recipe, self.manifest.get("format", 0))  # an older folder's columns
+        features = features_of(self.recipe, self.manifest)  # an older folder's columns
         if self.config.columns is not None:
             unknown = [c for c in self.config.columns if c not in features]
             if unknown:

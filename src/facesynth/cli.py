@@ -197,7 +197,7 @@ def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates:
       facesynth plan emotions --num-samples 1000 --seed 7 -o plan.jsonl
       facesynth plan my_recipe.yaml -n 200
     """
-    from .plan import Plan, format_counts
+    from .plan import Plan, balance_report, format_balance, format_counts
     from .recipe import load_recipe
 
     r = load_recipe(recipe)
@@ -207,6 +207,7 @@ def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates:
     if by not in r.attributes:
         raise click.BadParameter(f"'{by}' is not an attribute ({', '.join(r.attributes)})", param_hint="--by")
     click.echo(format_counts(plan, by))
+    click.echo("\n" + format_balance(balance_report(plan)))
     if output:
         plan.write_jsonl(output)
         click.echo(f"wrote {len(plan)} samples to {output}")

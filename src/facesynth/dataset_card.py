@@ -29,7 +29,7 @@ from .files import atomic_write
 from .folder import FIRST_VERSION
 from .quality import REASONS, quality_report
 from .recipe import Recipe, parse_recipe, switch_step
-from .schema import features as build_features
+from .schema import features_of
 from .writer import Manifest, arrow_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -217,7 +217,7 @@ def configs_and_infos(summary: Summary) -> tuple[list[dict], list[dict]]:
     """
     recipe = summary.recipe
     splits = [s for s in recipe.splits if summary.split_sizes.get(s)]
-    features_yaml = build_features(recipe)._to_yaml_list()
+    features_yaml = features_of(recipe, summary.manifest)._to_yaml_list()
     files = [{"split": s, "path": f"data/*/{s}-*"} for s in splits]
     configs = [{"config_name": "default", "default": True, "data_files": files}]
     infos = [_info("default", features_yaml, {s: summary.split_sizes[s] for s in splits}, summary)]

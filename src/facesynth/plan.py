@@ -5,10 +5,12 @@ Pure Python, no torch. Properties the tests check:
 - exact quotas: strata counts are met exactly; cross-product cells stay within 1
   of each other for any size;
 - prefix stability: sample ``i`` never depends on the requested size, so a larger
-  plan keeps every earlier sample unchanged, and every prefix is balanced;
+  plan keeps every earlier sample unchanged; every prefix has each cross axis and
+  each free attribute within 1 of equal (see ``balance``);
 - independent seeds: each candidate seed is a hash of (master seed, sample_id,
   candidate, attempt), so any sample can be regenerated alone;
-- splits are deterministic and stratified per label cell.
+- splits are deterministic, sample by sample, balanced over the plan, every attribute
+  value and every primary label x attribute value.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .balance import CrossOrder, FreeValues, Splits
 from .errors import PlanError
 from .files import atomic_write
 from .recipe import Recipe
@@ -133,97 +138,6 @@ def smooth_sequence(weights: Sequence[float], length: int) -> list[int]:
     return list(itertools.islice(deficit_order(weights), length))
 
 
-class RoundOrder:
-    """One round through every cell of a cross product, ordered so each prefix balances every axis.
-
-    Greedy, one axis at a time: the primary label's least used value, then for each
-    further axis the value least used together with the values already chosen (pairs),
-    then least used alone, among values that still have an unused cell in this round.
-    After a full round every count is equal again, so the same order repeats round
-    after round and prefixes stay balanced. Cells are made on demand, each in
-    ``O(sum of axis sizes)`` numpy work, so a plan costs time in the samples asked
-    for, not in the number of cells.
-    """
-
-    def __init__(self, sizes: Sequence[int]):
-        import numpy as np
-
-        self.np = np
-        self.sizes = list(sizes)
-        self.size = math.prod(self.sizes)
-        m = len(self.sizes)
-        self.used = [np.zeros(k, np.int64) for k in self.sizes]
-        self.pairs = {(i, j): np.zeros((self.sizes[i], self.sizes[j]), np.int64)
-                      for j in range(m) for i in range(j)}
-        self.below = [math.prod(self.sizes[j + 1:]) for j in range(m)]  # cells under a prefix of length j + 1
-        self.taken: dict[tuple[int, ...], Any] = {}  # prefix -> cells used this round under each next value
-        self.cells: list[tuple[int, ...]] = []
-
-    def __getitem__(self, index: int) -> tuple[int, ...]:
-        index %= self.size
-        while len(self.cells) <= index:
-            self.cells.append(self._next())
-        return self.cells[index]
-
-    def _next(self) -> tuple[int, ...]:
-        np = self.np
-        cell: list[int] = []
-        scale = len(self.cells) + 2
-        for j, k in enumerate(self.sizes):
-            cost = np.zeros(k, np.int64)
-            for i in range(j):
-                cost += self.pairs[(i, j)][cell[i]]
-            key = (cost * scale + self.used[j]) * k + np.arange(k)
-            taken = self.taken.get(tuple(cell))
-            if taken is not None:
-                key[taken >= self.below[j]] = np.iinfo(np.int64).max
-            cell.append(int(key.argmin()))
-        for j, v in enumerate(cell):
-            self.used[j][v] += 1
-            for i in range(j):
-                self.pairs[(i, j)][cell[i], v] += 1
-            taken = self.taken.setdefault(tuple(cell[:j]), np.zeros(self.sizes[j], np.int64))
-            taken[v] += 1
-        return tuple(cell)
-
-
-def _free_value(values: list[str], attr: str, cell: tuple, k: int) -> str:
-    """The k-th value of a free attribute in a cell: each block of ``len(values)`` uses every value once.
-
-    The order within a block is a hashed affine permutation ``(a * pos + b) mod n``, ``a``
-    coprime to ``n``: a bijection computed in constant time, however many values there are.
-    """
-    n = len(values)
-    block, pos = divmod(k, n)
-    a = _hash_int("free-a", attr, cell, block) % n or 1
-    while math.gcd(a, n) != 1:
-        a = a % n + 1
-    b = _hash_int("free-b", attr, cell, block) % n
-    return values[(a * pos + b) % n]
-
-
-class _SplitSequence:
-    """The split pattern, extended lazily (prefix-stable): first each split once (train, validation,
-    test), then whichever split is furthest below its share."""
-
-    def __init__(self, ratios: dict[str, float]):
-        self.names = list(ratios)
-        self.ratios = [ratios[n] for n in self.names]
-        self.used = [0] * len(self.names)
-        self.seq: list[str] = []
-
-    def __getitem__(self, k: int) -> str:
-        while len(self.seq) <= k:
-            n = len(self.seq)
-            if n < len(self.names):
-                i = n
-            else:
-                i = max(range(len(self.names)), key=lambda j: ((n + 1) * self.ratios[j] - self.used[j], -j))
-            self.used[i] += 1
-            self.seq.append(self.names[i])
-        return self.seq[k]
-
-
 class Plan:
     """The deterministic plan of a recipe for a size and master seed."""
 
@@ -262,8 +176,9 @@ class Plan:
         if r.balance.cross is not None:
             axes = sorted(r.balance.cross, key=lambda a: a != r.primary)
             grids = [list(r.attributes[a].values) for a in axes]
-            order = RoundOrder([len(g) for g in grids])
-            return [{a: grids[j][v] for j, (a, v) in enumerate(zip(axes, order[i]))} for i in range(self.num_samples)]
+            order = CrossOrder([len(g) for g in grids])
+            cells = order.cells(np.arange(self.num_samples))
+            return [{a: grids[j][v] for j, (a, v) in enumerate(zip(axes, row))} for row in cells.tolist()]
         strata = [s for s in r.strata if s.count > 0]
         counts = [s.count for s in strata]
         order = itertools.islice(deficit_order(counts, caps=counts), self.num_samples)
@@ -284,26 +199,22 @@ class Plan:
 
     def _build(self) -> Iterator[Sample]:
         r = self.recipe
-        occurrences: Counter = Counter()
-        split_seq = _SplitSequence(r.splits)
-        free_values = {name: list(attr.values) for name, attr in r.attributes.items()}
-        cells_of_label: Counter = Counter()  # distinct cells seen per primary label
-        phase: dict[tuple, int] = {}
+        splits = Splits(r.splits, r.primary)
+        free = {name: FreeValues(len(attr.values)) for name, attr in r.attributes.items()}
+        names = {name: list(attr.values) for name, attr in r.attributes.items()}
+        ids = {name: {v: i for i, v in enumerate(values)} for name, values in names.items()}
         for index, cell in enumerate(self._cells()):
             key = tuple(sorted(cell.items()))
-            k = occurrences[key]
-            occurrences[key] += 1
+            fixed = {a: ids[a][v] for a, v in cell.items()}
             labels = {}
-            for name, attr in r.attributes.items():
+            for name in r.attributes:
                 if name in cell:
                     labels[name] = cell[name]
-                else:  # a free attribute: each block of len(values) occurrences uses every value once
-                    labels[name] = _free_value(free_values[name], name, key, k)
-            if k == 0:  # the j-th cell of a label starts the split pattern at j: the label's first rows
-                label = labels[r.primary]  # take train, validation and test in turn; each cell stays stratified
-                phase[key] = cells_of_label[label]
-                cells_of_label[label] += 1
-            yield self._sample(index, labels, split_seq[k + phase[key]])
+                else:  # a free attribute: within 1 of equal at every prefix, least used with the other labels
+                    value = free[name].take(fixed, key)
+                    fixed[name] = value
+                    labels[name] = names[name][value]
+            yield self._sample(index, labels, splits.take(labels))
 
     def _sample(self, index: int, labels: dict[str, str], split: str) -> Sample:
         r = self.recipe
@@ -360,6 +271,48 @@ class Plan:
         with atomic_write(path) as f:
             for s in self.samples:
                 f.write(json.dumps(s.to_json(), sort_keys=True, allow_nan=False) + "\n")
+
+
+def balance_report(plan: Plan) -> dict[str, Any]:
+    """How far from equal the plan's prefixes get: the largest max-minus-min count over every prefix, for each
+    attribute whose values share equally (cross axes and free attributes) and each pair of them, and per split
+    for each attribute value and each primary label x attribute value (at this size)."""
+    from .balance import spreads
+
+    r = plan.recipe
+    fixed = set(r.balance.cross or []) if r.balance.cross is not None else {a for s in r.strata for a, _ in s.labels}
+    equal = [a for a in r.attributes if a in (r.balance.cross or []) or a not in fixed]
+    sizes = [len(r.attributes[a].values) for a in equal]
+    ids = {a: {v: i for i, v in enumerate(r.attributes[a].values)} for a in equal}
+    cells = np.array([[ids[a][s.labels[a]] for a in equal] for s in plan.samples], np.int64).reshape(-1, len(equal))
+    found = spreads(cells, sizes) if equal else {}
+    worst_pair = max(((v, " x ".join(equal[i] for i in k)) for k, v in found.items() if len(k) == 2), default=None)
+    per_split: dict[str, int] = {}
+    for split, rows in plan.by_split().items():
+        worst = 0
+        for a, attr in r.attributes.items():
+            if a not in equal:
+                continue
+            single = Counter(s.labels[a] for s in rows)
+            worst = max(worst, max(single.get(v, 0) for v in attr.values) - min(single.get(v, 0) for v in attr.values))
+            if a != r.primary and r.primary in equal:
+                both = Counter((s.labels[r.primary], s.labels[a]) for s in rows)
+                keys = list(itertools.product(r.attributes[r.primary].values, attr.values))
+                worst = max(worst, max(both.get(k, 0) for k in keys) - min(both.get(k, 0) for k in keys))
+        per_split[split] = worst
+    return {"attributes": equal, "axis": max((v for k, v in found.items() if len(k) == 1), default=0),
+            "pair": worst_pair, "splits": per_split}
+
+
+def format_balance(report: dict[str, Any]) -> str:
+    """One line for ``facesynth plan``."""
+    if not report["attributes"]:
+        return "balance: every stratum exact; prefixes proportional to the strata counts"
+    line = f"balance over every prefix: each of {', '.join(report['attributes'])} within {report['axis']} of equal"
+    if report["pair"] is not None:
+        line += f"; pairs within {report['pair'][0]} (worst: {report['pair'][1]})"
+    return line + "; in each split at this size, every value and primary x value within " + ", ".join(
+        f"{v} ({k})" for k, v in report["splits"].items())
 
 
 def format_counts(plan: Plan, by: str | None = "gender") -> str:

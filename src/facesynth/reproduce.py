@@ -25,6 +25,7 @@ from .builder import read_manifest, shard_paths
 from .errors import OutputError
 from .plan import Plan
 from .recipe import parse_recipe
+from .schema import read_provenance
 from .writer import Manifest
 
 logger = logging.getLogger(__name__)
@@ -115,11 +116,12 @@ class Reproducer:
 
     def reproduce(self, row: dict[str, Any]) -> Reproduction:
         """Run the row's batch again, at the row's attempt, and take the row's sample."""
-        batch = row["batch"] or [row["sample_id"]]
+        provenance = read_provenance(row)
+        batch = provenance["batch"] or [row["sample_id"]]
         unknown = [sid for sid in batch if sid not in self.samples]
         if unknown:
             raise OutputError(f"{row['sample_id']}: batch names '{unknown[0]}', which is not in the plan")
-        scored = self.engine.candidates([self.samples[sid] for sid in batch], row["attempt"], row["unet_calls"])
+        scored = self.engine.candidates([self.samples[sid] for sid in batch], row["attempt"], provenance["unet_calls"])
         mine = scored[batch.index(row["sample_id"])]
         if row["candidate_index"] not in mine.indices:
             raise OutputError(f"{row['sample_id']}: candidate_index {row['candidate_index']} is not one of the "

@@ -30,7 +30,7 @@ from .folder import check_shards
 from .layout import layout as shard_layout
 from .plan import Plan
 from .recipe import SPEEDUPS, parse_recipe, switch_step
-from .schema import features as build_features
+from .schema import features_of, read_provenance
 from .verdicts import VERDICTS, VerdictError, review_state
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     per_shard = manifest["plan"].get("rows_per_shard")
     usable = isinstance(per_shard, int) and per_shard > 0
     held = {t.name: t.samples for t in shard_layout(plan, per_shard)} if usable else {}
-    features = build_features(recipe)
+    features = features_of(recipe, manifest)
     names = {a: list(attr.values) for a, attr in recipe.attributes.items()}
     seen: Counter = Counter()
     cells: Counter = Counter()
@@ -177,8 +177,8 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
         return
     if pf.metadata.num_rows != record["rows"]:
         report.add(name, f"{pf.metadata.num_rows} rows, the manifest says {record['rows']}")
-    columns = ["sample_id", *names, "prompt", "width", "height", "face_box", "safety_score", "candidate_scores",
-               "candidate_index", *SPEEDUPS]
+    columns = ["sample_id", *names, "prompt", "width", "height", "candidate_scores", "candidate_index", *SPEEDUPS]
+    columns += [c for c in ("face_box", "safety_score") if c in features]  # measured-only columns
     columns += ["image"] if images else []
     for i in range(pf.num_row_groups):
         try:
@@ -206,8 +206,10 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
                 report.add(name, f"{sid}: labels {labels} differ from the plan's {sample.labels}")
             if table["prompt"][r] != sample.prompt:
                 report.add(name, f"{sid}: prompt differs from the plan's")
-            _check_gates(name, sid, table["face_box"][r], table["safety_score"][r], claims["gates"], report)
-            _check_choice(name, sid, {k: table[k][r] for k in (*SPEEDUPS, "candidate_scores", "candidate_index")},
+            _check_gates(name, sid, table.get("face_box", [None] * len(table["sample_id"]))[r],
+                         table.get("safety_score", [None] * len(table["sample_id"]))[r], claims["gates"], report)
+            row = {k: table[k][r] for k in (*SPEEDUPS, "candidate_scores", "candidate_index")}
+            _check_choice(name, sid, {**row, **read_provenance(row)},
                           {**sample.settings, **claims["overrides"]}, claims["candidates"], report)
         if images:
             sizes = list(zip(table["width"], table["height"]))

@@ -32,8 +32,9 @@ MANIFEST = "manifest.json"
 # The manifest's format: it changes whenever an older folder's plan or layout would no longer be this
 # version's (4: the plan's near-linear cross-product order, splits balanced per primary label, and one
 # shard folder per primary label, data/<label>/<split>-NNNNN.parquet; 5: the prune_at, keep and cfg_until
-# columns).
-FORMAT_VERSION = 5
+# columns; 6: the plan's order balancing every axis at every prefix, splits chosen sample by sample, and rows
+# that collate with torch's default collate, see schema.COLLATE_SAFE_FORMAT).
+FORMAT_VERSION = 6
 MAX_SHARD_BYTES = 500 * 10**6  # like push_to_hub's default max_shard_size
 ROW_GROUP_ROWS = 100
 

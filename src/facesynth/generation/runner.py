@@ -36,8 +36,7 @@ from ..folder import (Worker, cell_counts, cell_key, check_owner, clear_listed, 
 from ..lock import WORK_DIR, FolderLock
 from ..plan import Plan
 from ..recipe import Recipe, load_recipe, resolve
-from ..schema import SETTING_COLUMNS
-from ..schema import features as build_features
+from ..schema import SETTING_COLUMNS, features_of, row_provenance
 from ..layout import ShardTask, layout
 from ..writer import FORMAT_VERSION, GENERATOR, ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
 from ..quality import CellStats, QualityOptions, quality_report, require_cv2, shard_embeddings
@@ -233,7 +232,8 @@ class ShardSink:
         self.tmp_dir = tmp_dir
         self.recipe = recipe
         self.manifest = manifest
-        self.features = build_features(recipe)
+        self.features = features_of(recipe, manifest)
+        self.candidates = manifest["plan"]["candidates"]
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facesynth-writer")
         self.pending: deque[Future] = deque()
         self.max_pending = max_pending
@@ -326,11 +326,11 @@ class ShardSink:
         row.update(
             prompt=s.prompt, negative_prompt=s.negative_prompt, caption=s.caption, seed=w.seed,
             clip_score=w.clip_score, candidate_scores=w.candidate_scores, candidate_index=w.candidate_index,
-            label_confidence=w.label_confidence, attempt=w.attempt, batch=w.batch, unet_calls=w.unet_calls,
-            clip_embedding=w.embedding.tolist(), face_box=w.face_box, safety_score=w.safety_score,
-            **{name: w.settings.get(name) for name in SETTING_COLUMNS},
+            label_confidence=w.label_confidence, attempt=w.attempt, clip_embedding=w.embedding.tolist(),
+            face_box=w.face_box, safety_score=w.safety_score, **{name: w.settings.get(name) for name in SETTING_COLUMNS},
         )
-        return row
+        row.update(row_provenance(w.batch, w.unet_calls, w.settings, self.candidates))
+        return {k: row[k] for k in self.features}
 
     def _flush(self) -> None:
         if self.rows:
