@@ -244,6 +244,7 @@ def test_loading_while_a_writer_holds_the_folder_is_one_line_or_waits(demo_copy)
         lock.release()
 
 
+@pytest.mark.slow
 def test_a_default_dataloader_takes_every_column(tmp_path):
     """Ragged batches, no face box, no safety score, no speed-ups: the default collate takes the full row."""
     import pyarrow.parquet as pq

@@ -17,6 +17,7 @@ def test_plan_prints_counts_and_writes_jsonl(tmp_path, capsys):
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 1000
 
 
+@pytest.mark.slow
 def test_plan_agfd_prints_the_table(capsys):
     assert invoke(["plan", "agfd"]) == 0
     out = capsys.readouterr().out
@@ -25,6 +26,7 @@ def test_plan_agfd_prints_the_table(capsys):
     assert rows["child"][0] == "600" and rows["child"][-2:] == ["300", "300"]
 
 
+@pytest.mark.slow
 def test_generate_then_load(tmp_path, capsys):
     out = tmp_path / "demo"
     code = invoke(["generate", "emotions", "--model", "tiny", "--num-samples", "8", "--out", str(out), "--quiet"])

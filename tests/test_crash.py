@@ -24,6 +24,7 @@ def kill_resume():
     return module
 
 
+@pytest.mark.slow
 def test_sigkill_and_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, demo_dataset, kill_resume):
     out = tmp_path / "killed"
     args = kill_resume.generate_args(out, 24, 8)  # the demo_dataset fixture's parameters

@@ -235,6 +235,7 @@ def test_a_long_reason_is_shortened_in_the_card(demo_dataset, tmp_path):
     assert len(line) < 200 and "…" in line
 
 
+@pytest.mark.slow
 def test_any_text_that_reaches_the_card_leaves_its_structure_intact(demo_dataset, tmp_path_factory):
     """Property: whatever a reviewer, a recipe's author, a model's or a folder's name writes."""
     from hypothesis import HealthCheck, given, settings

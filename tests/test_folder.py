@@ -45,6 +45,7 @@ def users_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_overwrite_never_deletes_a_folder_that_is_not_a_dataset(tmp_path):
     root = users_folder(tmp_path / "mine")
     before = listing(root)
@@ -55,6 +56,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_dataset(tmp_path):
     assert listing(root) == before
 
 
+@pytest.mark.slow
 def test_out_dot_with_overwrite_inside_a_git_repo_changes_nothing(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -81,6 +83,7 @@ def test_only_an_empty_folder_or_a_dataset_is_accepted(tmp_path, content):
     assert listing(root) == before
 
 
+@pytest.mark.slow
 def test_overwrite_of_a_dataset_deletes_only_what_its_manifest_lists(tmp_path):
     root = tmp_path / "ds"
     generate(GenerateConfig(out=root, num_samples=8, rows_per_shard=4, **TINY))
@@ -108,6 +111,7 @@ def test_overwrite_of_a_dataset_deletes_only_what_its_manifest_lists(tmp_path):
     assert not (root / ".facesynth").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_model_load_leaves_nothing_behind(tmp_path):
     root = tmp_path / "new"
     proc = cli("generate", "emotions", "--model", "nobody/none", "-n", "4", "--out", str(root))
@@ -186,6 +190,7 @@ def _wait_for(path: Path, proc, timeout=120.0):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_two_real_runs_on_one_folder_the_second_is_refused(tmp_path):
     out = tmp_path / "shared"
     first = _start(["generate", "emotions", "--model", "tiny", "-n", "48", "--rows-per-shard", "8", "-o", str(out),
@@ -208,6 +213,7 @@ def test_two_real_runs_on_one_folder_the_second_is_refused(tmp_path):
     assert all(r["bytes"] > 0 for r in manifest["shards"].values())
 
 
+@pytest.mark.slow
 def test_two_card_runs_at_once_never_collide(demo_dataset, tmp_path):
     root = tmp_path / "cards"
     shutil.copytree(demo_dataset, root)
@@ -261,6 +267,7 @@ def test_manifests_are_strict_json(demo_dataset, tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow
 def test_a_folder_made_by_another_format_still_loads_and_is_named_one_line(demo_dataset, tmp_path):
     import datasets
 
@@ -283,6 +290,7 @@ def test_a_folder_made_by_another_format_still_loads_and_is_named_one_line(demo_
     assert "prune_at" not in old.features and "seed" in old.features and len(old)
 
 
+@pytest.mark.slow
 def test_another_programs_manifest_json_does_not_make_a_folder_a_dataset(tmp_path):
     """A web app's folder with its own manifest.json is someone's files: refused, with or without --overwrite."""
     root = tmp_path / "webapp"
@@ -302,6 +310,7 @@ def test_another_programs_manifest_json_does_not_make_a_folder_a_dataset(tmp_pat
         "facesynth dataset folder?\n")
 
 
+@pytest.mark.slow
 def test_files_facesynth_writes_follow_the_umask(tmp_path):
     """manifest.json, the card and the grid get 0666 less the umask, like the shards (mkstemp alone gives 0600)."""
     import os

@@ -9,6 +9,7 @@ import io
 import math
 import string
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -146,6 +147,7 @@ option_values = st.one_of(st.integers(-5, 3000).map(str), st.floats(allow_nan=Tr
 @given(recipe=st.sampled_from(["emotions", "agfd", "nope", ""]),
        options=st.lists(st.tuples(st.sampled_from(["-n", "--seed", "--candidates", "--by", "-o", "--bogus"]),
                                   option_values), max_size=4))
+@pytest.mark.slow
 def test_plan_options_never_end_in_a_traceback(recipe, options, tmp_path):
     args = ["plan", recipe]
     for name, value in options:

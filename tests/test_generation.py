@@ -28,6 +28,7 @@ def test_deterministic(tiny_pipe, tiny_scorer, emotions):
         assert x.seed == y.seed and x.candidate_scores == y.candidate_scores
 
 
+@pytest.mark.slow
 def test_batch_invariance(tiny_pipe, tiny_scorer, emotions):
     samples = Plan(emotions, 4).samples
     engine = make_engine(tiny_pipe, tiny_scorer, emotions)
@@ -60,6 +61,7 @@ def test_rerank_keeps_the_argmax_of_independent_clip_scores(tiny_pipe, tiny_scor
     assert win.clip_score == pytest.approx(max(0.0, max(scores)), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_label_confidence_retries_with_fresh_seeds(tiny_pipe, tiny_scorer, emotions):
     samples = Plan(emotions, 2).samples
     strict = make_engine(tiny_pipe, tiny_scorer, emotions, min_label_confidence=0.99, max_attempts=3)
@@ -147,6 +149,7 @@ def _rows(out):
             for split, d in ds.items()}
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_gives_the_same_dataset(tmp_path, demo_dataset):
     out = tmp_path / "crashy"
     cfg = GenerateConfig(recipe="emotions", out=out, num_samples=24, model="tiny", quiet=True, rows_per_shard=8,
@@ -170,6 +173,7 @@ def test_other_parameters_against_an_existing_folder_are_refused(demo_dataset, t
         generate(GenerateConfig(recipe="emotions", out=tmp_path, num_samples=4, model="tiny", quiet=True))
 
 
+@pytest.mark.slow
 def test_overwrite_replaces(tmp_path):
     out = tmp_path / "ds"
     generate(GenerateConfig(recipe="emotions", out=out, num_samples=4, model="tiny", quiet=True, write_card=False))
@@ -283,6 +287,7 @@ def test_full_size_sd15_single_file_checkpoint_loads_offline(tmp_path):
     assert image.shape == (64, 64, 3) and np.isfinite(image).all()
 
 
+@pytest.mark.slow
 def test_growing_a_dataset_keeps_full_shards_and_bumps_the_version(tmp_path, demo_dataset):
     out = tmp_path / "grow"
     base = dict(recipe="emotions", model="tiny", quiet=True, rows_per_shard=8, batch_size=12)
@@ -316,6 +321,7 @@ def _cache_repo(cache, repo_id, commit, save):
     return snapshot
 
 
+@pytest.mark.slow
 def test_the_clip_models_commit_is_recorded_and_reproduce_pins_it(tmp_path, monkeypatch):
     import huggingface_hub.constants
     from transformers import CLIPImageProcessorPil

@@ -285,6 +285,7 @@ def _grid():
     return parse_recipe(text)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(sizes=st.lists(st.integers(1, 12), min_size=1, max_size=6))
 def test_every_axis_and_cell_within_one_at_every_prefix(sizes):

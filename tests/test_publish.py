@@ -133,6 +133,7 @@ def test_first_push(folder, api, hub, capsys):
     assert TOKEN not in out + err
 
 
+@pytest.mark.slow
 def test_repush_of_a_grown_version_deletes_stale_shards_and_tags(tmp_path, api, hub, capsys):
     folder = tmp_path / "grow"
     generate(GenerateConfig(out=folder, num_samples=16, **DEMO))

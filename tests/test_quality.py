@@ -245,6 +245,7 @@ def test_rejections_are_counted_per_reason_and_cell_in_the_manifest_and_card(ded
     assert f"{100 * total['rejection_rate']:.1f}%" in card
 
 
+@pytest.mark.slow
 def test_resume_with_dedupe_gives_the_same_dataset(deduped, tmp_path):
     recipe, out = deduped
     again = tmp_path / "again"
@@ -273,6 +274,7 @@ def test_a_refilled_row_reproduces_exactly(deduped):
         assert reproducer.reproduce(full).identical
 
 
+@pytest.mark.slow
 def test_generate_prints_what_the_gates_rejected(tmp_path, pair_recipe):
     out = tmp_path / "cli"
     result = CliRunner().invoke(main, ["generate", pair_recipe, "--model", "tiny", "-n", "12", "--out", str(out),
@@ -284,6 +286,7 @@ def test_generate_prints_what_the_gates_rejected(tmp_path, pair_recipe):
             f"(duplicate {total['rejected']}); {total['refills']} refills kept every quota.") in result.output
 
 
+@pytest.mark.slow
 def test_safety_screen_never_writes_a_flagged_candidate(tmp_path, pair_recipe, tiny_pipe, tiny_scorer):
     recipe = parse_recipe(open(pair_recipe).read(), pair_recipe)
     probe = make_engine(tiny_pipe, tiny_scorer, recipe, QualityOptions(safety=True))

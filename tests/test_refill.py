@@ -115,6 +115,7 @@ def test_the_same_command_makes_exactly_the_rejected_rows_again(reviewed, pair_f
     assert shard_bytes(out) == after
 
 
+@pytest.mark.slow
 def test_a_crash_while_rewriting_resumes_to_the_same_dataset(reviewed, pair_file, tmp_path):
     base, rejected = reviewed
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
@@ -138,6 +139,7 @@ def test_a_crash_while_rewriting_resumes_to_the_same_dataset(reviewed, pair_file
     assert "reviewing" not in done and done["version"] == "1.1.0"
 
 
+@pytest.mark.slow
 def test_a_row_rejected_twice_moves_on_to_yet_another_attempt(reviewed, pair_file, tmp_path):
     base, rejected = reviewed
     out = tmp_path / "pair"
@@ -188,6 +190,7 @@ def listing(out):
     return {name: hashlib.sha256(data).hexdigest() for name, data in shard_bytes(out).items()}
 
 
+@pytest.mark.slow
 def test_growing_a_reviewed_dataset_keeps_every_rows_attempt_killed_or_not(reviewed, pair_file, tmp_path):
     """After a review round, a grow never brings a rejected row back, and a grow killed and resumed gives the
     same bytes as an uninterrupted one."""
@@ -215,6 +218,7 @@ def test_growing_a_reviewed_dataset_keeps_every_rows_attempt_killed_or_not(revie
     assert done["review"] == want["review"] and done["review"]["rejected"] == 3
 
 
+@pytest.mark.slow
 def test_repairing_a_shard_that_holds_a_pending_rejection_makes_it_at_its_next_attempt(reviewed, pair_file,
                                                                                        tmp_path):
     from facesynth.validate import validate
@@ -251,6 +255,7 @@ def test_a_verdict_naming_another_rows_image_is_not_counted(reviewed, pair_file,
     assert {r["sample_id"]: r["attempt"] for r in rows(out, ["sample_id", "attempt"])}[other] == 0
 
 
+@pytest.mark.slow
 def test_verdicts_posted_while_generate_runs_wait_for_the_next_round(reviewed, pair_file, tmp_path, capsys):
     """The round takes a snapshot when it starts: a restore and a reject posted mid-round (from another thread,
     as the gallery would) change nothing in it; the CLI line, the manifest and the card count the same 3 rows."""

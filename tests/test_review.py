@@ -413,6 +413,7 @@ def test_a_read_only_folder_answers_a_json_error_the_page_shows(demo_dataset, tm
         assert page_code == 200 and not verdicts_path(folder).exists()
 
 
+@pytest.mark.slow
 def test_requests_during_reloads_see_one_consistent_snapshot(demo_copy):
     """1,200 row requests from 8 threads while the folder changes under the server (a manifest rewritten as
     ``generate`` does): every answer is 200 (or 404 JSON for an index past the end), none fails."""

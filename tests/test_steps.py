@@ -27,6 +27,7 @@ def _loop_length(engine) -> int:
     return len(engine.pipe.scheduler.timesteps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
 def test_a_survivor_is_pixel_for_pixel_its_unpruned_trajectory(scheduler, tiny_pipe, tiny_scorer, emotions):
     samples = Plan(emotions, 4).samples
@@ -129,6 +130,7 @@ def test_switch_steps_round_to_whole_steps():
     assert switch_step(None, 25) is None and switch_step(0.3, 25) == 8
 
 
+@pytest.mark.slow
 def test_a_pruned_dataset_records_its_settings_and_reproduces_exactly(tmp_path, capsys):
     out = tmp_path / "fast"
     args = ["generate", "emotions", "--model", "tiny", "-n", "8", "--out", str(out), "--quiet"]
@@ -184,6 +186,7 @@ def _unet_shapes(pipe):
     return shapes, handle
 
 
+@pytest.mark.slow
 def test_compile_padding_gives_the_unet_one_batch_shape(tiny_pipe, tiny_scorer, emotions):
     """With --compile every call is padded to the full batch, so the compiled UNet compiles once."""
     samples = Plan(emotions, 6).samples
@@ -241,6 +244,7 @@ def test_a_compiled_run_compiles_each_shape_once(tmp_path):
     assert graphs == 1, proc.stdout
 
 
+@pytest.mark.slow
 def test_the_benchmark_command_reports_what_both_runs_did(tiny_pipe, tiny_scorer, emotions, capsys):
     """`facesynth benchmark`: UNet evaluations per kept image, and the same-winner share measured here too."""
     assert _invoke(["benchmark", "emotions", "--model", "tiny", "-n", "8", "--prune-at", "0.25", "--keep", "1",
@@ -263,6 +267,7 @@ def test_the_benchmark_command_reports_what_both_runs_did(tiny_pipe, tiny_scorer
                                        "to compare with exact best-of-N\n")
 
 
+@pytest.mark.slow
 def test_pruning_with_the_dedupe_gate_keeps_quotas_resumes_and_reproduces(tmp_path):
     """Pruned runs go through the same gates and refills; a crash and resume gives the same bytes."""
     from collections import Counter

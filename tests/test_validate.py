@@ -43,6 +43,7 @@ def _png(size):
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_a_generated_folder_is_valid_and_rows_reproduce_exactly(demo_dataset, capsys):
     report = validate(demo_dataset, reproduce=3, seed=1)
     assert report.ok, [str(p) for p in report.problems]
@@ -145,6 +146,7 @@ def _file_size_limit(limit):
     return apply
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_clear_line_and_leaves_no_partial_shard(tmp_path, demo_dataset):
     out = tmp_path / "full"
     args = ["generate", "emotions", "--model", "tiny", "-n", "24", "--rows-per-shard", "8", "--batch-size", "12",
@@ -168,6 +170,7 @@ def _drop_root_override():
             raise OSError(ctypes.get_errno(), "prctl")
 
 
+@pytest.mark.slow
 def test_an_unwritable_output_folder_is_one_clear_line(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -184,6 +187,7 @@ def test_an_unwritable_output_folder_is_one_clear_line(tmp_path):
     assert list(locked.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_call_and_the_row_still_reproduces(tiny_pipe, tiny_scorer, emotions, caplog):
     samples = Plan(emotions, 4).samples
     normal = make_engine(tiny_pipe, tiny_scorer, emotions).generate(samples, 0)
@@ -210,6 +214,7 @@ def test_out_of_memory_halves_the_call_and_the_row_still_reproduces(tiny_pipe, t
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(halved, again))  # what reproduce relies on
 
 
+@pytest.mark.slow
 def test_bf16_on_cpu_generates_and_reproduces_exactly(tmp_path):
     """bf16 on the CPU (fast where the CPU has AMX): CLIP resizes in fp32, and reproduce keeps bf16."""
     out = tmp_path / "bf16"

@@ -21,6 +21,7 @@ def shard_sums(root):
     return {n: r["sha256"] for n, r in json.loads((root / "manifest.json").read_text())["shards"].items()}
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(tmp_path, demo_dataset):
     out = tmp_path / "ranks"
     proc = subprocess.run(
@@ -41,6 +42,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, demo_dataset):
     assert validate(out).ok
 
 
+@pytest.mark.slow
 def test_independent_workers_rerun_alone_and_merge(tmp_path, demo_dataset, capsys):
     out = tmp_path / "array"
     first = generate(GenerateConfig(out=out, worker_index=0, num_workers=2, **DEMO))
@@ -79,6 +81,7 @@ def test_independent_workers_rerun_alone_and_merge(tmp_path, demo_dataset, capsy
     assert validate(out).ok
 
 
+@pytest.mark.slow
 def test_workers_of_a_run_with_other_parameters_are_refused(tmp_path):
     out = tmp_path / "mixed"
     generate(GenerateConfig(out=out, worker_index=0, num_workers=2, **DEMO))
@@ -86,6 +89,7 @@ def test_workers_of_a_run_with_other_parameters_are_refused(tmp_path):
         generate(GenerateConfig(out=out, worker_index=0, num_workers=2, **{**DEMO, "seed": 5}))
 
 
+@pytest.mark.slow
 def test_a_worker_with_other_parameters_is_refused_at_once_and_the_right_one_then_works(tmp_path, demo_dataset):
     """Worker 0 of a run finished; worker 1 started with another seed is refused in one line before it writes
     anything, and worker 1 with the right command then finishes and merges the single-process dataset."""
