@@ -118,22 +118,27 @@ class FreeValues:
 
     def __init__(self, size: int):
         self.size = size
-        self.open = np.ones(size, bool)
+        self.used = np.zeros(size, np.int64)  # 1 << 40 for a value this block has used: never the cheapest
         self.left = size
+        self.cost = np.zeros(size, np.int64)
         self.with_label: dict[tuple[str, int], np.ndarray] = {}  # (attribute, value) -> counts per free value
         self.with_cell: dict[tuple, np.ndarray] = {}
 
     def take(self, labels: dict[str, int], cell: tuple) -> int:
         rows = [self.with_label.setdefault(key, np.zeros(self.size, np.int64)) for key in labels.items()]
         per_cell = self.with_cell.setdefault(cell, np.zeros(self.size, np.int64))
-        cost = per_cell * (len(rows) + 1) + (sum(rows) if rows else 0)
-        value = int(np.where(self.open, cost, np.iinfo(np.int64).max).argmin())
+        cost = self.cost
+        np.multiply(per_cell, len(rows) + 1, out=cost)  # the cell first, then the labels one by one
+        for row in rows:
+            cost += row
+        cost += self.used
+        value = int(cost.argmin())
         for row in (*rows, per_cell):
             row[value] += 1
-        self.open[value] = False
+        self.used[value] = 1 << 40
         self.left -= 1
         if not self.left:
-            self.open[:] = True
+            self.used[:] = 0
             self.left = self.size
         return value
 

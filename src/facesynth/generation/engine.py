@@ -4,8 +4,7 @@ Several samples x N candidates go through one pipeline call. Every candidate has
 its own CPU ``torch.Generator`` seeded from the plan, and every sample's prompt
 embeddings are computed alone, so a sample's pixels do not depend on what else is
 in its batch (up to floating-point noise of batched kernels). Batches only join
-samples with equal settings and equal conditioning length, gathered from a window
-of a few batches so that recipes with many settings still fill their calls.
+samples with equal settings and equal conditioning length.
 """
 
 from __future__ import annotations
@@ -31,8 +30,6 @@ from .prompts import Conditioning, PromptEncoder
 from .steps import StepHook
 
 logger = logging.getLogger(__name__)
-
-WINDOW_BATCHES = 8  # samples are bucketed by settings over windows of this many full batches
 
 RERANK_MODES = ("caption", "prompt")
 VAE_CHUNK = 8
@@ -165,32 +162,24 @@ class Engine:
     # Batching ---------------------------------------------------------------------------
     def run(self, samples: Sequence[Sample], batch_size: int | None = None,
             first_attempt: dict[str, int] | None = None) -> Iterator[Winner]:
-        """Winners in input order, a window of ``WINDOW_BATCHES`` full batches at a time.
+        """Winners in input order; consecutive samples that can share a call are batched.
 
-        Within a window, samples that can share a call (equal settings, conditioning length and
-        attempt) are batched together in order of first appearance, so a recipe whose values set
-        their own steps, guidance or size still fills its calls. The windows start at the first
-        sample given (a shard's first row), so a resumed shard batches exactly as it first did.
-        ``first_attempt`` starts some samples at a later attempt (fresh seeds: a row rejected in
-        review); a call holds samples of one attempt, so every row can be run again.
+        ``first_attempt`` starts some samples at a later attempt (fresh seeds: a row rejected
+        in review); a call holds samples of one attempt, so every row can be run again.
         """
         per_call = max(1, (batch_size or self.options.batch_size) // self.options.candidates)
         first_attempt = first_attempt or {}
-        window = per_call * WINDOW_BATCHES
-        samples = list(samples)
-        for start in range(0, len(samples), window):
-            part = samples[start:start + window]
-            buckets: dict[tuple, list[Sample]] = {}
-            for sample in part:
-                key = (*self._batch_key(sample), first_attempt.get(sample.sample_id, 0))
-                buckets.setdefault(key, []).append(sample)
-            done: dict[str, Winner] = {}
-            for key, group in buckets.items():
-                for i in range(0, len(group), per_call):
-                    for winner in self.run_batch(group[i:i + per_call], key[-1]):
-                        done[winner.sample.sample_id] = winner
-            for sample in part:
-                yield done.pop(sample.sample_id)
+        batch: list[Sample] = []
+        batch_key = None
+        for sample in samples:
+            key = (*self._batch_key(sample), first_attempt.get(sample.sample_id, 0))
+            if batch and (key != batch_key or len(batch) >= per_call):
+                yield from self.run_batch(batch, batch_key[-1])
+                batch = []
+            batch.append(sample)
+            batch_key = key
+        if batch:
+            yield from self.run_batch(batch, batch_key[-1])
 
     def _batch_key(self, sample: Sample) -> tuple:
         with self.timings.stage("text"):
