@@ -260,7 +260,7 @@ def test_a_default_dataloader_takes_every_column(tmp_path):
                             rows_per_shard=5, batch_size=12))
     table = pq.read_table(sorted(out.glob("data/*/*.parquet")), columns=["batch", "unet_calls"]).to_pydict()
     assert len({len(b.split()) for b in table["batch"]}) > 1  # batches of several sizes: a list would be ragged
-    ds = load_dataset_torch(out)
+    ds = datasets.load_dataset(str(out), split="train").with_format("torch")
     assert not {"face_box", "safety_score"} & set(ds.column_names)  # measured only with --faces / --safety
     seen = 0
     for batch in DataLoader(ds, batch_size=4):
@@ -276,10 +276,6 @@ def test_a_default_dataloader_takes_every_column(tmp_path):
                                  .column(0).to_pylist(), table["batch"]) if len(b.split()) > 1)
     reproducer = Reproducer(out)
     assert reproducer.reproduce(reproducer.rows([sid])[sid]).identical
-
-
-def load_dataset_torch(out):
-    return datasets.load_dataset(str(out), split="train").with_format("torch")
 
 
 def test_a_folder_of_an_older_format_still_loads(demo_copy):

@@ -280,8 +280,8 @@ def balance_report(plan: Plan) -> dict[str, Any]:
     from .balance import spreads
 
     r = plan.recipe
-    fixed = set(r.balance.cross or []) if r.balance.cross is not None else {a for s in r.strata for a, _ in s.labels}
-    equal = [a for a in r.attributes if a in (r.balance.cross or []) or a not in fixed]
+    fixed = set() if r.balance.cross is not None else {a for s in r.strata for a, _ in s.labels}  # proportional
+    equal = [a for a in r.attributes if a not in fixed]
     sizes = [len(r.attributes[a].values) for a in equal]
     ids = {a: {v: i for i, v in enumerate(r.attributes[a].values)} for a in equal}
     cells = np.array([[ids[a][s.labels[a]] for a in equal] for s in plan.samples], np.int64).reshape(-1, len(equal))

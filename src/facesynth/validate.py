@@ -187,6 +187,8 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
             if name not in report.damaged:
                 report.add(name, f"row group {i} unreadable: {exc}", damaged=True)
             continue
+        absent = [None] * len(table["sample_id"])  # a measured-only column the run did not write
+        boxes, unsafe = table.get("face_box", absent), table.get("safety_score", absent)
         for r, sid in enumerate(table["sample_id"]):
             seen[sid] += 1
             bad = next((a for a in names if not isinstance(table[a][r], int) or not 0 <= table[a][r] < len(names[a])),
@@ -206,8 +208,7 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
                 report.add(name, f"{sid}: labels {labels} differ from the plan's {sample.labels}")
             if table["prompt"][r] != sample.prompt:
                 report.add(name, f"{sid}: prompt differs from the plan's")
-            _check_gates(name, sid, table.get("face_box", [None] * len(table["sample_id"]))[r],
-                         table.get("safety_score", [None] * len(table["sample_id"]))[r], claims["gates"], report)
+            _check_gates(name, sid, boxes[r], unsafe[r], claims["gates"], report)
             row = {k: table[k][r] for k in (*SPEEDUPS, "candidate_scores", "candidate_index")}
             _check_choice(name, sid, {**row, **read_provenance(row)},
                           {**sample.settings, **claims["overrides"]}, claims["candidates"], report)
