@@ -522,3 +522,17 @@ def test_without_a_network_push_fails_at_once_and_a_dry_run_says_so_in_its_own_w
     code, _, err = push([str(folder), "--repo-id", REPO], capsys)
     assert code == 1 and err == ("Error: reaching the Hub: cannot reach the Hub (huggingface.co does not resolve); "
                                  "check the network\n")
+
+
+def test_a_push_sends_the_evaluation_and_its_pictures(folder, api, capsys):
+    from facesynth.evaluate import evaluate
+
+    evaluate(folder, progress=False)
+    code, out, err = push([str(folder), "--repo-id", REPO, "--dry-run"], capsys)
+    assert code == 0, err
+    listed = {line.split()[1] for line in out.splitlines()[:-1]}
+    drawn = {f"assets/evaluation/separability-{a}.png" for a in ("emotion", "gender", "ethnicity")}
+    assert {"evaluation.json", *drawn} <= listed
+    (folder / "evaluation.json").write_text("{}")  # altered after evaluate: validate, and so push, refuse it
+    code, out, err = push([str(folder), "--repo-id", REPO, "--dry-run"], capsys)
+    assert code != 0 and "evaluation.json" in err

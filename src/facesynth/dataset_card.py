@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .builder import read_manifest, shard_paths
 from .errors import OutputError
 from .escape import Markup, environment
+from .evaluation_report import for_card
 from .files import atomic_write
 from .folder import FIRST_VERSION
 from .quality import REASONS, quality_report
@@ -387,6 +388,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         primary_values=list(recipe.attributes[recipe.primary].values),
         pretty_name=pretty,
         quality=quality_tables(recipe, manifest),
+        evaluation=for_card(root, manifest, recipe),
         **review_tables(recipe, manifest),
     )
 
@@ -431,7 +433,8 @@ def write_card(root: str | Path, repo_id: str | None = None, revision: str | Non
     with atomic_write(path) as f:
         f.write(text)
     manifest = read_manifest(root)
-    manifest.data["files"] = {name: sha256_file(root / name) for name in ("README.md", "assets/samples.png")}
+    manifest.data["files"] = {**(manifest.get("files") or {}),
+                              **{name: sha256_file(root / name) for name in ("README.md", "assets/samples.png")}}
     # what validate rebuilds the card with (a folder copied under another name keeps its card)
     manifest.data["card"] = {"repo_id": repo_id, "revision": revision, "gated": gated, "name": root.name}
     manifest.save(root)

@@ -26,7 +26,8 @@ from .writer import MANIFEST, WORK_DIR, Manifest, sha256_file
 logger = logging.getLogger(__name__)
 
 FIRST_VERSION = "1.0.0"
-OWN_FILES = (MANIFEST, "README.md", "assets/samples.png")  # files a run writes besides its shards
+OWN_FILES = (MANIFEST, "README.md", "assets/samples.png", "evaluation.json")  # files written besides the shards
+OWN_FOLDERS = ("assets/evaluation/",)  # and the pictures evaluate writes there
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def listed_files(out: Path, manifests: list[Manifest]) -> list[Path]:
         paths += [inside(out, name) for name in manifest.shards]
         for name, digest in (manifest.get("files") or {}).items():
             path = inside(out, name)
-            if name in OWN_FILES and path.is_file() and sha256_file(path) == digest:
+            if (name in OWN_FILES or name.startswith(OWN_FOLDERS)) and path.is_file() and sha256_file(path) == digest:
                 paths.append(path)  # facesynth's card or grid, as facesynth wrote it
         paths.append(Manifest.path(out, manifest.file))
     return paths
@@ -151,9 +152,11 @@ def clear_listed(out: Path, manifests: list[Manifest]) -> None:
 
 def remove_stale_temp_files(out: Path) -> None:
     """Temp files of facesynth's own writes, left by a killed process (call only while holding the folder)."""
-    for folder in (out, out / "assets"):
+    own = [out / f for f in OWN_FOLDERS]  # every file in them is facesynth's
+    for folder in (out, out / "assets", *own):
         for path in folder.glob(".*") if folder.is_dir() else []:
-            if is_temp_file(path) and any(path.name.startswith(f".{Path(n).name}.") for n in OWN_FILES):
+            ours = folder in own or any(path.name.startswith(f".{Path(n).name}.") for n in OWN_FILES)
+            if is_temp_file(path) and ours:
                 path.unlink(missing_ok=True)
 
 
@@ -254,7 +257,7 @@ def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: 
         fresh.data["previous"] = {"version": old_version, "num_samples": old["num_samples"],
                                   "cells": main.get("cells", {})}
         fresh.shards.update(main.shards)  # kept where the layout still puts the same samples
-        for key in ("model", "clip_model", "attempts", "review"):  # the same model commit, so old and new rows
+        for key in ("model", "clip_model", "attempts", "review", "files"):  # the same model commit, so old and new rows
             # match; every sample keeps the attempt review moved it to, and the review history stays
             if key in main.data:
                 fresh.data[key] = main.data[key]

@@ -86,9 +86,8 @@ class ClipScorer:
         return cls(model, tokenizer, preprocess, ClipInfo(name, commit), device, dtype)
 
     # Embeddings -------------------------------------------------------------------------
-    @torch.inference_mode()
-    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-norm embeddings of images shaped (B, 3, H, W) with values in [0, 1]."""
+    def _resized(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] resized (shorter side to ``size``) and centre-cropped, in fp32."""
         x = images.to(self.device, torch.float32)  # resized in fp32: CPU kernels lack bf16 antialiasing
         h, w = x.shape[-2:]
         scale = self.size / min(h, w)
@@ -96,7 +95,23 @@ class ClipScorer:
         if new != (h, w):
             x = F.interpolate(x, size=new, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         top, left = (new[0] - self.crop) // 2, (new[1] - self.crop) // 2
-        x = x[..., top: top + self.crop, left: left + self.crop]
+        return x[..., top: top + self.crop, left: left + self.crop]
+
+    @torch.inference_mode()
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings of images shaped (B, 3, H, W) with values in [0, 1]."""
+        return self._embed(self._resized(images))
+
+    @torch.inference_mode()
+    def pil_embeddings(self, images: Sequence) -> torch.Tensor:
+        """Unit-norm embeddings of PIL images of any sizes and modes (each resized as above, then one batch)."""
+        import numpy as np
+
+        tensors = [torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+                   for im in images]
+        return self._embed(torch.cat([self._resized(t[None]) for t in tensors]))
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = ((x - self.mean.float()) / self.std.float()).to(self.dtype)
         emb = self.model.get_image_features(pixel_values=x).pooler_output
         return F.normalize(emb.float(), dim=-1)

@@ -84,7 +84,7 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     for name in manifest.shards:
         if name not in layout:
             report.add(name, "recorded in the manifest but not part of the layout")
-    temp = sorted({p for folder, pattern in ((root, ".*"), (root / "data", "**/.*"), (root / "assets", ".*"))
+    temp = sorted({p for folder, pattern in ((root, ".*"), (root / "data", "**/.*"), (root / "assets", "**/.*"))
                    if folder.is_dir() for p in folder.glob(pattern) if p.is_file() and is_temp_file(p)})
     for path in temp:
         report.add(path.relative_to(root).as_posix(), "temp file left by an interrupted write (not part of the "
@@ -149,9 +149,30 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
         report.add("README.md", "not compared with the data while shards are damaged")
     else:
         _check_card(root, report)
+    _check_evaluation(root, manifest, report)
     if reproduce:
         _check_reproduction(root, manifest, sorted(seen), reproduce, seed, device, dtype, report)
     return report
+
+
+def _check_evaluation(root: Path, manifest, report: Report) -> None:
+    """``evaluation.json`` and its pictures are the ones evaluate wrote, and they describe this data."""
+    from .evaluate import is_evaluation_file, stale
+    from .writer import sha256_file
+
+    listed = {k: v for k, v in (manifest.get("files") or {}).items() if is_evaluation_file(k)}
+    for name, digest in sorted(listed.items()):
+        path = inside(root, name)
+        if not path.is_file():
+            report.add(name, "listed in the manifest but missing; run `facesynth evaluate DIR`")
+        elif sha256_file(path) != digest:
+            report.add(name, "changed since facesynth evaluate wrote it; run `facesynth evaluate DIR`")
+    try:
+        why = stale(root, manifest)
+    except OutputError as exc:
+        why = str(exc).split(": ", 1)[-1]
+    if why:
+        report.add("evaluation.json", why)
 
 
 def _bar(progress: bool, total: int):

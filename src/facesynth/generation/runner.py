@@ -29,7 +29,7 @@ from typing import Any
 from PIL import Image
 
 from .. import __version__
-from ..errors import OutputError, PlanError, WriteError
+from ..errors import FacesynthError, OutputError, PlanError, WriteError
 from .. import review_round as rounds
 from ..folder import (Worker, cell_counts, cell_key, check_owner, clear_listed, merge, open_folder,
                       remove_stale_temp_files, tidy, worker_from)
@@ -481,6 +481,8 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     manifest.data["quality"] = quality_report(manifest.shards)
     manifest.save(out)
     merged = worker.alone or _merge_if_last(out, worker)
+    if merged:
+        _refresh_evaluation(out)
     if merged and cfg.write_card:
         from ..dataset_card import foreign_readme, write_card
 
@@ -491,6 +493,18 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
             write_card(out)
     return GenerateResult(out, sum(len(t.samples) for t in mine), len(written), len(mine) - len(written), timings,
                           worker, merged, manifest.data["quality"]["total"], made_again, manifest.get("version"))
+
+
+def _refresh_evaluation(out: Path) -> None:
+    """Measure the data again when it changed under an ``evaluation.json`` (with the settings it records)."""
+    from ..evaluate import refresh
+
+    try:
+        if refresh(out, locked=True, card=False):
+            logger.info("%s: evaluation.json made again for the changed data", out)
+    except FacesynthError as exc:  # e.g. its real dataset is not reachable now: validate and the card say so
+        logger.warning("%s: evaluation.json describes the data before this run and was not made again (%s); "
+                       "run `facesynth evaluate %s`", out, exc, out)
 
 
 def review_cells(out: Path, tasks: list[ShardTask]) -> dict[str, str] | None:
