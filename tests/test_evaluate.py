@@ -383,3 +383,23 @@ def test_overwrite_removes_the_evaluation_it_lists(coloured):
                             rows_per_shard=8, batch_size=12, overwrite=True))
     assert not (coloured / "evaluation.json").exists()
     assert sorted(p.name for p in (coloured / "assets" / "evaluation").iterdir()) == ["notes.md"]
+
+
+def test_a_hub_dataset_that_cannot_be_resolved_is_one_line(coloured, capsys):
+    assert invoke(["evaluate", str(coloured), "--real", "some-org/real-faces", "--label-column", "label"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("Error: --real: cannot resolve 'some-org/real-faces' on the Hub (")
+    assert err.endswith("); give a local folder or check the name")
+
+
+def test_the_same_data_gives_the_same_evaluation_bytes(coloured, tmp_path):
+    from facesynth.evaluate import evaluate
+    from facesynth.real import RealSpec
+
+    real = RealSpec(str(real_folder(tmp_path / "real")), "label")
+    evaluate(coloured, real, progress=False)
+    first = {p.relative_to(coloured): p.read_bytes() for p in [coloured / "evaluation.json",
+                                                                *(coloured / "assets/evaluation").iterdir()]}
+    evaluate(coloured, real, progress=False)
+    assert {p: (coloured / p).read_bytes() for p in first} == first

@@ -438,7 +438,7 @@ def evaluate_cmd(directory: Path, real: str | None, label_column: str | None, im
     \b
     Examples:
       facesynth evaluate demo
-      facesynth evaluate faces --real ./fer-test --label-column label --map fear=scared
+      facesynth evaluate faces --real ./real-test --label-column label --map happiness=happy --ignore-label fear
       facesynth evaluate faces --real some-org/real-faces --label-column emotion --split test
     """
     from .evaluate import evaluate
