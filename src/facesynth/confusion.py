@@ -10,7 +10,8 @@ CELL = 44
 MARGIN = 8
 
 
-def _font(size: int):
+def font(size: int):
+    """Pillow's default font at ``size`` (the fixed bitmap font where Pillow lacks FreeType sizes)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without FreeType sizes
@@ -20,23 +21,23 @@ def _font(size: int):
 def confusion_png(matrix: list[list[int]], values: list[str], title: str, rows: str = "true",
                   columns: str = "predicted") -> bytes:
     """A PNG of ``matrix`` (``matrix[i][j]``: rows of value ``i`` given ``j``), each row shaded by its share."""
-    font, small = _font(14), _font(12)
+    font_, small = font(14), font(12)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     names = [f"{i + 1}  {v}" for i, v in enumerate(values)]  # columns are numbered: names can share a prefix
-    label_w = max([probe.textlength(v, font=font) for v in names] + [probe.textlength(rows, font=small)])
+    label_w = max([probe.textlength(v, font=font_) for v in names] + [probe.textlength(rows, font=small)])
     left, top = int(label_w) + 3 * MARGIN, 3 * MARGIN + 40
     size = len(values) * CELL
-    width = max(left + size + MARGIN, int(probe.textlength(title, font=font)) + 2 * MARGIN)
+    width = max(left + size + MARGIN, int(probe.textlength(title, font=font_)) + 2 * MARGIN)
     picture = Image.new("RGB", (width, top + size + 2 * MARGIN + 20), "white")
     draw = ImageDraw.Draw(picture)
-    draw.text((MARGIN, MARGIN), title, fill="black", font=font)
+    draw.text((MARGIN, MARGIN), title, fill="black", font=font_)
     draw.text((left, MARGIN + 20), f"columns: {columns}", fill="dimgray", font=small)
     draw.text((MARGIN, top + size + MARGIN), f"rows: {rows}", fill="dimgray", font=small)
     for j in range(len(values)):
         draw.text((left + j * CELL + CELL // 2 - 4, top - 16), str(j + 1), fill="black", font=small)
     for i, name in enumerate(names):
         total = sum(matrix[i]) or 1
-        draw.text((MARGIN, top + i * CELL + CELL // 2 - 8), name, fill="black", font=font)
+        draw.text((MARGIN, top + i * CELL + CELL // 2 - 8), name, fill="black", font=font_)
         for j, count in enumerate(matrix[i]):
             share = count / total
             shade = int(255 * (1 - share))

@@ -20,9 +20,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .builder import read_manifest, shard_paths
+from .confusion import font as picture_font
 from .errors import OutputError
 from .escape import Markup, environment
 from .evaluation_report import for_card
@@ -153,7 +154,7 @@ def sample_grid(root: str | Path, summary: Summary, columns: int = GRID_COLUMNS)
     label_w = 150
     grid = Image.new("RGB", (label_w + columns * GRID_CELL, len(values) * GRID_CELL), "white")
     draw = ImageDraw.Draw(grid)
-    font = _font(18)
+    font = picture_font(18)
     for row, value in enumerate(values):
         draw.text((8, row * GRID_CELL + GRID_CELL // 2 - 10), value, fill="black", font=font)
         for col, sid in enumerate(chosen.get(row, [])):
@@ -193,13 +194,6 @@ def _row_groups(files: list[Path], columns: list[str]):
         pf = pq.ParquetFile(path)
         for i in range(pf.num_row_groups):
             yield pf.read_row_group(i, columns=columns).to_pydict()
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType sizes
-        return ImageFont.load_default()
 
 
 def size_category(n: int) -> str:

@@ -144,15 +144,15 @@ def against_real(root: Path, manifest: Manifest, emb: Embeddings, values: dict[s
     for i, value in enumerate(names):
         a, b = emb.x[y_syn == i], x_real[y_real == i]
         if len(a) >= 2 and len(b) >= 2:
-            distance[value] = {"synthetic_rows": len(a), "real_rows": len(b), "fid": metrics._round(metrics.fid(a, b)),
-                               "kid": metrics._round(metrics.kid(a, b, seed))}
+            distance[value] = {"synthetic_rows": len(a), "real_rows": len(b), "fid": metrics.rounded(metrics.fid(a, b)),
+                               "kid": metrics.rounded(metrics.kid(a, b, seed))}
     return {
         **record, "rows_read": read, "rows_used": int(len(y_real)), "attribute": attribute,
         "label_column": spec.label_column, "counts": {names[i]: int(counts[i]) for i in present},
         "tstr": metrics.transfer(emb.x, y_syn, x_real, y_real, names, seed),
         "trts": reverse,
-        "distance": {"all": {"fid": metrics._round(metrics.fid(emb.x, x_real)) if len(x_real) >= 2 else None,
-                             "kid": metrics._round(metrics.kid(emb.x, x_real, seed)) if len(x_real) >= 2 else None},
+        "distance": {"all": {"fid": metrics.rounded(metrics.fid(emb.x, x_real)) if len(x_real) >= 2 else None,
+                             "kid": metrics.rounded(metrics.kid(emb.x, x_real, seed)) if len(x_real) >= 2 else None},
                      "per_value": distance},
     }
 

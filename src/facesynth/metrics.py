@@ -71,9 +71,9 @@ def diversity(x: np.ndarray, ids: list[str]) -> dict[str, Any]:
     pair = closest_pair(x)
     return {
         "rows": len(x),
-        "vendi": _round(vendi(x)),
-        "mean_distance": _round(mean_distance(x)),
-        "closest": None if pair is None else {"similarity": _round(pair[0]), "ids": [ids[pair[1]], ids[pair[2]]]},
+        "vendi": rounded(vendi(x)),
+        "mean_distance": rounded(mean_distance(x)),
+        "closest": None if pair is None else {"similarity": rounded(pair[0]), "ids": [ids[pair[1]], ids[pair[2]]]},
     }
 
 
@@ -94,15 +94,15 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, values: list[str]) -> dict[st
     support = matrix.sum(axis=1)
     return {
         "rows": int(len(y_true)),
-        "accuracy": _round(float((y_true == y_pred).mean())) if len(y_true) else None,
-        "recall": {v: (_round(matrix[i, i] / support[i]) if support[i] else None) for i, v in enumerate(values)},
+        "accuracy": rounded(float((y_true == y_pred).mean())) if len(y_true) else None,
+        "recall": {v: (rounded(matrix[i, i] / support[i]) if support[i] else None) for i, v in enumerate(values)},
         "confusion": matrix.tolist(),
     }
 
 
 def chance(y: np.ndarray) -> float:
     """The accuracy of always answering the most frequent value."""
-    return _round(float(np.bincount(y).max() / len(y)))
+    return rounded(float(np.bincount(y).max() / len(y)))
 
 
 def separability(x: np.ndarray, y: np.ndarray, values: list[str], folds: int = 5, seed: int = 0) -> dict[str, Any]:
@@ -164,5 +164,5 @@ def kid(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
                           for _ in range(KID_SUBSETS)]))
 
 
-def _round(x: float) -> float | None:
+def rounded(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 6)
