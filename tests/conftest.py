@@ -234,3 +234,43 @@ def as_older_format(root, fmt: int) -> None:
     manifest["format"] = fmt
     (root / "manifest.json").write_text(json.dumps(manifest))
     (root / "README.md").unlink()
+
+
+# Verifiers -----------------------------------------------------------------------------------
+def tiny_classifier(path, classes=("happy", "Sad", "anger", "surprise", "neutral"), scale: float = 4.0,
+                    calibration=None):
+    """A random ViTForImageClassification (32x32 input) saved as a local folder with safetensors weights.
+
+    ``scale`` is the spread of its logits over ``calibration`` (images (N, 3, 32, 32) in [0, 1]; default noise):
+    the larger, the more confident its verdicts.
+    """
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, id2label=dict(enumerate(classes)),
+                       label2id={c: i for i, c in enumerate(classes)})
+    torch.manual_seed(0)
+    model = ViTForImageClassification(config).eval()
+    with torch.no_grad():  # centre and scale the head on noise images, so verdicts vary from image to image
+        images = torch.rand(64, 3, 32, 32) if calibration is None else calibration
+        features = model.vit(pixel_values=images * 2 - 1).last_hidden_state[:, 0]
+        weight = torch.randn(len(classes), features.shape[1]) * scale / (features.std(0) * features.shape[1] ** 0.5)
+        model.classifier.weight.copy_(weight)
+        model.classifier.bias.copy_(-weight @ features.mean(0))
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+    return path
+
+
+def tiny_images(root, size: int = 32):
+    """Every image of a dataset folder as a tensor (N, 3, size, size) in [0, 1]: calibration for tiny_classifier."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    pictures = [np.asarray(Image.open(io.BytesIO(r["image"]["bytes"])).convert("RGB").resize((size, size)))
+                for r in rows(root, ["image"])]
+    return torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255

@@ -281,6 +281,13 @@ speed_options = _options(
               help="Unsafe probability above which --safety rejects.")
 @click.option("--max-refills", type=click.IntRange(0, 1000), default=8, show_default=True,
               help="Extra attempts, with fresh seeds, for a sample whose candidates all failed the gates.")
+@click.option("--verify", multiple=True, metavar="ATTR=MODEL",
+              help="Check ATTR with an independent model: an image classifier (Hub id or local folder), or "
+                   "zero-shot:CLIP_MODEL; replaces the recipe's verifier of ATTR. Repeatable.")
+@click.option("--verify-mode", type=click.Choice(["gate", "record"]), default="gate", show_default=True,
+              help="gate: reject a candidate the verifier disputes (refills keep every quota); record: only record.")
+@click.option("--crop-margin", type=FiniteFloat(0, 2), default=0.25, show_default=True,
+              help="With --faces, verifiers see the face box padded by this fraction of its size each side.")
 @click.option("--rows-per-shard", type=click.IntRange(1), help="Rows per Parquet shard (default: what fits 500 MB).")
 @click.option("--overwrite", is_flag=True, help="Replace a dataset made with other parameters.")
 @click.option("--repair", is_flag=True, help="Regenerate damaged shards (the ones validate reports) and resume.")
@@ -302,6 +309,7 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
       facesynth generate emotions -n 10000 --out emotions-10k --batch-size 24
       facesynth generate agfd --model ./realisticVisionV20.safetensors --out agfd
       facesynth generate emotions -n 5000 --out faces --faces --safety  # quality gates
+      facesynth generate emotions -n 5000 --out checked --verify emotion=trpakov/vit-face-expression
       facesynth generate emotions -n 5000 --out fast --prune-at 0.3 --keep 1 --cfg-until 0.6
       facesynth generate emotions -n 20000 --out big                 # grow a 10000-row dataset
       torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
@@ -540,11 +548,17 @@ def reproduce_cmd(directory: Path, sample_id: str, out_png: Path | None, device:
 
     result = reproduce(directory, sample_id, out_png, device=device, dtype=dtype)
     where = f"; wrote {out_png}" if out_png else ""
-    if result.identical:
+    for attr in result.verifier_differs:
+        verdict, probability = result.verified[attr]
+        click.echo(f"{sample_id}: verified_{attr} differs: the verifier now says {verdict} ({probability:.4f}), "
+                   f"the row records {result.stored_verified.get(attr)}")
+    if result.identical and not result.verifier_differs:
+        checked = "".join(f", verified_{a} {v} ({p:.3f})" for a, (v, p) in result.verified.items())
         click.echo(f"{sample_id}: identical to the stored image (clip {result.clip_score:.3f}, "
-                   f"stored {result.stored_score:.3f}){where}")
+                   f"stored {result.stored_score:.3f}{checked}){where}")
         return
-    click.echo(f"{sample_id}: differs from the stored image (max difference {result.max_diff}/255){where}")
+    if not result.identical:
+        click.echo(f"{sample_id}: differs from the stored image (max difference {result.max_diff}/255){where}")
     sys.exit(EXIT_FAILURE)
 
 

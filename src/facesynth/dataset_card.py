@@ -259,9 +259,13 @@ def quality_tables(recipe: Recipe, manifest: Manifest) -> dict[str, Any]:
         at = list(recipe.attributes).index(recipe.primary)
         cells = quality_report(manifest.shards, group=lambda cell: cell.split("/")[at])["cells"]
         grouping = recipe.primary
-    gates = (manifest.get("generation") or {}).get("quality") or {}
+    gates = dict((manifest.get("generation") or {}).get("quality") or {})
+    params = manifest.get("parameters") or {}
+    if params.get("verify") and params.get("verify_mode") == "gate":
+        gates["verify"] = list(params["verify"])
     return {"total": report["total"], "cells": cells, "grouping": grouping, "gates": gates,
-            "per_cell_in_manifest": len(report["cells"]) > MAX_CARD_CELLS, "reasons": REASONS}
+            "per_cell_in_manifest": len(report["cells"]) > MAX_CARD_CELLS,
+            "reasons": [*REASONS, *(r for r in (report["total"] or {}).get("by_reason", {}) if r not in REASONS)]}
 
 
 def review_tables(recipe: Recipe, manifest: Manifest) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .errors import FacesynthError, PlanError
 logger = logging.getLogger(__name__)
 
 REASONS = ("unsafe", "duplicate", "no_face", "multiple_faces", "review")  # review: rejected by a person
+VERIFY_REASON = "verify:"  # + the attribute: a verifier disputed the candidate (see facesynth.verifiers)
 FACES_EXTRA = "pip install 'facesynth[faces]'"
 DETECT_SIDE = 320  # faces are looked for at this shorter side (they must be large anyway)
 # Zero-shot prompts for the safety screen: the first ones are unsafe, the last ones safe.
@@ -283,7 +284,8 @@ def _rates(s: dict[str, Any]) -> dict[str, Any]:
     rejected = sum(s["rejected"].values())
     return {
         "rows": s["rows"], "checked": checked, "rejected": rejected, "refills": s["refills"],
-        "by_reason": {r: s["rejected"].get(r, 0) for r in REASONS},
+        "by_reason": {**{r: s["rejected"].get(r, 0) for r in REASONS},
+                      **{r: n for r, n in sorted(s["rejected"].items()) if r.startswith(VERIFY_REASON)}},
         "rejection_rate": rejected / checked if checked else 0.0,
         "label_confidence": s["label_confidence_sum"] / s["rows"] if s["rows"] else None,
     }

@@ -186,6 +186,31 @@ class Stratum:
     count: int
 
 
+class Verify(BaseModel):
+    """An independent verifier of one attribute (see :mod:`facesynth.verifiers`): an image classifier
+    (``model``, with ``labels`` mapping its class names to values) or a zero-shot CLIP (``zero_shot``)."""
+
+    model_config = STRICT
+
+    model: str | None = None
+    zero_shot: str | None = None
+    revision: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)  # class name -> value (or "other"); names that match map
+    min_probability: float = Field(0.0, ge=0, le=1)  # with --verify-mode gate: the row's value needs at least this
+    claimed_accuracy: str | None = None  # what the model's card claims, quoted in the dataset card
+
+    _numbers = field_validator("min_probability", mode="before")(classmethod(lambda cls, v: _no_bool(v)))
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "Verify":
+        if (self.model is None) == (self.zero_shot is None):
+            raise ValueError("give exactly one of 'model' (an image classifier) or 'zero_shot' (a CLIP model)")
+        if self.zero_shot is not None and self.labels:
+            raise ValueError("labels: a zero-shot verifier scores the attribute's own values; labels map the "
+                             "classes of a classifier ('model')")
+        return self
+
+
 class Recipe(BaseModel):
     """A validated recipe."""
 
@@ -204,6 +229,7 @@ class Recipe(BaseModel):
     generation: Settings = Settings()
     balance: Balance
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
+    verify: dict[str, Verify] = Field(default_factory=dict)  # attribute -> its independent verifier
 
     _numbers = field_validator("seed", "splits", mode="before")(classmethod(lambda cls, v: _no_bool(v)))
 
@@ -219,6 +245,9 @@ class Recipe(BaseModel):
         for name in attributes:
             if name in RESERVED_ATTRIBUTES:
                 raise ValueError(f"'{name}' is a column every dataset has; name the attribute otherwise")
+            if name.startswith("verified_"):
+                raise ValueError(f"'{name}': names starting with 'verified_' are the verifiers' columns; "
+                                 "name the attribute otherwise")
         return _named_mapping(attributes)
 
     @field_validator("template")
@@ -262,7 +291,8 @@ class Recipe(BaseModel):
 
     def fingerprint(self) -> str:
         """A sha256 of the recipe's canonical JSON form."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # a recipe without verifiers keeps the fingerprint it had before they existed
+        blob = json.dumps(self.model_dump(mode="json", exclude=None if self.verify else {"verify"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -434,6 +464,12 @@ def _cross_check(recipe: Recipe) -> str | None:
         if value in RESERVED_CONFIGS:
             return (f"attributes.{recipe.primary}.values: '{value}' is reserved for the dataset's "
                     "all-rows config; name the value otherwise")
+    for attr in recipe.verify:
+        if attr not in attrs:
+            return f"verify.{attr}: not an attribute ({', '.join(attrs)})"
+        if "other" in attrs[attr].values:
+            return (f"verify.{attr}: a verifier says 'other' for what is none of the values, so no value may be "
+                    "named 'other'; name it otherwise")
     if recipe.balance.cross is not None:
         seen = set()
         for i, axis in enumerate(recipe.balance.cross):

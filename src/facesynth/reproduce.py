@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,13 @@ from .builder import read_manifest, shard_paths
 from .errors import OutputError
 from .plan import Plan
 from .recipe import parse_recipe
-from .schema import read_provenance
+from .schema import read_provenance, verified_columns
 from .writer import Manifest
 
 logger = logging.getLogger(__name__)
 
 DTYPE_NAMES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+PROBABILITY_TOLERANCE = 1e-4  # a verifier's batched kernels may round a little differently
 
 
 @dataclass
@@ -44,6 +45,15 @@ class Reproduction:
     stored_seed: int
     clip_score: float
     stored_score: float
+    verified: dict[str, tuple[str, float]] = field(default_factory=dict)  # attribute -> (verdict, p(row's value))
+    stored_verified: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    @property
+    def verifier_differs(self) -> list[str]:
+        """The verified attributes whose verdict or probability (beyond 1e-4) differs from the stored one."""
+        return [a for a, (verdict, p) in self.verified.items()
+                if (stored := self.stored_verified.get(a)) is None or stored[0] != verdict
+                or abs(stored[1] - p) > PROBABILITY_TOLERANCE]
 
     @property
     def max_diff(self) -> int:
@@ -103,9 +113,21 @@ class Reproducer:
         plan = self.manifest["plan"]
         self.samples = {s.sample_id: s for s in Plan(self.recipe, plan["num_samples"], plan["seed"],
                                                      plan["candidates"]).samples}
+        params = self.manifest.get("parameters") or {}
+        verifiers = []
+        if params.get("verify"):
+            from .recipe import Verify
+            from .verifiers import load_verifiers
+
+            chosen = {a: Verify.model_validate(spec) for a, spec in params["verify"].items()}
+            verifiers = load_verifiers(chosen, self.recipe, self.manifest["clip_model"]["name"], dev, torch_dtype,
+                                       self.manifest.get("verifiers") or ())
         options = EngineOptions(candidates=plan["candidates"], rerank=generation.get("rerank", "caption"),
-                                overrides=generation.get("overrides", {}))
-        self.engine = Engine(pipe, scorer, self.recipe, options)
+                                overrides=generation.get("overrides", {}),
+                                verify_mode=params.get("verify_mode", "gate"),
+                                crop_margin=params.get("crop_margin", 0.25))
+        self.engine = Engine(pipe, scorer, self.recipe, options, verifiers=verifiers)
+        self.engine.crop_faces = bool((params.get("quality") or {}).get("faces"))  # verified on face crops
 
     def rows(self, sample_ids: list[str]) -> dict[str, dict[str, Any]]:
         found = read_rows(self.root, self.manifest, sample_ids)
@@ -127,9 +149,16 @@ class Reproducer:
             raise OutputError(f"{row['sample_id']}: candidate_index {row['candidate_index']} is not one of the "
                               f"{len(mine.indices)} candidates that ran to the end")
         # the gates may have passed over the best score
-        win = self.engine.pick(mine, mine.indices.index(row["candidate_index"]))
+        win = self.engine.pick(mine, mine.indices.index(row["candidate_index"]), row.get("face_box"))
+        verified, stored = {}, {}
+        for v in self.engine.verifiers:
+            verdict, probability = win.verified[v.attribute]
+            verified[v.attribute] = (v.classes[verdict], probability)
+            column, prob_column = verified_columns(v.attribute)
+            if row.get(column) is not None:
+                stored[v.attribute] = (v.classes[row[column]], row[prob_column])
         return Reproduction(row["sample_id"], win.pixels, decode_image(row["image"]), win.seed, row["seed"],
-                            win.clip_score, row["clip_score"])
+                            win.clip_score, row["clip_score"], verified, stored)
 
 
 def reproduce(root: str | Path, sample_id: str, out: str | Path | None = None, device: str = "auto",

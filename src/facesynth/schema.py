@@ -22,21 +22,43 @@ def measured_columns(quality: dict | None) -> frozenset[str]:
     return frozenset(col for col, gate in MEASURED.items() if (quality or {}).get(gate))
 
 
+def verified_attributes(manifest) -> list[str]:
+    """The attributes a folder's run verified (see :mod:`facesynth.verifiers`), in the recipe's order."""
+    return list(((manifest.get("parameters") or {}).get("verify") or {}))
+
+
+def verified_columns(attribute: str) -> tuple[str, str]:
+    """The verdict column and the probability column of a verified attribute."""
+    return f"verified_{attribute}", f"verified_{attribute}_probability"
+
+
 def features_of(recipe: Recipe, manifest) -> Features:
-    """The columns of the folder a manifest describes: its format's, with the measured columns its gates wrote."""
+    """The columns of the folder a manifest describes: its format's, with the measured columns its gates wrote
+    and the verified attributes' columns."""
     quality = (manifest.get("parameters") or {}).get("quality") or (manifest.get("generation") or {}).get("quality")
-    return features(recipe, manifest.get("format", 0), measured_columns(quality))
+    return features(recipe, manifest.get("format", 0), measured_columns(quality), verified_attributes(manifest))
 
 
-def features(recipe: Recipe, format: int | None = None, measured: frozenset[str] | None = None) -> Features:
+def features(recipe: Recipe, format: int | None = None, measured: frozenset[str] | None = None,
+             verified: list[str] | tuple[str, ...] = ()) -> Features:
     """Columns of a facesynth dataset: id, image, one ClassLabel per attribute, provenance.
 
     ``format`` (a manifest's) leaves out the columns that format did not have yet and keeps the
     older types; ``measured`` names the measured-only columns present (from format 6; all of them
-    before).
+    before). Each ``verified`` attribute adds its verifier's verdict (a ClassLabel over the values and
+    ``other``) and its probability of the row's value, after ``label_confidence``.
     """
     if format is None or format >= COLLATE_SAFE_FORMAT:
-        return _collate_safe(recipe, measured or frozenset())
+        cols = dict(_collate_safe(recipe, measured or frozenset()))
+        out = {}
+        for name, feature in cols.items():
+            out[name] = feature
+            if name == "label_confidence":
+                for attr in verified:
+                    verdict, probability = verified_columns(attr)
+                    out[verdict] = ClassLabel(names=[*recipe.attributes[attr].values, "other"])
+                    out[probability] = Value("float32")
+        return Features(out)
     cols: dict = {"sample_id": Value("string"), "image": Image()}
     for name, attr in recipe.attributes.items():
         cols[name] = ClassLabel(names=list(attr.values))

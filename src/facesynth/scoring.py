@@ -50,8 +50,9 @@ class ClipScorer:
 
     @classmethod
     def load(cls, name: str = DEFAULT_CLIP, device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32, revision: str | None = None) -> "ClipScorer":
-        """Load ``tiny``, a Hub id or a local folder (safetensors weights only)."""
+             dtype: torch.dtype = torch.float32, revision: str | None = None,
+             option: str = "--clip-model") -> "ClipScorer":
+        """Load ``tiny``, a Hub id or a local folder (safetensors weights only); errors name ``option``."""
         if name == "tiny":
             from . import tiny
 
@@ -77,8 +78,8 @@ class ClipScorer:
             proc = CLIPImageProcessorPil.from_pretrained(folder, **local)
         except (OSError, ValueError) as exc:
             raise ModelError(
-                f"--clip-model: cannot load '{name}' ({first_line(exc)}); "
-                "use --clip-model tiny or a local folder with safetensors weights"
+                f"{option}: cannot load '{name}' ({first_line(exc)}); "
+                "use tiny or a local folder with safetensors weights"
             ) from exc
         size = proc.size.get("shortest_edge") or min(proc.size.values())
         crop = proc.crop_size.get("height") if proc.crop_size else size
@@ -107,9 +108,13 @@ class ClipScorer:
         """Unit-norm embeddings of PIL images of any sizes and modes (each resized as above, then one batch)."""
         import numpy as np
 
-        tensors = [torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-                   for im in images]
-        return self._embed(torch.cat([self._resized(t[None]) for t in tensors]))
+        return self.embeddings_of([torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255)
+                                   .permute(2, 0, 1) for im in images])
+
+    @torch.inference_mode()
+    def embeddings_of(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Unit-norm embeddings of images (3, H, W) in [0, 1] of any sizes (each resized, then one batch)."""
+        return self._embed(torch.cat([self._resized(t[None]) for t in images]))
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = ((x - self.mean.float()) / self.std.float()).to(self.dtype)

@@ -30,7 +30,7 @@ from .folder import check_shards
 from .layout import layout as shard_layout
 from .plan import Plan
 from .recipe import SPEEDUPS, parse_recipe, switch_step
-from .schema import features_of, read_provenance
+from .schema import features_of, read_provenance, verified_columns
 from .verdicts import VERDICTS, VerdictError, review_state
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,10 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     seen: Counter = Counter()
     cells: Counter = Counter()
     params = manifest.get("parameters") or {}
+    gate = params.get("verify_mode") == "gate"
     claims = {"gates": params.get("quality") or {}, "overrides": params.get("overrides") or {},
+              "verify": {a: spec.get("min_probability", 0.0) for a, spec in (params.get("verify") or {}).items()},
+              "verify_gate": gate,
               "candidates": manifest["plan"]["candidates"]}  # what the run says of every row
     report.unread = set()
     for name in manifest.shards:
@@ -200,6 +203,7 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
         report.add(name, f"{pf.metadata.num_rows} rows, the manifest says {record['rows']}")
     columns = ["sample_id", *names, "prompt", "width", "height", "candidate_scores", "candidate_index", *SPEEDUPS]
     columns += [c for c in ("face_box", "safety_score") if c in features]  # measured-only columns
+    columns += [c for a in claims["verify"] for c in verified_columns(a)]
     columns += ["image"] if images else []
     for i in range(pf.num_row_groups):
         try:
@@ -230,6 +234,8 @@ def _check_shard(root, name, record, features: Features, names, expected, seen: 
             if table["prompt"][r] != sample.prompt:
                 report.add(name, f"{sid}: prompt differs from the plan's")
             _check_gates(name, sid, boxes[r], unsafe[r], claims["gates"], report)
+            _check_verified(name, sid, {c: table[c][r] for a in claims["verify"] for c in verified_columns(a)},
+                            {a: table[a][r] for a in claims["verify"]}, claims, names, report)
             row = {k: table[k][r] for k in (*SPEEDUPS, "candidate_scores", "candidate_index")}
             _check_choice(name, sid, {**row, **read_provenance(row)},
                           {**sample.settings, **claims["overrides"]}, claims["candidates"], report)
@@ -268,6 +274,21 @@ def _check_gates(name: str, sid: str, face_box, safety_score, gates: dict, repor
     limit = gates.get("safety_threshold")
     if gates.get("safety") and (safety_score is None or safety_score > limit):
         report.add(name, f"{sid}: safety_score {safety_score} is above the run's threshold {limit}")
+
+
+def _check_verified(name: str, sid: str, row: dict, labels: dict[str, int], claims: dict, names: dict,
+                    report: Report) -> None:
+    """A verdict and a probability for every verified attribute; with the verify gate, what it promised: the
+    verdict is the row's value, with at least the verifier's ``min_probability``."""
+    for attr, minimum in claims["verify"].items():
+        column, prob_column = verified_columns(attr)
+        verdict, probability = row[column], row[prob_column]
+        if verdict is None or probability is None or probability != probability:
+            report.add(name, f"{sid}: {column} or {prob_column} is missing")
+        elif claims["verify_gate"] and (verdict != labels[attr] or probability < minimum):
+            said = names[attr][verdict] if verdict < len(names[attr]) else "other"
+            report.add(name, f"{sid}: the verifier says {attr} {said} ({probability:.4f}), but the run kept only "
+                             f"rows it verified as {names[attr][labels[attr]]} with at least {minimum}")
 
 
 def _decode(sid: str, cell: dict, size: tuple[int, int]) -> tuple[str, tuple, str | None]:
@@ -343,3 +364,8 @@ def _check_reproduction(root, manifest, sample_ids, k, seed, device, dtype, repo
         report.reproduced += 1
         if not result.identical:
             report.add(sid, f"regenerated pixels differ (max difference {result.max_diff}/255)")
+        for attr in result.verifier_differs:
+            verdict, probability = result.verified[attr]
+            stored = result.stored_verified.get(attr)
+            report.add(sid, f"verified_{attr}: the verifier now says {verdict} ({probability:.4f}); the row "
+                            f"records {'nothing' if stored is None else f'{stored[0]} ({stored[1]:.4f})'}")

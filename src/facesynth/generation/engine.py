@@ -25,6 +25,7 @@ from ..plan import Sample
 from ..quality import SAFE_TEXTS, UNSAFE_TEXTS, Gates, QualityOptions, QuotaError, Tally
 from ..recipe import Recipe
 from ..scoring import ClipScorer
+from ..verifiers import Verifier, failed, verify
 from .loading import make_scheduler
 from .prompts import Conditioning, PromptEncoder
 from .steps import StepHook
@@ -45,6 +46,8 @@ class EngineOptions:
     min_label_confidence: float | None = None
     max_attempts: int = 3
     overrides: dict[str, Any] = field(default_factory=dict)  # settings that beat the recipe's
+    verify_mode: str = "gate"  # gate: a disputed candidate is rejected; record: the verdicts are only recorded
+    crop_margin: float = 0.25  # verifiers see the face box padded by this fraction of its size each side
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Winner:
     face_box: list[int] | None = None  # x, y, width, height of the one face (with --faces)
     safety_score: float | None = None  # zero-shot probability of unsafe content (with --safety)
     tally: Tally = field(default_factory=Tally)  # what the gates rejected on the way to this winner
+    verified: dict[str, tuple[int, float]] = field(default_factory=dict)  # attribute -> (verdict, p(row's value))
 
 
 @dataclass
@@ -86,6 +90,7 @@ class Scored:
     used: list[int]
     indices: list[int] = field(default_factory=list)  # each entry's candidate index (pruning keeps a subset)
     total: int = 0  # candidates started (N); entries above are the ones that ran to the end
+    verified: list[dict[str, tuple[int, float]]] | None = None  # per entry, when verified with the whole image
 
     def __post_init__(self):
         if not self.indices:
@@ -130,7 +135,7 @@ class Engine:
     """Turns planned samples into winners."""
 
     def __init__(self, pipe, scorer: ClipScorer, recipe: Recipe, options: EngineOptions,
-                 quality: QualityOptions | None = None):
+                 quality: QualityOptions | None = None, verifiers: Sequence[Verifier] = ()):
         if options.rerank not in RERANK_MODES:
             raise ValueError(f"rerank must be one of {RERANK_MODES}")
         self.pipe = pipe
@@ -139,6 +144,8 @@ class Engine:
         self.options = options
         self.quality = quality or QualityOptions()
         self.gates = Gates(self.quality)
+        self.verifiers = list(verifiers)
+        self.crop_faces = self.quality.faces  # verifiers see each candidate's face crop, so verify it when checked
         self.encoder = PromptEncoder(pipe)
         self.device = pipe.device
         self.timings = Timings(self.device)
@@ -226,10 +233,11 @@ class Engine:
         return winners
 
     def _choose(self, scored: "Scored", chosen: dict[str, Winner], tally: Tally) -> Winner | None:
-        """The best-scoring candidate that passes the gates, or None."""
-        if not self.gates.active:
+        """The best-scoring candidate that passes the gates (and, with ``verify_mode`` gate, its verifiers), or None."""
+        gating = bool(self.verifiers) and self.options.verify_mode == "gate"
+        if not self.gates.active and not gating:
             tally.checked += 1
-            return self.pick(scored, scored.best)
+            return self.pick(scored, scored.best, verified=self.verified(scored, scored.best, None))
         cell = cell_key(scored.sample.labels)
         pending = []  # rows of this cell chosen earlier in the batch, for deduplication
         if self.gates.index is not None:
@@ -240,9 +248,23 @@ class Engine:
             unsafe = None if scored.unsafe is None else scored.unsafe[k]
             reason, box = self.gates.check(scored.pixels[k], scored.embeddings[k], unsafe, cell, pending)
             if reason is None:
-                return self.pick(scored, k, box)
+                result = self.verified(scored, k, box)
+                attr = failed(self.verifiers, result, scored.sample.labels) if gating else None
+                if attr is None:
+                    return self.pick(scored, k, box, result)
+                reason = f"verify:{attr}"
             tally.rejected[reason] += 1
         return None
+
+    def verified(self, scored: "Scored", k: int, box: Sequence[int] | None) -> dict[str, tuple[int, float]]:
+        """The verifiers' verdicts on entry ``k``: computed with the batch, or now for its face crop."""
+        if not self.verifiers:
+            return {}
+        if scored.verified is not None:
+            return scored.verified[k]
+        with self.timings.stage("verify"):
+            return verify(self.verifiers, scored.pixels[k:k + 1], [box], [scored.sample.labels],
+                          self.options.crop_margin)[0]
 
     def _exhausted(self, sample: Sample, tally: Tally) -> str:
         reasons = ", ".join(f"{r} {n}" for r, n in tally.rejected.most_common())
@@ -300,10 +322,16 @@ class Engine:
             pixels = to_uint8(images).reshape(len(samples), m, *images.shape[2:], 3)
             scores_cpu, conf_cpu = scores.cpu().numpy(), confidence.cpu().numpy()
             emb_cpu = img_emb.cpu().numpy().reshape(len(samples), m, -1)
+        verified = None
+        if self.verifiers and not self.crop_faces:  # every candidate at once; with --faces, each crop when checked
+            with self.timings.stage("verify"):
+                flat = verify(self.verifiers, pixels.reshape(-1, *pixels.shape[2:]), [None] * len(samples) * m,
+                              [s.labels for s in samples for _ in range(m)], self.options.crop_margin)
+            verified = [flat[i * m:(i + 1) * m] for i in range(len(samples))]
         batch = [s.sample_id for s in samples]
         return [Scored(sample, [seeds[i][j] for j in kept[i]], pixels[i], scores_cpu[i], conf_cpu[i], emb_cpu[i],
                        None if unsafe is None else unsafe[i], int(best[i]), attempt, settings, batch, used,
-                       indices=kept[i], total=n)
+                       indices=kept[i], total=n, verified=None if verified is None else verified[i])
                 for i, sample in enumerate(samples)]
 
     def unsafe(self, img_emb: torch.Tensor) -> torch.Tensor:
@@ -311,7 +339,8 @@ class Engine:
         probs = self.scorer.label_probabilities(img_emb, UNSAFE_TEXTS + SAFE_TEXTS)
         return probs[:, :len(UNSAFE_TEXTS)].sum(-1)
 
-    def pick(self, scored: "Scored", k: int, face_box: Sequence[int] | None = None) -> Winner:
+    def pick(self, scored: "Scored", k: int, face_box: Sequence[int] | None = None,
+             verified: dict[str, tuple[int, float]] | None = None) -> Winner:
         """Candidate ``k`` of a scored sample as the sample's winner."""
         return Winner(
             sample=scored.sample, pixels=scored.pixels[k], seed=scored.seeds[k], candidate_index=scored.indices[k],
@@ -321,6 +350,7 @@ class Engine:
             embedding=scored.embeddings[k], batch=scored.batch, unet_calls=scored.used,
             face_box=None if face_box is None else [int(v) for v in face_box],
             safety_score=None if scored.unsafe is None else float(scored.unsafe[k]),
+            verified=verified if verified is not None else self.verified(scored, k, face_box),
         )
 
     def denoise(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any],

@@ -36,7 +36,7 @@ from ..folder import (Worker, cell_counts, cell_key, check_owner, clear_listed, 
 from ..lock import WORK_DIR, FolderLock
 from ..plan import Plan
 from ..recipe import Recipe, load_recipe, resolve
-from ..schema import SETTING_COLUMNS, features_of, row_provenance
+from ..schema import SETTING_COLUMNS, features_of, row_provenance, verified_columns
 from ..layout import ShardTask, layout
 from ..writer import FORMAT_VERSION, GENERATOR, ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
 from ..quality import CellStats, QualityOptions, quality_report, require_cv2, shard_embeddings
@@ -91,6 +91,9 @@ class GenerateConfig:
     safety: bool = False
     safety_threshold: float = 0.5
     max_refills: int = 8
+    verify: tuple[str, ...] = ()  # ATTR=MODEL or ATTR=zero-shot:MODEL, replacing the recipe's verifier
+    verify_mode: str = "gate"
+    crop_margin: float = 0.25
     quiet: bool = False
     write_card: bool = True
 
@@ -140,9 +143,13 @@ def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
 
 
 def run_parameters(cfg: GenerateConfig, recipe: Recipe, plan: Plan, model: str, clip_model: str,
-                   overrides: dict[str, Any], per_shard: int, quality: QualityOptions) -> dict[str, Any]:
-    """What decides the dataset's content; resuming requires it unchanged."""
-    return {
+                   overrides: dict[str, Any], per_shard: int, quality: QualityOptions,
+                   verify: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What decides the dataset's content; resuming requires it unchanged (a run without verifiers has the
+    keys it had before they existed)."""
+    checked = {"verify": {a: spec.model_dump() for a, spec in verify.items()}, "verify_mode": cfg.verify_mode,
+               "crop_margin": cfg.crop_margin} if verify else {}
+    return {**checked,
         "recipe": recipe.fingerprint(),
         "num_samples": plan.num_samples,
         "seed": plan.seed,
@@ -176,6 +183,17 @@ def quality_options(cfg: GenerateConfig, model: str) -> QualityOptions:
     if options.faces:
         require_cv2()
     return options
+
+
+def verifier_specs(cfg: GenerateConfig, recipe: Recipe) -> dict[str, Any]:
+    """The verifiers this run uses (the recipe's, with ``--verify`` replacing an attribute's), checked."""
+    from ..verifiers import MODES, specs
+
+    if cfg.verify_mode not in MODES:
+        raise PlanError(f"--verify-mode: '{cfg.verify_mode}' is not one of {', '.join(MODES)}")
+    if not 0 <= cfg.crop_margin <= 2 or cfg.crop_margin != cfg.crop_margin:
+        raise PlanError(f"--crop-margin: must be between 0 and 2, a fraction of the face box (got {cfg.crop_margin})")
+    return specs(recipe, cfg.verify)
 
 
 def fingerprint(params: dict[str, Any]) -> str:
@@ -330,6 +348,8 @@ class ShardSink:
             face_box=w.face_box, safety_score=w.safety_score, **{name: w.settings.get(name) for name in SETTING_COLUMNS},
         )
         row.update(row_provenance(w.batch, w.unet_calls, w.settings, self.candidates))
+        for attr, (verdict, probability) in w.verified.items():
+            row.update(dict(zip(verified_columns(attr), (verdict, probability))))
         return {k: row[k] for k in self.features}
 
     def _flush(self) -> None:
@@ -389,6 +409,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     if cfg.overwrite and not worker.alone:
         raise OutputError("--overwrite: not with several workers (one would delete the others' shards)")
     quality = quality_options(cfg, model)
+    verify = verifier_specs(cfg, recipe)
     plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     overrides = settings_overrides(cfg, model)
     sizes = [{**s.settings, **overrides} for s in plan.samples]
@@ -397,7 +418,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         raise PlanError(f"keep: the recipe keeps {keep} candidates past prune_at, which must be below --candidates "
                         f"({cfg.candidates})")
     per_shard = cfg.rows_per_shard or rows_per_shard(max(s["width"] for s in sizes), max(s["height"] for s in sizes))
-    params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality)
+    params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality, verify)
     tasks = layout(plan, per_shard)
     source, text = resolve(cfg.recipe)
     header = {
@@ -596,6 +617,16 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     dtype = resolve_dtype(cfg.dtype, device)
     recorded = manifest.get("model") or {}
     pinned = recorded.get("commit") if recorded.get("kind") == "hub" else None  # resume at the same commit
+    verifiers = []
+    if params_verify := (manifest.get("parameters") or {}).get("verify"):  # before the generator: bad ones fail fast
+        from ..recipe import Verify
+        from ..verifiers import load_verifiers
+
+        chosen = {a: Verify.model_validate(spec) for a, spec in params_verify.items()}
+        given = {t.partition("=")[0] for t in cfg.verify}
+        origins = {a: f"--verify {a}" if a in given else f"{cfg.recipe}: verify.{a}" for a in chosen}
+        verifiers = load_verifiers(chosen, recipe, clip_model, device, dtype, manifest.get("verifiers") or (),
+                                   origins)
     pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device,
                                config=cfg.model_config)
     if pinned:
@@ -608,14 +639,16 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
                                 "batch_size": cfg.batch_size, "compile": cfg.compile, "threads": _threads(device),
                                 "channels_last": cfg.channels_last}
     manifest.data["versions"] = library_versions()
+    if verifiers:
+        manifest.data["verifiers"] = [v.record(cfg.verify_mode, cfg.crop_margin) for v in verifiers]
     manifest.data["generation"] = {"rerank": cfg.rerank, "overrides": overrides,
                                    "min_label_confidence": cfg.min_label_confidence,
                                    "max_attempts": cfg.max_attempts, "quality": quality.content(),
                                    "max_refills": quality.max_refills}
     options = EngineOptions(candidates=cfg.candidates, batch_size=cfg.batch_size, rerank=cfg.rerank,
                             min_label_confidence=cfg.min_label_confidence, max_attempts=cfg.max_attempts,
-                            overrides=overrides)
-    engine = Engine(pipe, scorer, recipe, options, quality)
+                            overrides=overrides, verify_mode=cfg.verify_mode, crop_margin=cfg.crop_margin)
+    engine = Engine(pipe, scorer, recipe, options, quality, verifiers)
     if cfg.compile:  # one batch shape for the compiled UNet: smaller calls are padded to a full one
         engine.pad_to = max(1, cfg.batch_size // cfg.candidates) * cfg.candidates
     return engine
