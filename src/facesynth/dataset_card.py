@@ -27,6 +27,7 @@ from .confusion import font as picture_font
 from .errors import OutputError
 from .escape import Markup, environment
 from .evaluation_report import for_card
+from .verification_report import verification, write_pictures
 from .files import atomic_write
 from .folder import FIRST_VERSION
 from .quality import REASONS, quality_report
@@ -387,6 +388,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         pretty_name=pretty,
         quality=quality_tables(recipe, manifest),
         evaluation=for_card(root, manifest, recipe),
+        verification=verification(root, manifest, recipe),
         **review_tables(recipe, manifest),
     )
 
@@ -424,7 +426,9 @@ def write_card(root: str | Path, repo_id: str | None = None, revision: str | Non
     """
     root = Path(root)
     refuse_foreign_readme(root, overwrite_card)
-    card = build_card(root, repo_id, revision, gated)
+    summary = summarize(root)
+    card = build_card(root, repo_id, revision, gated, summary=summary)
+    pictures = write_pictures(root, verification(root, summary.manifest, summary.recipe))
     path = root / "README.md"
     existing = path.read_text(encoding="utf-8") if path.is_file() else None
     text = merge_card(card, existing) or str(card)  # refuse_foreign_readme let only ours, or --overwrite-card, here
@@ -432,7 +436,8 @@ def write_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         f.write(text)
     manifest = read_manifest(root)
     manifest.data["files"] = {**(manifest.get("files") or {}),
-                              **{name: sha256_file(root / name) for name in ("README.md", "assets/samples.png")}}
+                              **{name: sha256_file(root / name) for name in ("README.md", "assets/samples.png",
+                                                                            *pictures)}}
     # what validate rebuilds the card with (a folder copied under another name keeps its card)
     manifest.data["card"] = {"repo_id": repo_id, "revision": revision, "gated": gated, "name": root.name}
     manifest.save(root)

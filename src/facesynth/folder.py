@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 FIRST_VERSION = "1.0.0"
 OWN_FILES = (MANIFEST, "README.md", "assets/samples.png", "evaluation.json")  # files written besides the shards
-OWN_FOLDERS = ("assets/evaluation/",)  # and the pictures evaluate writes there
+OWN_FOLDERS = ("assets/evaluation/", "assets/verification/")  # and the pictures evaluate writes there
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,8 @@ def hub_errors(repo_id: str, step: str, dry_run: bool = False):
 
 
 def public_manifest(manifest: Manifest) -> dict[str, Any]:
-    """The manifest as published: local paths (model folder or file, recipe file, CLIP folder) become names."""
+    """The manifest as published: local paths (model folder or file, recipe file, CLIP folder, verifier
+    folders) become names."""
     data = copy.deepcopy(manifest.data)
     for key in ("model", "clip_model"):
         record = data.get(key) or {}
@@ -214,6 +215,12 @@ def public_manifest(manifest: Manifest) -> dict[str, Any]:
     for key in ("model", "clip_model"):
         if isinstance(params.get(key), str) and (os.sep in params[key] or params[key].endswith(".safetensors")):
             params[key] = Path(params[key]).name
+    for record in data.get("verifiers") or []:
+        record.pop("path", None)
+    for spec in (params.get("verify") or {}).values():
+        for key in ("model", "zero_shot"):
+            if isinstance(spec.get(key), str) and os.sep in spec[key]:
+                spec[key] = Path(spec[key]).name
     if isinstance(data.get("recipe"), dict) and data["recipe"].get("source"):
         data["recipe"]["source"] = Path(data["recipe"]["source"]).name
     return data

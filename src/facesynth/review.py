@@ -33,13 +33,15 @@ from PIL import Image
 from .builder import read_manifest, shard_paths
 from .errors import FacesynthError, OutputError, shorten
 from .recipe import parse_recipe
+from .schema import verified_attributes, verified_columns
 from .verdicts import Verdict, VerdictError, append_verdicts, clean_reason, image_digest, review_state
 
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-SORTS = ("clip_score", "label_confidence", "safety_score")
+SORTS = ("clip_score", "label_confidence", "safety_score")  # and each verified attribute's probability
+VERIFIER_FILTERS = ("disagrees", "agrees")  # a verifier's verdict is not / is the row's value (every one)
 THUMB = 192  # thumbnail side, px
 PAGE = 240  # rows per request
 MAX_PAGE = 2000
@@ -74,15 +76,18 @@ class Rows:
     the gallery's write lock, as verdicts are saved.
     """
 
-    def __init__(self, root: Path, manifest, attributes: dict[str, list[str]], splits: list[str]):
+    def __init__(self, root: Path, manifest, attributes: dict[str, list[str]], splits: list[str],
+                 verified: list[str] = ()):
         self.root = root
         self.manifest = manifest
         paths = shard_paths(root, manifest)
-        columns: dict[str, list] = {c: [] for c in [*_META, *attributes, "split"]}
+        checked = [c for a in verified for c in verified_columns(a)]
+        meta = [*_META, *checked]
+        columns: dict[str, list] = {c: [] for c in [*meta, *attributes, "split"]}
         self.where: list[Where] = []
         for name, path in paths.items():
             parquet = pq.ParquetFile(path)
-            present = [c for c in [*_META, *attributes] if c in parquet.schema_arrow.names]
+            present = [c for c in [*meta, *attributes] if c in parquet.schema_arrow.names]
             split = manifest.shards[name]["split"]
             for g in range(parquet.num_row_groups):
                 table = parquet.read_row_group(g, columns=present)
@@ -104,7 +109,10 @@ class Rows:
         split_ids = {s: i for i, s in enumerate(splits)}
         self.split = np.array([split_ids.get(s, -1) for s in columns["split"]], dtype=np.int16)
         self.scores = {k: np.array([np.nan if v is None else v for v in columns[k]], dtype=np.float64)
-                       for k in SORTS}
+                       for k in [*SORTS, *(verified_columns(a)[1] for a in verified)]}
+        # each verified attribute's verdict (an index into its values, then "other"; -1 where none is recorded)
+        self.verdicts = {a: np.array([-1 if v is None else v for v in columns[verified_columns(a)[0]]], dtype=np.int16)
+                         for a in verified}
         self.rejected = np.zeros(len(self.sample_ids), dtype=bool)
         self.reasons: dict[int, str] = {}
         self.images: OrderedDict[tuple[str, int], list[bytes]] = OrderedDict()  # row groups' PNGs, LRU
@@ -138,6 +146,8 @@ class Gallery:
         self.attributes = {a: list(attr.values) for a, attr in self.recipe.attributes.items()}
         self.primary = self.recipe.primary
         self.splits = list(self.recipe.splits)
+        self.verified = verified_attributes(manifest)
+        self.sorts = [*SORTS, *(verified_columns(a)[1] for a in self.verified)]
         self._write = threading.Lock()  # reloads and verdicts take turns; readers never wait
         self._cache = threading.Lock()
         self.stamp = self._stamp()
@@ -155,7 +165,7 @@ class Gallery:
 
     def _read(self) -> Rows:
         """Read every shard's label and score columns (no images) into a new :class:`Rows`."""
-        rows = Rows(self.root, read_manifest(self.root), self.attributes, self.splits)
+        rows = Rows(self.root, read_manifest(self.root), self.attributes, self.splits, self.verified)
         logger.info("review: %d rows in %d shards, %d rejected", len(rows), rows.shards, int(rows.rejected.sum()))
         return rows
 
@@ -184,6 +194,14 @@ class Gallery:
                 if value not in self.splits:
                     raise ValueError(f"split: unknown value '{shorten(value, 60)}'")
                 mask &= rows.split == self.splits.index(value)
+            elif attr == "verifier":
+                if value not in VERIFIER_FILTERS or not self.verified:
+                    raise ValueError(f"verifier: must be {' or '.join(VERIFIER_FILTERS)}, for a verified dataset "
+                                     f"(got '{shorten(value, 60)}')")
+                disputed = np.zeros(len(rows), dtype=bool)
+                for a in self.verified:
+                    disputed |= rows.verdicts[a] != rows.labels[a]
+                mask &= disputed if value == "disagrees" else ~disputed
             elif attr in self.attributes:
                 if value not in self.attributes[attr]:
                     raise ValueError(f"{attr}: unknown value '{shorten(value, 60)}'")
@@ -196,8 +214,8 @@ class Gallery:
             mask &= ~rows.rejected
         elif status != "all":
             raise ValueError(f"status: must be all, kept or rejected (got '{shorten(status, 60)}')")
-        if sort not in SORTS:
-            raise ValueError(f"sort: must be one of {', '.join(SORTS)} (got '{shorten(sort, 60)}')")
+        if sort not in self.sorts:
+            raise ValueError(f"sort: must be one of {', '.join(self.sorts)} (got '{shorten(sort, 60)}')")
         found = np.flatnonzero(mask)
         key = rows.scores[sort][found]
         key = np.where(np.isnan(key), np.inf, -key if descending else key)  # missing scores last
@@ -211,7 +229,9 @@ class Gallery:
             "i": int(i), "sample_id": rows.sample_ids[i], "attempt": int(rows.attempts[i]),
             **{a: self.attributes[a][rows.labels[a][i]] for a in self.attributes},
             "split": self.splits[rows.split[i]] if rows.split[i] >= 0 else None,
-            **{k: _finite(rows.scores[k][i]) for k in SORTS},
+            **{k: _finite(rows.scores[k][i]) for k in self.sorts},
+            **{verified_columns(a)[0]: ([*self.attributes[a], "other"][rows.verdicts[a][i]]
+                                        if rows.verdicts[a][i] >= 0 else None) for a in self.verified},
             "rejected": bool(rows.rejected[i]), "reason": rows.reasons.get(int(i), ""),
         }
 
@@ -294,7 +314,8 @@ class Gallery:
     def config(self) -> dict[str, Any]:
         """What the page needs to draw its filters."""
         return {"name": self.recipe.name, "root": self.root.name, "primary": self.primary,
-                "attributes": self.attributes, "splits": self.splits, "sorts": list(SORTS), "rows": len(self),
+                "attributes": self.attributes, "splits": self.splits, "sorts": self.sorts, "rows": len(self),
+                "verified": self.verified,
                 "version": self.snapshot.manifest.get("version"), "page": PAGE, "max_rows": MAX_ROWS}
 
 

@@ -171,9 +171,12 @@ class Verifier:
 
     def record(self, mode: str, margin: float) -> dict[str, Any]:
         """What the manifest keeps about this verifier."""
-        return {"attribute": self.attribute, "kind": self.kind, "model": self.name, "commit": self.commit,
-                "labels": self.labels, "mode": mode, "min_probability": self.spec.min_probability,
-                "margin": margin, "claimed_accuracy": self.spec.claimed_accuracy}
+        local = Path(self.name).is_dir()  # a folder is named by its name; its path stays local (publish drops it)
+        return {"attribute": self.attribute, "kind": self.kind, "model": Path(self.name).resolve().name if local
+                else self.name, **({"path": str(Path(self.name).resolve())} if local else {}),
+                "commit": self.commit, "labels": self.labels, "mode": mode,
+                "min_probability": self.spec.min_probability, "margin": margin,
+                "claimed_accuracy": self.spec.claimed_accuracy}
 
     @torch.inference_mode()
     def probabilities(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -308,24 +311,32 @@ def load_verifier(attribute: str, spec: Verify, recipe: Recipe, reranker: str, d
         raise ModelError(f"{where}: '{spec.model}' has no safetensors weights; facesynth loads no pickled "
                          "weights (convert it with `safetensors`' convert script)")
     from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a small model loads in a moment; the run's own bar is what counts
     try:
         model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True, local_files_only=True,
                                                                 trust_remote_code=False, dtype=dtype)
         processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{where}: cannot load '{spec.model}' ({first_line(exc)})") from None
+    finally:
+        hf_logging.enable_progress_bar()
     captions = {v: attr.caption(v) for v in values}
     labels = class_map(attribute, values, captions, model.config.id2label, spec.labels, where)
     return Verifier(attribute, spec, values, spec.model, pinned, "classifier", labels, model.to(device).eval(),
                     Preprocess.of(processor), device=device, dtype=dtype)
 
 
+def _where(name: str) -> str:
+    return str(Path(name).resolve()) if Path(name).is_dir() else name
+
+
 def load_verifiers(chosen: dict[str, Verify], recipe: Recipe, reranker: str, device, dtype,
                    recorded: Sequence[dict[str, Any]] = (), origins: dict[str, str] | None = None) -> list[Verifier]:
     """Every chosen verifier, once; a verifier the manifest recorded is loaded at its recorded commit.
     ``origins`` names where each was given, for error lines (default ``verify.ATTR``)."""
-    pins = {(r["attribute"], r["model"]): r.get("commit") for r in recorded}
+    pins = {(r["attribute"], r.get("path") or r["model"]): r.get("commit") for r in recorded}
     return [load_verifier(a, spec, recipe, reranker, torch.device(device), dtype,
-                          pins.get((a, spec.model or spec.zero_shot)), (origins or {}).get(a))
+                          pins.get((a, _where(spec.model or spec.zero_shot))), (origins or {}).get(a))
             for a, spec in chosen.items()]
