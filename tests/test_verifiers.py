@@ -156,6 +156,32 @@ def test_a_face_box_is_padded_by_the_margin_and_clipped_to_the_image(classifier)
 
 
 # In the loop --------------------------------------------------------------------------------
+def test_verifying_each_candidate_when_checked_gives_the_batched_verdicts(tiny_pipe, tiny_scorer, emotions,
+                                                                        classifier):
+    """With --faces the verifier sees each candidate's crop when the gates reach it; without a box that is
+    the whole image, so the verdicts equal the batched ones."""
+    import torch
+
+    from conftest import make_engine
+    from facesynth.plan import Plan
+    from facesynth.verifiers import load_verifiers, parse_option
+
+    attr, spec = parse_option(f"emotion={classifier},{LABELS}", emotions)
+    verifiers = load_verifiers({attr: spec}, emotions, "tiny", "cpu", torch.float32)
+    samples = Plan(emotions, 4, 0, 3).samples
+    batched = make_engine(tiny_pipe, tiny_scorer, emotions, candidates=3, verify_mode="record")
+    batched.verifiers = verifiers
+    lazy = make_engine(tiny_pipe, tiny_scorer, emotions, candidates=3, verify_mode="record")
+    lazy.verifiers, lazy.crop_faces = verifiers, True
+    one = list(batched.run(samples))
+    other = list(lazy.run(samples))
+    assert [w.pixels.tobytes() for w in one] == [w.pixels.tobytes() for w in other]
+    for a, b in zip(one, other):
+        assert a.verified["emotion"][0] == b.verified["emotion"][0]
+        assert abs(a.verified["emotion"][1] - b.verified["emotion"][1]) < 1e-5
+    assert lazy.timings.seconds["verify"] > 0
+
+
 @pytest.mark.slow
 def test_gate_mode_keeps_exact_quotas_with_refills_and_resumes_to_the_same_bytes(classifier, tmp_path, capsys):
     from facesynth.generation import generate
@@ -261,6 +287,21 @@ def test_the_gallery_filters_disputed_rows_and_sorts_by_the_verifiers_probabilit
     assert "verified_emotion_probability" in gallery.config()["sorts"] and gallery.config()["verified"] == ["emotion"]
     with pytest.raises(ValueError, match="verifier: must be disagrees or agrees"):
         gallery.select({"verifier": "maybe"})
+    pytest.importorskip("starlette", reason="the review extra (starlette, uvicorn) is not installed")
+    from facesynth.review import ReviewServer
+    from test_review import get
+
+    server = ReviewServer(recorded, 0).start()
+    try:  # what the page asks for: disputed rows, least convincing first
+        status, _, body = get(server.url + "api/rows?verifier=disagrees&sort=verified_emotion_probability&order=asc")
+        assert status == 200
+        served = json.loads(body)["rows"]
+        assert [r["sample_id"] for r in served] == [gallery.sample_ids[i] for i in chosen]
+        assert all(r["verified_emotion"] != r["emotion"] for r in served)
+        status, _, body = get(server.url + "api/rows?verifier=maybe")
+        assert status == 400 and "verifier: must be disagrees or agrees" in json.loads(body)["error"]
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow
