@@ -112,18 +112,23 @@ class Preprocess:
     crop: tuple[int, int] | None = None
 
     @classmethod
-    def of(cls, processor) -> "Preprocess":
-        size = dict(getattr(processor, "size", None) or {})
-        crop = dict(getattr(processor, "crop_size", None) or {}) if getattr(processor, "do_center_crop", False) else {}
-        mean = list(processor.image_mean) if getattr(processor, "do_normalize", True) else [0.0, 0.0, 0.0]
-        std = list(processor.image_std) if getattr(processor, "do_normalize", True) else [1.0, 1.0, 1.0]
+    def of(cls, config: dict[str, Any]) -> "Preprocess":
+        """From a ``preprocessor_config.json`` (read as data: no processor class, no torchvision needed)."""
+        size = dict(config.get("size") or {})
+        if isinstance(config.get("size"), int):
+            size = {"shortest_edge": config["size"]}
+        crop = config.get("crop_size") if config.get("do_center_crop") else None
+        if isinstance(crop, int):
+            crop = {"height": crop, "width": crop}
+        normalise = config.get("do_normalize", True)
+        mean = list(config.get("image_mean") or [0.5] * 3) if normalise else [0.0] * 3
+        std = list(config.get("image_std") or [0.5] * 3) if normalise else [1.0] * 3
         if "height" in size and "width" in size:
             return cls(mean, std, size=(int(size["height"]), int(size["width"])))
         short = size.get("shortest_edge")
         if short is None:
-            raise ModelError(f"image processor {type(processor).__name__} gives no input size ({size})")
-        return cls(mean, std, shortest=int(short),
-                   crop=(int(crop["height"]), int(crop["width"])) if crop else None)
+            raise ModelError(f"preprocessor_config.json gives no input size ({size})")
+        return cls(mean, std, shortest=int(short), crop=(int(crop["height"]), int(crop["width"])) if crop else None)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """One image (3, H, W) in [0, 1] as the model's normalised (3, h, w) input, in fp32."""
@@ -310,16 +315,17 @@ def load_verifier(attribute: str, spec: Verify, recipe: Recipe, reranker: str, d
     if not any(folder.glob("*.safetensors")):
         raise ModelError(f"{where}: '{spec.model}' has no safetensors weights; facesynth loads no pickled "
                          "weights (convert it with `safetensors`' convert script)")
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a small model loads in a moment; the run's own bar is what counts
     try:
         model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True, local_files_only=True,
                                                                 trust_remote_code=False, dtype=dtype)
-        processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        processor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{where}: cannot load '{spec.model}' ({first_line(exc)})") from None
+        raise ModelError(f"{where}: cannot load '{spec.model}' ({first_line(exc)}); it needs its weights and "
+                         "preprocessor_config.json") from None
     finally:
         hf_logging.enable_progress_bar()
     captions = {v: attr.caption(v) for v in values}
