@@ -24,7 +24,7 @@ from .builder import content_fingerprint, read_manifest, shard_paths
 from .confusion import confusion_png
 from .errors import OutputError
 from .files import atomic_write, dumps_json, load_json
-from .folder import cell_key
+from .plan import cell_key
 from .real import CHECK_ROWS, RealSpec, check_same_clip, embed, open_real
 from .recipe import Recipe, parse_recipe
 from .writer import Manifest, sha256_file

@@ -20,6 +20,7 @@ from typing import Any
 from .errors import OutputError
 from .files import inside, is_temp_file
 from .lock import WORKERS_DIR
+from .plan import cell_key
 from .quality import quality_report
 from .writer import MANIFEST, WORK_DIR, Manifest, sha256_file
 
@@ -273,10 +274,6 @@ def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: 
         why = f"different {', '.join(changed) or 'parameters'}"
     raise OutputError(f"--out: '{out}' holds a dataset made with {why}; use another folder, "
                       "or --overwrite to replace it")
-
-
-def cell_key(labels: dict[str, str]) -> str:
-    return "/".join(labels.values())
 
 
 def cell_counts(samples) -> dict[str, int]:

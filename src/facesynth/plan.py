@@ -38,6 +38,11 @@ MAX_SAMPLES = 1_000_000  # the plan is held in memory: about 0.7 GB at this size
 MAX_CANDIDATES = 64
 
 
+def cell_key(labels: dict[str, str]) -> str:
+    """A label cell's name: its values in attribute order, joined by ``/`` (``happy/female/african``)."""
+    return "/".join(labels.values())
+
+
 def derive_seed(master_seed: int, sample_id: str, candidate: int, attempt: int = 0) -> int:
     """A 63-bit seed for one candidate, independent of every other candidate."""
     key = f"facesynth/v1/{master_seed}/{sample_id}/{candidate}/{attempt}".encode()

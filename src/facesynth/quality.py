@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FacesynthError, PlanError
+from .plan import cell_key
 
 logger = logging.getLogger(__name__)
 
@@ -294,8 +295,6 @@ def _rates(s: dict[str, Any]) -> dict[str, Any]:
 def shard_embeddings(path: Path, attributes: dict[str, list[str]]) -> Iterable[tuple[str, np.ndarray]]:
     """``(label cell, CLIP embedding)`` of every row of a shard, one row group at a time."""
     import pyarrow.parquet as pq
-
-    from .folder import cell_key
 
     pf = pq.ParquetFile(path)
     for i in range(pf.num_row_groups):

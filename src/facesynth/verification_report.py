@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from .builder import shard_paths
 from .confusion import confusion_png
 from .files import atomic_write
-from .folder import cell_key
+from .plan import cell_key
 from .recipe import Recipe
 from .schema import verified_attributes, verified_columns
 from .verifiers import OTHER

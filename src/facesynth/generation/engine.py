@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..folder import cell_key
+from ..plan import cell_key
 from ..plan import Sample
 from ..quality import SAFE_TEXTS, UNSAFE_TEXTS, Gates, QualityOptions, QuotaError, Tally
 from ..recipe import Recipe

@@ -21,17 +21,34 @@ import logging
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
-from ..folder import cell_key
+from ..plan import cell_key
 from ..recipe import switch_step
 
 if TYPE_CHECKING:
     from ..plan import Sample
-    from .engine import Engine
+    from ..quality import Gates, QualityOptions
+    from ..scoring import ClipScorer
+
+
+class Engine(Protocol):
+    """What a step hook uses of the engine that runs it (``engine.Engine``; named here, not imported, so the
+    engine and its hook import in one direction only)."""
+
+    pipe: Any
+    scorer: "ClipScorer"
+    gates: "Gates"
+    quality: "QualityOptions"
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def rerank_text(self, sample: "Sample") -> str: ...
+
+    def unsafe(self, img_emb: torch.Tensor) -> torch.Tensor: ...
 
 logger = logging.getLogger(__name__)
 
