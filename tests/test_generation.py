@@ -397,3 +397,40 @@ def test_hub_models_download_only_what_runs(tiny_pipe, tmp_path, monkeypatch):
                                      "requires_safety_checker": False}
     pipe, info = load_pipeline("org/tiny-fp16", dtype=torch.float16)
     assert info.commit == "f" * 40 and pipe.unet.dtype == torch.float16 and pipe.safety_checker is None
+
+
+@pytest.mark.parametrize("preset", ["lcm", "turbo"])
+def test_a_few_step_preset_runs_no_unconditional_branch_and_says_the_negative_prompt_is_unused(
+        preset, tmp_path, caplog):
+    import json
+
+    from facesynth.generation import GenerateConfig, generate
+    from facesynth.recipe import PRESETS
+    from facesynth.reproduce import reproduce
+
+    out = tmp_path / preset
+    with caplog.at_level("WARNING"):
+        result = generate(GenerateConfig(recipe="emotions", out=out, num_samples=4, model="tiny", quiet=True,
+                                         preset=preset))
+    steps = PRESETS[preset]["steps"]
+    assert result.timings["unet_images"] == 4 * 3 * steps  # one evaluation per image and step: no guidance
+    assert "no unconditional branch runs for them, so their negative prompt is unused" in caplog.text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generation"]["preset"] == preset
+    assert {k: manifest["parameters"]["overrides"][k] for k in PRESETS[preset]} == PRESETS[preset]
+    card = (out / "README.md").read_text()
+    assert f"(the `{preset}` few-step preset). Guidance is at most 1, so no unconditional branch ran" in card
+    assert reproduce(out, "emotions-0000001").identical
+    guided = generate(GenerateConfig(recipe="emotions", out=tmp_path / "guided", num_samples=4, model="tiny",
+                                     quiet=True, steps=steps))
+    assert guided.timings["unet_images"] == 2 * result.timings["unet_images"]
+
+
+def test_an_unknown_preset_is_one_line(tmp_path, capsys):
+    from conftest import invoke
+
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "4", "--out", str(tmp_path / "x"),
+                   "--preset", "fastest"]) == 2
+    assert "Invalid value for '--preset': 'fastest' is not one of 'lcm', 'tcd', 'lightning', 'turbo', 'hyper'" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .errors import FacesynthError
-from .recipe import SCHEDULER_NAMES
+from .recipe import PRESETS, SCHEDULER_NAMES
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -281,6 +281,9 @@ speed_options = _options(
               help="Unsafe probability above which --safety rejects.")
 @click.option("--max-refills", type=click.IntRange(0, 1000), default=8, show_default=True,
               help="Extra attempts, with fresh seeds, for a sample whose candidates all failed the gates.")
+@click.option("--preset", type=click.Choice(list(PRESETS)),
+              help="A few-step model's scheduler, steps and guidance, as its card recommends (lcm: LCM-LoRA 4 steps; "
+                   "tcd 4; lightning 4; turbo 1; hyper 8); --scheduler, --steps and --guidance override it.")
 @click.option("--verify", multiple=True, metavar="ATTR=MODEL",
               help="Check ATTR with an independent model: an image classifier (Hub id or local folder), or "
                    "zero-shot:CLIP_MODEL; replaces the recipe's verifier of ATTR. Repeatable.")
@@ -311,6 +314,7 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
       facesynth generate emotions -n 5000 --out faces --faces --safety  # quality gates
       facesynth generate emotions -n 5000 --out checked --verify emotion=trpakov/vit-face-expression
       facesynth generate emotions -n 5000 --out fast --prune-at 0.3 --keep 1 --cfg-until 0.6
+      facesynth generate emotions --model ./lcm-dreamshaper --preset lcm --out few-step
       facesynth generate emotions -n 20000 --out big                 # grow a 10000-row dataset
       torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
       facesynth generate agfd --out agfd --worker-index 3 --num-workers 16

@@ -370,6 +370,8 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         model_name=model.get("name"),
         recipe_file=Path(str(manifest["recipe"].get("source", ""))).name,
         overrides=", ".join(f"{k} {v}" for k, v in overrides.items()),
+        preset=(manifest.get("generation") or {}).get("preset"),
+        unguided=overrides.get("guidance", recipe.settings["guidance"]) <= 1 and bool(recipe.negative_prompt),
         speedups=speedups(recipe, overrides),
         sensitive=sensitive,
         recipe=recipe,

@@ -31,7 +31,17 @@ SPEEDUPS = ("prune_at", "keep", "cfg_until")
 DEFAULT_SETTINGS = {"steps": 25, "guidance": 7.5, "scheduler": "default", "width": 512, "height": 512,
                     **dict.fromkeys(SPEEDUPS)}
 NAME_CHARS = set(string.ascii_lowercase + string.digits + "_")
-SCHEDULER_NAMES = ("default", "ddim", "pndm", "euler", "euler_a", "dpm++_2m", "dpm++_2m_karras", "unipc")
+SCHEDULER_NAMES = ("default", "ddim", "pndm", "euler", "euler_a", "dpm++_2m", "dpm++_2m_karras", "unipc", "lcm", "tcd",
+                   "euler_trailing", "ddim_trailing")
+# Few-step presets: the scheduler, steps and guidance each kind of model's card recommends (--preset; --scheduler,
+# --steps and --guidance still override them). Guidance 0 or 1 runs no unconditional branch at all.
+PRESETS = {
+    "lcm": {"scheduler": "lcm", "steps": 4, "guidance": 1.0},  # LCM models and LCM-LoRA
+    "tcd": {"scheduler": "tcd", "steps": 4, "guidance": 0.0},  # TCD-LoRA
+    "lightning": {"scheduler": "euler_trailing", "steps": 4, "guidance": 0.0},  # SDXL-Lightning, 4-step
+    "turbo": {"scheduler": "default", "steps": 1, "guidance": 0.0},  # SDXL-Turbo / SD-Turbo
+    "hyper": {"scheduler": "ddim_trailing", "steps": 8, "guidance": 0.0},  # Hyper-SD, 8-step
+}
 # Column names every dataset has (schema.BUILTIN_COLUMNS keeps them in step): no attribute may take one.
 RESERVED_ATTRIBUTES = frozenset((
     "sample_id", "image", "prompt", "negative_prompt", "caption", "seed", "clip_score", "candidate_scores",

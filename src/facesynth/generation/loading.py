@@ -29,6 +29,11 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpm++_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
     "dpm++_2m_karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    # few-step models (see PRESETS): latent-consistency, trajectory-consistency, and trailing timestep spacing
+    "lcm": ("LCMScheduler", {}),
+    "tcd": ("TCDScheduler", {}),
+    "euler_trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "ddim_trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
 }
 
 

@@ -91,6 +91,7 @@ class GenerateConfig:
     safety: bool = False
     safety_threshold: float = 0.5
     max_refills: int = 8
+    preset: str | None = None  # a few-step preset (recipe.PRESETS): scheduler, steps and guidance
     verify: tuple[str, ...] = ()  # ATTR=MODEL or ATTR=zero-shot:MODEL, replacing the recipe's verifier
     verify_mode: str = "gate"
     crop_margin: float = 0.25
@@ -123,6 +124,12 @@ def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
         from ..tiny import TINY_SETTINGS
 
         out.update(TINY_SETTINGS)
+    if cfg.preset is not None:
+        from ..recipe import PRESETS
+
+        if cfg.preset not in PRESETS:
+            raise PlanError(f"--preset: '{cfg.preset}' is not one of {', '.join(PRESETS)}")
+        out.update(PRESETS[cfg.preset])
     partner = {"prune_at": {"keep": 1}, "keep": {"prune_at": 0.5}}  # checked alone, then as a pair below
     for key in SETTING_COLUMNS:
         value = getattr(cfg, key)
@@ -413,6 +420,11 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     overrides = settings_overrides(cfg, model)
     sizes = [{**s.settings, **overrides} for s in plan.samples]
+    unguided = sum(1 for s, settings in zip(plan.samples, sizes) if settings["guidance"] <= 1 and s.negative_prompt)
+    if unguided:  # diffusers runs classifier-free guidance only above 1: no unconditional branch, no negative
+        logger.warning("guidance at or below 1 for %d of %d samples: no unconditional branch runs for them, so "
+                       "their negative prompt is unused (it stays in the negative_prompt column)", unguided,
+                       len(plan.samples))
     keep = max((k for k in (s.get("keep") for s in sizes) if k is not None), default=None)
     if keep is not None and keep >= cfg.candidates:  # a recipe's keep, checked against this run's candidates
         raise PlanError(f"keep: the recipe keeps {keep} candidates past prune_at, which must be below --candidates "
@@ -644,6 +656,7 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     manifest.data["generation"] = {"rerank": cfg.rerank, "overrides": overrides,
                                    "min_label_confidence": cfg.min_label_confidence,
                                    "max_attempts": cfg.max_attempts, "quality": quality.content(),
+                                   **({"preset": cfg.preset} if cfg.preset else {}),
                                    "max_refills": quality.max_refills}
     options = EngineOptions(candidates=cfg.candidates, batch_size=cfg.batch_size, rerank=cfg.rerank,
                             min_label_confidence=cfg.min_label_confidence, max_attempts=cfg.max_attempts,
