@@ -42,7 +42,8 @@ def test_generate_then_load(tmp_path, capsys):
     assert invoke(["card", str(out)]) == 0
 
 
-SCHEDULERS = "'default', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'unipc'"
+SCHEDULERS = ("'default', 'ddim', 'pndm', 'euler', 'euler_a', 'dpm++_2m', 'dpm++_2m_karras', 'unipc', 'lcm', 'tcd', "
+              "'euler_trailing', 'ddim_trailing'")
 GEN = ["generate", "emotions", "-n", "4", "-o", "TMP/out"]
 
 
