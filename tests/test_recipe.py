@@ -77,7 +77,8 @@ BAD = [
      "x.yaml: generation.steps: Input should be greater than or equal to 1"),
     (GOOD.replace("generation: {steps: 10}", "generation: {scheduler: fast}"),
      "x.yaml: generation.scheduler: unknown scheduler 'fast' "
-     "(use default, ddim, pndm, euler, euler_a, dpm++_2m, dpm++_2m_karras, unipc)"),
+     "(use default, ddim, pndm, euler, euler_a, dpm++_2m, dpm++_2m_karras, unipc, lcm, tcd, euler_trailing, "
+     "ddim_trailing)"),
     (GOOD.replace("generation: {steps: 10}", "generation: {prune_at: 0.3}"),
      "x.yaml: generation: prune_at and keep go together: give both or neither"),
     (GOOD.replace("generation: {steps: 10}", "generation: {prune_at: 1.5, keep: 1}"),
