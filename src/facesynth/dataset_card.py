@@ -27,12 +27,12 @@ from .confusion import font as picture_font
 from .errors import OutputError
 from .escape import Markup, environment
 from .evaluation_report import for_card
-from .verification_report import verification, write_pictures
+from .verification_report import picture_name, verification, write_pictures
 from .files import atomic_write
 from .folder import FIRST_VERSION
 from .quality import REASONS, quality_report
 from .recipe import Recipe, parse_recipe, switch_step
-from .schema import features_of
+from .schema import features_of, verified_attributes
 from .writer import Manifest, arrow_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -326,6 +326,9 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
     if write_grid or (write_grid is not None and not grid.is_file()):
         grid = sample_grid(root, summary)
     recipe, manifest = summary.recipe, summary.manifest
+    checked = verification(root, manifest, recipe)
+    if write_grid:  # the verifiers' confusion matrices are refreshed with the grid
+        write_pictures(root, checked)
     configs, infos = configs_and_infos(summary)
     pretty = f"facesynth {recipe.name}"
     license, license_name, license_link = card_license(recipe, manifest)
@@ -390,7 +393,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         pretty_name=pretty,
         quality=quality_tables(recipe, manifest),
         evaluation=for_card(root, manifest, recipe),
-        verification=verification(root, manifest, recipe),
+        verification=checked,
         **review_tables(recipe, manifest),
     )
 
@@ -429,8 +432,8 @@ def write_card(root: str | Path, repo_id: str | None = None, revision: str | Non
     root = Path(root)
     refuse_foreign_readme(root, overwrite_card)
     summary = summarize(root)
-    card = build_card(root, repo_id, revision, gated, summary=summary)
-    pictures = write_pictures(root, verification(root, summary.manifest, summary.recipe))
+    card = build_card(root, repo_id, revision, gated, summary=summary)  # writes the grid and the pictures
+    pictures = [picture_name(a) for a in verified_attributes(summary.manifest)]
     path = root / "README.md"
     existing = path.read_text(encoding="utf-8") if path.is_file() else None
     text = merge_card(card, existing) or str(card)  # refuse_foreign_readme let only ours, or --overwrite-card, here

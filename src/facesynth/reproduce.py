@@ -113,15 +113,10 @@ class Reproducer:
         plan = self.manifest["plan"]
         self.samples = {s.sample_id: s for s in Plan(self.recipe, plan["num_samples"], plan["seed"],
                                                      plan["candidates"]).samples}
-        params = self.manifest.get("parameters") or {}
-        verifiers = []
-        if params.get("verify"):
-            from .recipe import Verify
-            from .verifiers import load_verifiers
+        from .verifiers import from_manifest
 
-            chosen = {a: Verify.model_validate(spec) for a, spec in params["verify"].items()}
-            verifiers = load_verifiers(chosen, self.recipe, self.manifest["clip_model"]["name"], dev, torch_dtype,
-                                       self.manifest.get("verifiers") or ())
+        params = self.manifest.get("parameters") or {}
+        verifiers = from_manifest(self.manifest, self.recipe, dev, torch_dtype)
         options = EngineOptions(candidates=plan["candidates"], rerank=generation.get("rerank", "caption"),
                                 overrides=generation.get("overrides", {}),
                                 verify_mode=params.get("verify_mode", "gate"),

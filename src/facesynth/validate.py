@@ -112,10 +112,9 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     seen: Counter = Counter()
     cells: Counter = Counter()
     params = manifest.get("parameters") or {}
-    gate = params.get("verify_mode") == "gate"
     claims = {"gates": params.get("quality") or {}, "overrides": params.get("overrides") or {},
               "verify": {a: spec.get("min_probability", 0.0) for a, spec in (params.get("verify") or {}).items()},
-              "verify_gate": gate,
+              "verify_gate": params.get("verify_mode") == "gate",
               "candidates": manifest["plan"]["candidates"]}  # what the run says of every row
     report.unread = set()
     for name in manifest.shards:

@@ -80,15 +80,10 @@ def verification(root: Path, manifest: Manifest, recipe: Recipe) -> dict[str, An
             "faces": bool((params.get("quality") or {}).get("faces"))}
 
 
-def write_pictures(root: Path, report: dict[str, Any] | None) -> list[str]:
-    """Each verified attribute's confusion matrix as a PNG (written atomically); returns their names."""
-    names = []
+def write_pictures(root: Path, report: dict[str, Any] | None) -> None:
+    """Each verified attribute's confusion matrix as a PNG at :func:`picture_name` (written atomically)."""
     for a, data in ((report or {}).get("attributes") or {}).items():
-        name = data["picture"]
-        (root / PICTURES).mkdir(parents=True, exist_ok=True)
-        with atomic_write(root / name, "wb") as f:
+        with atomic_write(root / data["picture"], "wb") as f:
             f.write(confusion_png(data["matrix"], data["classes"][:-1], f"{a}: requested x verified "
                                   f"({data['verifier'].get('model')})", rows="requested", columns="verified",
                                   column_values=data["classes"]))
-        names.append(name)
-    return names

@@ -334,6 +334,16 @@ def load_verifier(attribute: str, spec: Verify, recipe: Recipe, reranker: str, d
                     Preprocess.of(processor), device=device, dtype=dtype)
 
 
+def from_manifest(manifest, recipe: Recipe, device, dtype, origins: dict[str, str] | None = None) -> list[Verifier]:
+    """The verifiers a folder's parameters name, at the commits its manifest recorded (none without ``verify``)."""
+    params = manifest.get("parameters") or {}
+    chosen = {a: Verify.model_validate(spec) for a, spec in (params.get("verify") or {}).items()}
+    if not chosen:
+        return []
+    return load_verifiers(chosen, recipe, params["clip_model"], device, dtype, manifest.get("verifiers") or (),
+                          origins)
+
+
 def _where(name: str) -> str:
     return str(Path(name).resolve()) if Path(name).is_dir() else name
 

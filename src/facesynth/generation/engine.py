@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..plan import cell_key
-from ..plan import Sample
+from ..plan import Sample, cell_key
 from ..quality import SAFE_TEXTS, UNSAFE_TEXTS, Gates, QualityOptions, QuotaError, Tally
 from ..recipe import Recipe
 from ..scoring import ClipScorer

@@ -356,7 +356,7 @@ class ShardSink:
         )
         row.update(row_provenance(w.batch, w.unet_calls, w.settings, self.candidates))
         for attr, (verdict, probability) in w.verified.items():
-            row.update(dict(zip(verified_columns(attr), (verdict, probability))))
+            row.update(zip(verified_columns(attr), (verdict, probability)))
         return {k: row[k] for k in self.features}
 
     def _flush(self) -> None:
@@ -629,16 +629,11 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     dtype = resolve_dtype(cfg.dtype, device)
     recorded = manifest.get("model") or {}
     pinned = recorded.get("commit") if recorded.get("kind") == "hub" else None  # resume at the same commit
-    verifiers = []
-    if params_verify := (manifest.get("parameters") or {}).get("verify"):  # before the generator: bad ones fail fast
-        from ..recipe import Verify
-        from ..verifiers import load_verifiers
+    from ..verifiers import from_manifest
 
-        chosen = {a: Verify.model_validate(spec) for a, spec in params_verify.items()}
-        given = {t.partition("=")[0] for t in cfg.verify}
-        origins = {a: f"--verify {a}" if a in given else f"{cfg.recipe}: verify.{a}" for a in chosen}
-        verifiers = load_verifiers(chosen, recipe, clip_model, device, dtype, manifest.get("verifiers") or (),
-                                   origins)
+    given = {t.partition("=")[0] for t in cfg.verify}
+    origins = {a: f"--verify {a}" if a in given else f"{cfg.recipe}: verify.{a}" for a in recipe.attributes}
+    verifiers = from_manifest(manifest, recipe, device, dtype, origins)  # before the generator: bad ones fail fast
     pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device,
                                config=cfg.model_config)
     if pinned:
