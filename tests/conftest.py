@@ -145,6 +145,16 @@ def crash_at_shard(n: int):
         runner.ShardSink._finish = real
 
 
+def cache_repo(cache, repo_id, commit, save, kind="models"):
+    """A Hub repo in a local cache, as huggingface_hub lays it out: refs/main names the snapshot ``save`` fills."""
+    root = cache / f"{kind}--{repo_id.replace('/', '--')}"
+    snapshot = root / "snapshots" / commit
+    save(snapshot)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    return snapshot
+
+
 def invoke(args):
     """Run the real ``facesynth`` entry point in-process; returns the exit status."""
     from facesynth.cli import main
@@ -274,3 +284,38 @@ def tiny_images(root, size: int = 32):
     pictures = [np.asarray(Image.open(io.BytesIO(r["image"]["bytes"])).convert("RGB").resize((size, size)))
                 for r in rows(root, ["image"])]
     return torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255
+
+
+# Adapters ------------------------------------------------------------------------------------
+def tiny_lora(path, seed: int = 1, scale: float = 1.0, text_encoder: bool = False, width: int | None = None,
+              name: str = "pytorch_lora_weights.safetensors"):
+    """A random rank-4 LoRA for the tiny UNet's attention (and text encoder), made with PEFT and saved the way
+    diffusers' ``save_lora_weights`` saves one. ``width`` gives its down weights another input width: an
+    adapter made for another model. Returns the file's path."""
+    from pathlib import Path
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from facesynth import tiny
+
+    pipe = tiny.build_pipeline()
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                        init_lora_weights=False)
+    pipe.unet.add_adapter(config)
+    layers = {k: v * scale for k, v in convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)).items()}
+    if width is not None:
+        layers = {k: torch.randn(v.shape[0], width) if ".down." in k else v for k, v in layers.items()}
+    text = None
+    if text_encoder:
+        encoder = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                                     init_lora_weights=False), pipe.text_encoder)
+        text = {k: v * scale for k, v in convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder)).items()}
+    Path(path).mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(str(path), unet_lora_layers=layers, text_encoder_lora_layers=text,
+                                              weight_name=name, safe_serialization=True)
+    return Path(path) / name

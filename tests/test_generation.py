@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import crash_at_shard, make_engine
+from conftest import cache_repo, crash_at_shard, make_engine
 from facesynth.errors import ModelError, OutputError
 from facesynth.generation import GenerateConfig, generate
 from facesynth.generation.loading import SCHEDULERS, load_pipeline, make_scheduler
@@ -311,16 +311,6 @@ def test_growing_a_dataset_keeps_full_shards_and_bumps_the_version(tmp_path, dem
         generate(GenerateConfig(out=out, num_samples=8, **base))
 
 
-def _cache_repo(cache, repo_id, commit, save):
-    """A Hub repo in a local cache, as huggingface_hub lays it out: refs/main names the snapshot."""
-    root = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = root / "snapshots" / commit
-    save(snapshot)
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(commit)
-    return snapshot
-
-
 @pytest.mark.slow
 def test_the_clip_models_commit_is_recorded_and_reproduce_pins_it(tmp_path, monkeypatch):
     import huggingface_hub.constants
@@ -338,7 +328,7 @@ def test_the_clip_models_commit_is_recorded_and_reproduce_pins_it(tmp_path, monk
                               image_mean=pre["mean"], image_std=pre["std"]).save_pretrained(folder)
 
     commit = "c11bc0de" * 5
-    _cache_repo(tmp_path / "hub", "org/tiny-clip", commit, save)
+    cache_repo(tmp_path / "hub", "org/tiny-clip", commit, save)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     scorer = ClipScorer.load("org/tiny-clip")
     assert scorer.info.commit == commit and not list((tmp_path / "hub").rglob("*.bin"))
@@ -386,8 +376,8 @@ def test_hub_models_download_only_what_runs(tiny_pipe, tmp_path, monkeypatch):
             (folder / "model_index.json").write_text(json.dumps(index))
         return write
 
-    _cache_repo(tmp_path / "hub", "org/tiny-fp16", "f" * 40, save("fp16"))
-    _cache_repo(tmp_path / "hub", "org/tiny-fp32", "e" * 40, save(None))
+    cache_repo(tmp_path / "hub", "org/tiny-fp16", "f" * 40, save("fp16"))
+    cache_repo(tmp_path / "hub", "org/tiny-fp32", "e" * 40, save(None))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     folder, variant = _download("org/tiny-fp16", None, torch.float16)
     assert variant == "fp16" and Path(folder).name == "f" * 40
@@ -434,3 +424,32 @@ def test_an_unknown_preset_is_one_line(tmp_path, capsys):
     assert "Invalid value for '--preset': 'fastest' is not one of 'lcm', 'tcd', 'lightning', 'turbo', 'hyper'" in \
         capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_preset_for_another_family_is_one_line_before_the_model_loads(tmp_path, capsys, tiny_pipe, monkeypatch):
+    """SDXL-Lightning's preset on an SD 1.x model: refused from the model's header or model_index.json alone."""
+    import json
+
+    from conftest import invoke
+    from facesynth.generation import loading
+
+    folder = tmp_path / "sd-folder"
+    tiny_pipe.save_pretrained(folder, safe_serialization=True)
+    xl = tmp_path / "xl"
+    xl.mkdir()
+    (xl / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    assert [loading.peek_architecture(m) for m in ("tiny", str(folder), str(xl), str(tmp_path / "none"))] == \
+        ["sd", "sd", "sdxl", None]
+
+    def no_generator(*a, **k):
+        raise AssertionError("the generator was loaded")
+
+    monkeypatch.setattr(loading, "load_pipeline", no_generator)
+    for model in ("tiny", str(folder)):
+        out = tmp_path / "out"
+        capsys.readouterr()
+        assert invoke(["generate", "emotions", "--model", model, "-n", "4", "--out", str(out),
+                       "--preset", "lightning"]) == 2
+        assert capsys.readouterr().err.strip() == (f"Error: --preset lightning: made for SDXL models; '{model}' is "
+                                                   "an SD 1.x/2.x model")
+        assert not out.exists()

@@ -352,6 +352,24 @@ def test_a_local_model_is_named_by_its_folder_in_what_is_pushed(tiny_pipe, tmp_p
     assert published["parameters"]["model"] == "my-sd"
 
 
+def test_a_local_adapter_is_named_by_its_file_and_its_path_stays_here(tmp_path, api, hub, capsys):
+    from conftest import tiny_lora
+
+    pytest.importorskip("peft")
+    lora = tiny_lora(tmp_path / "private" / "adapters", name="face-detail.safetensors")
+    out = tmp_path / "adapted"
+    generate(GenerateConfig(recipe="emotions", out=out, num_samples=4, model="tiny", quiet=True, lora=(str(lora),)))
+    assert json.loads((out / "manifest.json").read_text())["loras"][0]["path"] == str(lora.resolve())
+    code, _, err = push([str(out), "--repo-id", REPO], capsys)
+    assert code == 0, err
+    sent = operations(api)
+    assert str(tmp_path) not in sent["manifest.json"].decode() + sent["README.md"].decode()
+    published = json.loads(sent["manifest.json"])
+    assert [(r["name"], "path" in r) for r in published["loras"]] == [("face-detail.safetensors", False)]
+    assert published["parameters"]["loras"][0]["name"] == "face-detail.safetensors"
+    assert "<code>face-detail.safetensors</code> at 1.0 (sha256" in sent["README.md"].decode()
+
+
 def _remote_card(folder, tmp_path, edit):
     """The Hub has a README: the one facesynth pushed, edited by people there."""
     from facesynth.dataset_card import build_card

@@ -123,6 +123,7 @@ def benchmark(cfg, quiet: bool = True) -> Agreement:
 
     from .errors import PlanError
     from .generation import Engine, EngineOptions
+    from .generation.adapters import apply, check, chosen, fetch
     from .generation.loading import load_pipeline, resolve_device, resolve_dtype
     from .generation.runner import models, settings_overrides
     from .plan import Plan
@@ -141,7 +142,9 @@ def benchmark(cfg, quiet: bool = True) -> Agreement:
     plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    adapters = fetch(check(chosen(cfg.lora, recipe, cfg.recipe)))
     pipe, _ = load_pipeline(model, revision=cfg.revision, dtype=dtype, device=device, config=cfg.model_config)
+    apply(pipe, adapters, model)
     scorer = ClipScorer.load(clip_model, device=device, dtype=dtype)
     engine = Engine(pipe, scorer, recipe, EngineOptions(candidates=cfg.candidates, batch_size=cfg.batch_size,
                                                         rerank=cfg.rerank, overrides=base))

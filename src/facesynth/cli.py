@@ -229,6 +229,12 @@ model_options = _options(
     click.option("--revision", help="Hub branch, tag or commit of --model."),
     click.option("--clip-model",
                  help="CLIP for reranking (default: openai/clip-vit-base-patch32; tiny with --model tiny)."),
+    click.option("--preset", type=click.Choice(list(PRESETS)),
+                 help="A few-step model's scheduler, steps and guidance, as its card recommends (lcm: LCM-LoRA 4 "
+                      "steps; tcd 4; lightning 4; turbo 1; hyper 8); --scheduler, --steps and --guidance override it."),
+    click.option("--lora", multiple=True, metavar="SOURCE[@WEIGHT]",
+                 help="A LoRA adapter fused into the model: a Hub repo (owner/name[/file.safetensors]) or a local "
+                      ".safetensors file or folder, at WEIGHT (default 1); replaces the recipe's loras. Repeatable."),
 )
 device_options = _options(
     click.option("--device", default="auto", show_default=True, help="auto, cuda, cuda:N, mps or cpu."),
@@ -281,9 +287,6 @@ speed_options = _options(
               help="Unsafe probability above which --safety rejects.")
 @click.option("--max-refills", type=click.IntRange(0, 1000), default=8, show_default=True,
               help="Extra attempts, with fresh seeds, for a sample whose candidates all failed the gates.")
-@click.option("--preset", type=click.Choice(list(PRESETS)),
-              help="A few-step model's scheduler, steps and guidance, as its card recommends (lcm: LCM-LoRA 4 steps; "
-                   "tcd 4; lightning 4; turbo 1; hyper 8); --scheduler, --steps and --guidance override it.")
 @click.option("--verify", multiple=True, metavar="ATTR=MODEL",
               help="Check ATTR with an independent model: an image classifier (Hub id or local folder), or "
                    "zero-shot:CLIP_MODEL; replaces the recipe's verifier of ATTR. Repeatable.")
@@ -315,6 +318,8 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
       facesynth generate emotions -n 5000 --out checked --verify emotion=trpakov/vit-face-expression
       facesynth generate emotions -n 5000 --out fast --prune-at 0.3 --keep 1 --cfg-until 0.6
       facesynth generate emotions --model ./lcm-dreamshaper --preset lcm --out few-step
+      facesynth generate emotions --lora latent-consistency/lcm-lora-sdv1-5 --preset lcm --out lcm
+      facesynth generate emotions --lora ./face-detail.safetensors@0.7 --out detailed
       facesynth generate emotions -n 20000 --out big                 # grow a 10000-row dataset
       torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
       facesynth generate agfd --out agfd --worker-index 3 --num-workers 16

@@ -258,8 +258,9 @@ def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: 
         fresh.data["previous"] = {"version": old_version, "num_samples": old["num_samples"],
                                   "cells": main.get("cells", {})}
         fresh.shards.update(main.shards)  # kept where the layout still puts the same samples
-        for key in ("model", "clip_model", "attempts", "review", "files"):  # the same model commit, so old and new rows
-            # match; every sample keeps the attempt review moved it to, and the review history stays
+        for key in ("model", "clip_model", "loras", "verifiers", "attempts", "review", "files"):  # the same
+            # commits of the model, adapters and verifiers, so old and new rows match; every sample keeps the
+            # attempt review moved it to, and the review history stays
             if key in main.data:
                 fresh.data[key] = main.data[key]
         kept = sum(1 for n, r in main.shards.items() if layout_ids.get(n) == r.get("ids"))

@@ -42,6 +42,8 @@ PRESETS = {
     "turbo": {"scheduler": "default", "steps": 1, "guidance": 0.0},  # SDXL-Turbo / SD-Turbo
     "hyper": {"scheduler": "ddim_trailing", "steps": 8, "guidance": 0.0},  # Hyper-SD, 8-step
 }
+# Presets made for one model family only (the others suit SD 1.x/2.x and SDXL checkpoints alike).
+PRESET_FAMILIES = {"lightning": ("sdxl",)}  # SDXL-Lightning
 # Column names every dataset has (schema.BUILTIN_COLUMNS keeps them in step): no attribute may take one.
 RESERVED_ATTRIBUTES = frozenset((
     "sample_id", "image", "prompt", "negative_prompt", "caption", "seed", "clip_score", "candidate_scores",
@@ -221,6 +223,33 @@ class Verify(BaseModel):
         return self
 
 
+class Lora(BaseModel):
+    """A LoRA adapter (see :mod:`facesynth.generation.adapters`): a Hub repo (``owner/name``, or
+    ``owner/name/path/in/repo.safetensors``) or a local ``.safetensors`` file or folder, at ``weight``."""
+
+    model_config = STRICT
+
+    source: str = Field(min_length=1)
+    weight: float = Field(1.0, ge=-8, le=8)
+    revision: str | None = None
+
+    _numbers = field_validator("weight", mode="before")(classmethod(lambda cls, v: _no_bool(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        """``SOURCE[@WEIGHT]`` as a plain string, as ``--lora`` takes it."""
+        if isinstance(value, str):
+            source, at, weight = value.rpartition("@") if "@" in value else (value, "", "")
+            if not at:
+                return {"source": value}
+            try:
+                return {"source": source, "weight": float(weight)}
+            except ValueError:
+                raise ValueError(f"'{value}': the weight after '@' must be a number") from None
+        return value
+
+
 class Recipe(BaseModel):
     """A validated recipe."""
 
@@ -240,6 +269,7 @@ class Recipe(BaseModel):
     balance: Balance
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
     verify: dict[str, Verify] = Field(default_factory=dict)  # attribute -> its independent verifier
+    loras: list[Lora] = Field(default_factory=list)  # LoRA adapters fused into the model, in this order
 
     _numbers = field_validator("seed", "splits", mode="before")(classmethod(lambda cls, v: _no_bool(v)))
 
@@ -301,8 +331,9 @@ class Recipe(BaseModel):
 
     def fingerprint(self) -> str:
         """A sha256 of the recipe's canonical JSON form."""
-        # a recipe without verifiers keeps the fingerprint it had before they existed
-        blob = json.dumps(self.model_dump(mode="json", exclude=None if self.verify else {"verify"}), sort_keys=True, separators=(",", ":"))
+        # a recipe without verifiers or adapters keeps the fingerprint it had before they existed
+        unset = {key for key in ("verify", "loras") if not getattr(self, key)}
+        blob = json.dumps(self.model_dump(mode="json", exclude=unset or None), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

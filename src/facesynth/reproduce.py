@@ -86,6 +86,7 @@ class Reproducer:
 
     def __init__(self, root: str | Path, device: str = "auto", dtype: str | None = None):
         from .generation.engine import Engine, EngineOptions
+        from .generation.adapters import apply as apply_adapters, from_manifest as adapters_of
         from .generation.loading import load_pipeline, resolve_device, resolve_dtype
         from .scoring import ClipScorer
 
@@ -105,8 +106,10 @@ class Reproducer:
 
             torch.set_num_threads(runtime["threads"])  # CPU kernels round by thread count
         revision = model.get("commit") or model.get("revision")
+        adapters = adapters_of(self.manifest)  # the same bytes as when the folder was made, before the model loads
         pipe, _ = load_pipeline(model.get("path") or model["name"], revision=revision, dtype=torch_dtype, device=dev,
                                 config=model.get("config"))
+        apply_adapters(pipe, adapters, model["name"])  # the same adapters, fused the same way
         scorer = ClipScorer.load(self.manifest["clip_model"]["name"], device=dev, dtype=torch_dtype,
                                  revision=self.manifest["clip_model"].get("commit"))
         generation = self.manifest.get("generation", {})

@@ -250,15 +250,9 @@ def _fetch(name: str, revision: str | None, where: str) -> tuple[Path, str | Non
     """A local folder as it is, or a Hub snapshot pinned to its commit (json, txt and safetensors files only)."""
     if Path(name).is_dir():
         return Path(name), None
-    from huggingface_hub import constants, snapshot_download
+    from .snapshots import fetch
 
-    try:
-        folder = Path(snapshot_download(name, revision=revision, local_files_only=constants.HF_HUB_OFFLINE,
-                                        allow_patterns=["*.json", "*.txt", "*.safetensors"]))
-    except Exception as exc:  # offline, unknown repo, gated without a token: one line
-        raise ModelError(f"{where}: cannot fetch '{name}' ({first_line(exc)}); give a local folder or check the "
-                         "name and your token (`huggingface-cli login`)") from None
-    return folder, folder.name
+    return fetch(name, revision, where, ["*.json", "*.txt", "*.safetensors"])
 
 
 def class_map(attribute: str, values: list[str], captions: dict[str, str], id2label: dict[int, str],

@@ -109,6 +109,37 @@ def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype
     return pipe, info
 
 
+FAMILY_NAMES = {"sd": "an SD 1.x/2.x", "sdxl": "an SDXL"}
+
+
+def peek_architecture(model: str, revision: str | None = None) -> str | None:
+    """``sd`` or ``sdxl`` without loading any weights: from a file's header, or a folder's or Hub repo's
+    ``model_index.json``; None when that cannot be told (the load itself then reports what is wrong)."""
+    import json
+
+    if model == "tiny":
+        return "sd"
+    path = Path(model)
+    try:
+        if path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in f.keys()) else "sd"
+        if path.is_dir():
+            index = path / "model_index.json"
+        else:
+            from huggingface_hub import constants, hf_hub_download
+
+            index = Path(hf_hub_download(model, "model_index.json", revision=revision,
+                                         local_files_only=constants.HF_HUB_OFFLINE))
+        name = json.loads(index.read_text()).get("_class_name", "")
+    except Exception as exc:  # noqa: BLE001 - unknown here; loading the model says why
+        logger.info("cannot tell the architecture of %s before loading it: %s", model, exc)
+        return None
+    return "sdxl" if name.startswith("StableDiffusionXL") else "sd" if name.startswith("StableDiffusion") else None
+
+
 # Components a text-to-image run never uses: not downloaded, not loaded (facesynth's gates judge safety).
 UNUSED = {"safety_checker": None, "feature_extractor": None, "image_encoder": None}
 
@@ -166,8 +197,11 @@ def _hub_license(model: str, commit: str) -> str | None:
 def _why(exc: BaseException) -> str:
     """A short reason for a failed model load."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
 
+    if isinstance(exc, GatedRepoError):
+        return "gated: accept its terms on its Hub page, then log in (`hf auth login`) or set HF_TOKEN"
     if isinstance(exc, RevisionNotFoundError):
         return "no such revision"
     if isinstance(exc, RepositoryNotFoundError):

@@ -41,6 +41,8 @@ from ..layout import ShardTask, layout
 from ..writer import FORMAT_VERSION, GENERATOR, ROW_GROUP_ROWS, Manifest, ShardWriter, rows_per_shard
 from ..quality import CellStats, QualityOptions, quality_report, require_cv2, shard_embeddings
 from ..verdicts import Verdict, verdicts_path
+from .adapters import Adapter, apply as apply_adapters, check as check_adapters, chosen as chosen_adapters
+from .adapters import fetch as fetch_adapters
 from .engine import Engine, EngineOptions, Winner
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ class GenerateConfig:
     preset: str | None = None  # a few-step preset (recipe.PRESETS): scheduler, steps and guidance
     verify: tuple[str, ...] = ()  # ATTR=MODEL or ATTR=zero-shot:MODEL, replacing the recipe's verifier
     verify_mode: str = "gate"
+    lora: tuple[str, ...] = ()  # SOURCE[@WEIGHT] adapters, replacing the recipe's loras
     crop_margin: float = 0.25
     quiet: bool = False
     write_card: bool = True
@@ -144,18 +147,35 @@ def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
             out[key] = value
     if (cfg.prune_at is None) != (cfg.keep is None):
         raise PlanError("--prune-at and --keep go together: give both or neither")
+    _check_preset_family(cfg.preset, model, cfg.revision)
     if cfg.keep is not None and cfg.keep >= cfg.candidates:
         raise PlanError(f"--keep: must be below --candidates ({cfg.candidates}) to prune anything (got {cfg.keep})")
     return out
 
 
+def _check_preset_family(preset: str | None, model: str, revision: str | None) -> None:
+    """A preset made for one family (SDXL-Lightning) is refused for another, before the model loads."""
+    from ..recipe import PRESET_FAMILIES
+
+    if preset not in PRESET_FAMILIES:
+        return
+    from .loading import FAMILY_NAMES, peek_architecture
+
+    family = peek_architecture(model, revision)
+    if family is not None and family not in PRESET_FAMILIES[preset]:
+        wanted = " or ".join(FAMILY_NAMES[f].split(" ", 1)[1] for f in PRESET_FAMILIES[preset])
+        raise PlanError(f"--preset {preset}: made for {wanted} models; '{model}' is {FAMILY_NAMES[family]} model")
+
+
 def run_parameters(cfg: GenerateConfig, recipe: Recipe, plan: Plan, model: str, clip_model: str,
                    overrides: dict[str, Any], per_shard: int, quality: QualityOptions,
-                   verify: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What decides the dataset's content; resuming requires it unchanged (a run without verifiers has the
-    keys it had before they existed)."""
+                   verify: dict[str, Any] | None = None, adapters: list[Adapter] = ()) -> dict[str, Any]:
+    """What decides the dataset's content; resuming requires it unchanged (a run without verifiers or adapters
+    has the keys it had before they existed)."""
     checked = {"verify": {a: spec.model_dump() for a, spec in verify.items()}, "verify_mode": cfg.verify_mode,
                "crop_margin": cfg.crop_margin} if verify else {}
+    if adapters:
+        checked["loras"] = [a.parameter() for a in adapters]
     return {**checked,
         "recipe": recipe.fingerprint(),
         "num_samples": plan.num_samples,
@@ -417,6 +437,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         raise OutputError("--overwrite: not with several workers (one would delete the others' shards)")
     quality = quality_options(cfg, model)
     verify = verifier_specs(cfg, recipe)
+    adapters = check_adapters(chosen_adapters(cfg.lora, recipe, cfg.recipe))
     plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     overrides = settings_overrides(cfg, model)
     sizes = [{**s.settings, **overrides} for s in plan.samples]
@@ -430,7 +451,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         raise PlanError(f"keep: the recipe keeps {keep} candidates past prune_at, which must be below --candidates "
                         f"({cfg.candidates})")
     per_shard = cfg.rows_per_shard or rows_per_shard(max(s["width"] for s in sizes), max(s["height"] for s in sizes))
-    params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality, verify)
+    params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality, verify, adapters)
     tasks = layout(plan, per_shard)
     source, text = resolve(cfg.recipe)
     header = {
@@ -455,7 +476,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     except OSError as exc:
         raise OutputError(f"--out: cannot create '{out}': {exc.strerror or exc}") from None
     try:
-        return _generate_locked(cfg, recipe, model, clip_model, overrides, quality, header, tasks, out, worker)
+        return _generate_locked(cfg, recipe, model, clip_model, overrides, quality, header, tasks, out, worker,
+                                adapters)
     finally:
         lock.release()
         tidy(out, worker, created)
@@ -463,7 +485,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
 
 def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model: str, overrides: dict[str, Any],
                      quality: QualityOptions, header: dict[str, Any], tasks: list[ShardTask], out: Path,
-                     worker: Worker) -> GenerateResult:
+                     worker: Worker, adapters: list[Adapter]) -> GenerateResult:
     """The run, holding the folder: resume, grow, repair or replace, then the review round, then the card.
 
     Shards missing from the folder are built first (every sample from its floor attempt); then the rows that
@@ -483,7 +505,7 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     done_rows = sum(len(t.samples) for t in mine if t not in todo)
     engine = None
     if todo or redo:  # load the model before changing anything: a model that fails to load changes nothing
-        engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest, quality)
+        engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest, quality, adapters)
     try:
         clear_listed(out, replaced)
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -621,7 +643,7 @@ def _threads(device) -> int | None:
 
 
 def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
-                  quality: QualityOptions) -> Engine:
+                  quality: QualityOptions, adapters: list[Adapter]) -> Engine:
     from ..scoring import ClipScorer
     from .loading import load_pipeline, optimize_pipeline, resolve_device, resolve_dtype
 
@@ -634,10 +656,12 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     given = {t.partition("=")[0] for t in cfg.verify}
     origins = {a: f"--verify {a}" if a in given else f"{cfg.recipe}: verify.{a}" for a in recipe.attributes}
     verifiers = from_manifest(manifest, recipe, device, dtype, origins)  # before the generator: bad ones fail fast
+    fetch_adapters(adapters, manifest.get("loras") or ())  # each Hub adapter at the commit a resumed run recorded
     pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device,
                                config=cfg.model_config)
     if pinned:
         info.revision = cfg.revision
+    apply_adapters(pipe, adapters, model)
     optimize_pipeline(pipe, compile=cfg.compile, channels_last=cfg.channels_last)
     scorer = ClipScorer.load(clip_model, device=device, dtype=dtype)
     manifest.data["model"] = {k: v for k, v in asdict(info).items() if k != "preset_settings"}
@@ -646,6 +670,8 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
                                 "batch_size": cfg.batch_size, "compile": cfg.compile, "threads": _threads(device),
                                 "channels_last": cfg.channels_last}
     manifest.data["versions"] = library_versions()
+    if adapters:
+        manifest.data["loras"] = [a.record() for a in adapters]
     if verifiers:
         manifest.data["verifiers"] = [v.record(cfg.verify_mode, cfg.crop_margin) for v in verifiers]
     manifest.data["generation"] = {"rerank": cfg.rerank, "overrides": overrides,
