@@ -133,7 +133,7 @@ def test_gates_are_off_by_default_and_the_tiny_preset_does_not_dedupe(tmp_path, 
     rows = _rows(demo_dataset, ["clip_embedding", "candidate_index", "candidate_scores"])
     assert all(r["candidate_index"] == int(np.argmax(r["candidate_scores"])) for r in rows)
     assert all(abs(np.linalg.norm(r["clip_embedding"]) - 1) < 1e-5 for r in rows)
-    from facesynth.generation.runner import DEFAULT_DEDUPE, quality_options
+    from facesynth.generation.config import DEFAULT_DEDUPE, quality_options
 
     real = quality_options(GenerateConfig(recipe="emotions", out=tmp_path), "some/model")
     assert real.dedupe_threshold == DEFAULT_DEDUPE == 0.95 and not real.faces and not real.safety

@@ -125,7 +125,7 @@ def benchmark(cfg, quiet: bool = True) -> Agreement:
     from .generation import Engine, EngineOptions
     from .generation.adapters import apply, check, chosen, fetch
     from .generation.loading import load_pipeline, resolve_device, resolve_dtype
-    from .generation.runner import models, settings_overrides
+    from .generation.config import models, settings_overrides
     from .plan import Plan
     from .recipe import load_recipe
     from .scoring import ClipScorer
