@@ -3,7 +3,8 @@ import torch
 
 from compel import Compel
 
-from facesynth.generation.prompts import PromptEncoder, a1111_to_compel
+from facesynth.generation.family import family_of
+from facesynth.generation.prompts import a1111_to_compel
 
 
 @pytest.mark.parametrize("a1111,compel", [
@@ -21,7 +22,7 @@ def test_a1111_to_compel(a1111, compel):
 
 
 def test_weights_change_the_embedding(tiny_pipe):
-    enc = PromptEncoder(tiny_pipe)
+    enc = family_of(tiny_pipe).encoder(tiny_pipe)
     plain = enc.encode("a masked face", "")
     weighted = enc.encode("a (masked:1.5) face", "")
     assert plain.embeds.shape == weighted.embeds.shape
@@ -29,7 +30,7 @@ def test_weights_change_the_embedding(tiny_pipe):
 
 
 def test_long_prompts_are_chunked_not_truncated(tiny_pipe):
-    enc = PromptEncoder(tiny_pipe)
+    enc = family_of(tiny_pipe).encoder(tiny_pipe)
     long = ", ".join(["detailed skin"] * 20)  # ~280 tokens with the character-level tiny tokenizer
     cond = enc.encode(long, "blurry")
     assert cond.length > 77 and cond.length % 77 == 0
@@ -47,7 +48,7 @@ def test_fast_parse_gives_compels_exact_embeddings(tiny_pipe):
 
     plain = "photo of an Afro-Caribbean man, smiling, 50mm"
     assert str(parse_prompt(plain)) == str(Compel.parse_prompt_string(plain))  # one fragment at weight 1
-    ours, theirs = PromptEncoder(tiny_pipe), CompelForSD(tiny_pipe)
+    ours, theirs = family_of(tiny_pipe).encoder(tiny_pipe), CompelForSD(tiny_pipe)
     for s in Plan(load_recipe("emotions"), 6).samples:
         a = ours.encode(s.prompt, s.negative_prompt)
         b = theirs([a1111_to_compel(s.prompt)], negative_prompt=[a1111_to_compel(s.negative_prompt)])

@@ -377,3 +377,28 @@ def test_a_prune_step_that_rounds_to_the_end_prunes_nothing_and_validates(tmp_pa
     rows = [r for f in sorted(out.rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert all(sum(s is not None for s in r["candidate_scores"]) == 3 for r in rows)
     assert validate(out, images=False).problems == []
+
+
+def test_each_pipeline_runs_through_its_family_and_another_kind_is_one_line(tiny_pipe):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from facesynth.errors import ModelError
+    from facesynth.generation.family import family_of
+
+    sd, xl = family_of(tiny_pipe), family_of(_tiny_sdxl())
+    assert (sd.name, xl.name) == ("sd", "sdxl")
+    sd_cond = sd.encoder(tiny_pipe).encode("a smiling face", "blurry")
+    xl_pipe = _tiny_sdxl()
+    xl_cond = xl.encoder(xl_pipe).encode("a smiling face", "blurry")
+    assert set(sd.call_inputs([sd_cond, sd_cond])) == {"prompt_embeds", "negative_prompt_embeds"}
+    inputs = xl.call_inputs([xl_cond, xl_cond])
+    assert set(inputs) == {"prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+                           "negative_pooled_prompt_embeds"}
+    assert inputs["pooled_prompt_embeds"].shape[0] == 2 and xl_cond.pooled is not None
+    torch.manual_seed(0)
+    other = DDPMPipeline(unet=UNet2DModel(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4,
+                                          down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2),
+                         scheduler=DDPMScheduler())
+    with pytest.raises(ModelError, match=r"^--model: a DDPMPipeline is not a pipeline facesynth runs "
+                                         r"\(StableDiffusionPipeline, StableDiffusionXLPipeline\)$"):
+        family_of(other)

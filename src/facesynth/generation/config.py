@@ -133,12 +133,14 @@ def _check_preset_family(preset: str | None, model: str, revision: str | None) -
 
     if preset not in PRESET_FAMILIES:
         return
-    from .loading import FAMILY_NAMES, peek_architecture
+    from .family import family_named
+    from .loading import peek_architecture
 
     family = peek_architecture(model, revision)
     if family is not None and family not in PRESET_FAMILIES[preset]:
-        wanted = " or ".join(FAMILY_NAMES[f].split(" ", 1)[1] for f in PRESET_FAMILIES[preset])
-        raise PlanError(f"--preset {preset}: made for {wanted} models; '{model}' is {FAMILY_NAMES[family]} model")
+        wanted = " or ".join(family_named(f).label.split(" ", 1)[1] for f in PRESET_FAMILIES[preset])
+        raise PlanError(f"--preset {preset}: made for {wanted} models; '{model}' is {family_named(family).label} "
+                        "model")
 
 
 def run_parameters(cfg: GenerateConfig, recipe: Recipe, plan: Plan, model: str, clip_model: str,

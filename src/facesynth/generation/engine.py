@@ -26,13 +26,13 @@ from ..recipe import Recipe
 from ..scoring import ClipScorer
 from ..verifiers import Verifier, failed, verify
 from .loading import make_scheduler
-from .prompts import Conditioning, PromptEncoder
+from .family import family_of
+from .prompts import Conditioning
 from .steps import StepHook
 
 logger = logging.getLogger(__name__)
 
 RERANK_MODES = ("caption", "prompt")
-VAE_CHUNK = 8
 
 
 @dataclass
@@ -145,7 +145,8 @@ class Engine:
         self.gates = Gates(self.quality)
         self.verifiers = list(verifiers)
         self.crop_faces = self.quality.faces  # verifiers see each candidate's face crop, so verify it when checked
-        self.encoder = PromptEncoder(pipe)
+        self.family = family_of(pipe)
+        self.encoder = self.family.encoder(pipe)
         self.device = pipe.device
         self.timings = Timings(self.device)
         self._base_scheduler = pipe.scheduler
@@ -411,13 +412,7 @@ class Engine:
     def _call(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any],
               samples: Sequence[Sample] | None = None) -> tuple[torch.Tensor, list[list[int]]]:
         """One pipeline call, returning the latents and each sample's surviving candidate indices."""
-        kwargs: dict[str, Any] = {
-            "prompt_embeds": torch.cat([c.embeds for c in conds]),
-            "negative_prompt_embeds": torch.cat([c.negative for c in conds]),
-        }
-        if conds[0].pooled is not None:
-            kwargs["pooled_prompt_embeds"] = torch.cat([c.pooled for c in conds])
-            kwargs["negative_pooled_prompt_embeds"] = torch.cat([c.negative_pooled for c in conds])
+        kwargs: dict[str, Any] = self.family.call_inputs(conds)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         hook = StepHook(self, settings, samples or [], generators)
         with hook.watching(self.pipe.scheduler):
@@ -432,25 +427,5 @@ class Engine:
         return latents, hook.kept
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE decode in chunks to float images in [0, 1], upcasting where the VAE asks for it."""
-        vae = self.pipe.vae
-        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-        dtype = torch.float32 if upcast else vae.dtype
-        if upcast:
-            vae.to(torch.float32)
-        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-        try:
-            parts = []
-            for chunk in latents.split(VAE_CHUNK):
-                chunk = chunk.to(dtype)
-                if mean is not None and std is not None:  # SDXL-family VAEs normalise their latents
-                    shape = (1, chunk.shape[1], 1, 1)
-                    chunk = (chunk * torch.tensor(std).view(shape).to(chunk) / vae.config.scaling_factor
-                             + torch.tensor(mean).view(shape).to(chunk))
-                else:
-                    chunk = chunk / vae.config.scaling_factor
-                parts.append(vae.decode(chunk, return_dict=False)[0])
-        finally:
-            if upcast:
-                vae.to(torch.float16)
-        return (torch.cat(parts).float() / 2 + 0.5).clamp(0, 1)
+        """Latents to float images in [0, 1], as the pipeline's family decodes them."""
+        return self.family.decode(self.pipe.vae, latents)

@@ -105,11 +105,10 @@ def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype
         pipe, info = _load_real(model, revision, dtype, config)
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    info.architecture = "sdxl" if type(pipe).__name__.startswith("StableDiffusionXL") else "sd"
+    from .family import family_of
+
+    info.architecture = family_of(pipe).name
     return pipe, info
-
-
-FAMILY_NAMES = {"sd": "an SD 1.x/2.x", "sdxl": "an SDXL"}
 
 
 def peek_architecture(model: str, revision: str | None = None) -> str | None:

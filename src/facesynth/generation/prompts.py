@@ -106,13 +106,13 @@ def parse_prompt(text: str):
 class PromptEncoder:
     """Encodes one sample's prompt pair at a time, so its embeddings never depend on its batch."""
 
-    def __init__(self, pipe, cache_size: int = 256):
-        """``cache_size`` pairs stay cached: enough for a batch and its retries, small enough that
-        memory stays flat (an SD 1.5 pair is about 0.2 MB)."""
-        from compel import Compel, CompelForSD, CompelForSDXL
+    def __init__(self, compel, cache_size: int = 256):
+        """``compel``: the family's compel (``CompelForSD(pipe)``, ``CompelForSDXL(pipe)``). ``cache_size`` pairs
+        stay cached: enough for a batch and its retries, small enough that memory stays flat (an SD 1.5 pair is
+        about 0.2 MB)."""
+        from compel import Compel
 
-        self.is_xl = hasattr(pipe, "text_encoder_2")
-        self.compel = CompelForSDXL(pipe) if self.is_xl else CompelForSD(pipe)
+        self.compel = compel
         for inner in vars(self.compel).values():
             if isinstance(inner, Compel):
                 inner.parse_prompt_string = parse_prompt

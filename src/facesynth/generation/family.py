@@ -1,0 +1,54 @@
+"""The pipeline families the engine runs, each in its own module behind one small interface.
+
+The engine talks to a family only through :class:`Family`: it encodes each sample's prompts alone (so a
+sample's pixels never depend on its batch), hands one call's embeddings to the diffusers pipeline, which
+denoises with facesynth's step hook (``callback_on_step_end``, see :mod:`.steps`), and decodes latents to
+images. Adding a family is a module with those three things and a line in :data:`FAMILIES`; the engine, the
+runner and the shards stay as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from .prompts import Conditioning, PromptEncoder
+
+
+class Family(Protocol):
+    name: str  # what ``manifest.model.architecture`` records
+    pipeline: str  # the diffusers pipeline class name this family runs (a prefix: ``StableDiffusionXL``)
+    label: str  # for messages: "an SDXL"
+
+    def encoder(self, pipe) -> PromptEncoder:
+        """Encodes one sample's prompt and negative prompt at a time."""
+
+    def call_inputs(self, conds: Sequence[Conditioning]) -> dict[str, torch.Tensor]:
+        """One pipeline call's embedding arguments, for these samples' conditionings in order."""
+
+    def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
+        """Latents to float images in [0, 1]."""
+
+
+def _families() -> list[Family]:
+    from . import sd, sdxl
+
+    return [sdxl.FAMILY, sd.FAMILY]  # the longer class-name prefix first
+
+
+def family_of(pipe) -> Family:
+    """The family that runs this pipeline; one line naming what facesynth runs otherwise."""
+    from ..errors import ModelError
+
+    name = type(pipe).__name__
+    for family in _families():
+        if name.startswith(family.pipeline):
+            return family
+    runs = ", ".join(f"{f.pipeline}Pipeline" for f in reversed(_families()))
+    raise ModelError(f"--model: a {name} is not a pipeline facesynth runs ({runs})")
+
+
+def family_named(name: str) -> Family:
+    return next(f for f in _families() if f.name == name)

@@ -1,0 +1,57 @@
+"""Stable Diffusion 1.x and 2.x: one CLIP text encoder, compel for weighted prompts, a 4-channel VAE."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .prompts import Conditioning, PromptEncoder
+
+VAE_CHUNK = 8  # latents decoded at a time: memory stays flat for any batch
+
+
+def decode_latents(vae, latents: torch.Tensor, mean=None, std=None) -> torch.Tensor:
+    """VAE decode in chunks to float images in [0, 1], upcasting where the VAE asks for it; ``mean`` and ``std``
+    undo a VAE's latent normalisation where its config has one."""
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    dtype = torch.float32 if upcast else vae.dtype
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        parts = []
+        for chunk in latents.split(VAE_CHUNK):
+            chunk = chunk.to(dtype)
+            if mean is not None and std is not None:
+                shape = (1, chunk.shape[1], 1, 1)
+                chunk = (chunk * torch.tensor(std).view(shape).to(chunk) / vae.config.scaling_factor
+                         + torch.tensor(mean).view(shape).to(chunk))
+            else:
+                chunk = chunk / vae.config.scaling_factor
+            parts.append(vae.decode(chunk, return_dict=False)[0])
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return (torch.cat(parts).float() / 2 + 0.5).clamp(0, 1)
+
+
+class StableDiffusion:
+    name = "sd"
+    pipeline = "StableDiffusion"
+    label = "an SD 1.x/2.x"
+
+    def encoder(self, pipe) -> PromptEncoder:
+        from compel import CompelForSD
+
+        return PromptEncoder(CompelForSD(pipe))
+
+    def call_inputs(self, conds: Sequence[Conditioning]) -> dict[str, torch.Tensor]:
+        return {"prompt_embeds": torch.cat([c.embeds for c in conds]),
+                "negative_prompt_embeds": torch.cat([c.negative for c in conds])}
+
+    def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
+        return decode_latents(vae, latents, getattr(vae.config, "latents_mean", None),
+                              getattr(vae.config, "latents_std", None))
+
+
+FAMILY = StableDiffusion()
