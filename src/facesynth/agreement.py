@@ -148,5 +148,6 @@ def benchmark(cfg, quiet: bool = True) -> Agreement:
     scorer = ClipScorer.load(clip_model, device=device, dtype=dtype)
     engine = Engine(pipe, scorer, recipe, EngineOptions(candidates=cfg.candidates, batch_size=cfg.batch_size,
                                                         rerank=cfg.rerank, overrides=base))
+    engine.check(plan.samples)
     wanted = {k: fast[k] for k in SPEEDUPS if k in fast}
     return compare(engine, plan.samples, wanted, cfg.batch_size, quiet)

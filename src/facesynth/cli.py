@@ -352,10 +352,10 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
 def _tiny_preset_line(config) -> str | None:
     """One line when the tiny preset replaces the recipe's size and steps (the card says it too)."""
     from .recipe import load_recipe
-    from .tiny import TINY_SETTINGS
+    from .tiny import TINY_SETTINGS, is_tiny
 
     recipe = load_recipe(config.recipe)
-    if (config.model or recipe.model) != "tiny":
+    if not is_tiny(config.model or recipe.model):
         return None
     changed = {k: v for k, v in TINY_SETTINGS.items() if getattr(config, k) is None and recipe.settings.get(k) != v}
     if not changed:
@@ -365,8 +365,9 @@ def _tiny_preset_line(config) -> str | None:
                  f"{settings['steps']} steps" if "steps" in changed else ""]
         return " with ".join(p for p in parts if p)
 
-    return (f"--model tiny: a random-weight test model, run at {show({**recipe.settings, **changed})} (the recipe "
-            f"asks for {show(recipe.settings)}); its images are noise, not faces.")
+    return (f"--model {config.model or recipe.model}: a random-weight test model, run at "
+            f"{show({**recipe.settings, **changed})} (the recipe asks for {show(recipe.settings)}); its images are "
+            "noise, not faces.")
 
 
 @main.command("merge")

@@ -103,3 +103,60 @@ def build_clip():
     preprocess = {"size": 32, "crop": 32, "mean": [0.48145466, 0.4578275, 0.40821073],
                   "std": [0.26862954, 0.26130258, 0.27577711]}
     return model, tokenizer, preprocess
+
+
+def build_t5_tokenizer():
+    """A character-level T5 tokenizer (a Unigram model built here with the ``tokenizers`` library, no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(chr(c), -3.0) for c in range(33, 127)]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0,
+                           model_max_length=512)
+
+
+def build_sd3_pipeline():
+    """A random-weight StableDiffusion3Pipeline: an SD3 transformer, two CLIP text encoders with projections,
+    a T5 encoder, their tokenizers, a flow-matching scheduler and a VAE with a latent shift (as SD 3.x has)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    clip_tokenizer, t5_tokenizer = build_tokenizer(), build_t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=TINY_SIZE // 2, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=2 * TEXT_DIM,
+        out_channels=4,
+    )
+    encoders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        encoders.append(CLIPTextModelWithProjection(_text_config(len(clip_tokenizer))).eval())
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2,
+                                 num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=8, shift_factor=0.0609,
+        scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(),
+        text_encoder=encoders[0], tokenizer=clip_tokenizer, text_encoder_2=encoders[1], tokenizer_2=clip_tokenizer,
+        text_encoder_3=t5.eval(), tokenizer_3=t5_tokenizer,
+    )
+
+
+# The tiny presets by --model name: the SD architecture, and SD 3 (flow matching, T5) for that family's code.
+TINY_MODELS = {"tiny": build_pipeline, "tiny-sd3": build_sd3_pipeline}
+
+
+def is_tiny(model: str | None) -> bool:
+    return model in TINY_MODELS

@@ -18,6 +18,7 @@ from ..plan import Plan
 from ..quality import QualityOptions, require_cv2
 from ..recipe import Recipe
 from ..schema import SETTING_COLUMNS
+from ..tiny import is_tiny
 from .adapters import Adapter
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
     from ..recipe import Settings
 
     out: dict[str, Any] = {}
-    if model == "tiny":
+    if is_tiny(model):
         from ..tiny import TINY_SETTINGS
 
         out.update(TINY_SETTINGS)
@@ -177,7 +178,7 @@ def quality_options(cfg: GenerateConfig, model: str) -> QualityOptions:
     so it deduplicates only when given an explicit ``--dedupe-threshold``.
     """
     threshold = cfg.dedupe_threshold
-    if threshold is None and not cfg.no_dedupe and model != "tiny":
+    if threshold is None and not cfg.no_dedupe and not is_tiny(model):
         threshold = DEFAULT_DEDUPE
     if cfg.no_dedupe and cfg.dedupe_threshold is not None:
         raise PlanError("--no-dedupe and --dedupe-threshold: give one or the other")
@@ -221,7 +222,7 @@ def models(cfg: GenerateConfig, recipe: Recipe) -> tuple[str, str]:
     model = cfg.model or recipe.model
     if not model:
         raise PlanError(f"recipe '{recipe.name}' names no model: give --model")
-    clip_model = cfg.clip_model or ("tiny" if model == "tiny" else None)
+    clip_model = cfg.clip_model or ("tiny" if is_tiny(model) else None)
     if clip_model is None:
         from ..scoring import DEFAULT_CLIP
 

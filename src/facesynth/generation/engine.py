@@ -163,6 +163,17 @@ class Engine:
     def settings_for(self, sample: Sample) -> dict[str, Any]:
         return {**sample.settings, **self.options.overrides}
 
+    def check(self, samples: Sequence[Sample]) -> None:
+        """Refuse, in one line, what the model's family cannot do with these samples (before any is made), then say
+        what the settings leave unused."""
+        settings = [self.settings_for(s) for s in samples]
+        self.family.check(samples, settings)
+        unguided = sum(1 for s, st in zip(samples, settings) if st["guidance"] <= 1 and s.negative_prompt)
+        if unguided:  # diffusers runs classifier-free guidance only above 1: no unconditional branch, no negative
+            logger.warning("guidance at or below 1 for %d of %d samples: no unconditional branch runs for them, so "
+                           "their negative prompt is unused (it stays in the negative_prompt column)", unguided,
+                           len(samples))
+
     def rerank_text(self, sample: Sample) -> str:
         return sample.caption if self.options.rerank == "caption" else sample.prompt
 

@@ -10,7 +10,7 @@ runner and the shards stay as they are.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -25,6 +25,9 @@ class Family(Protocol):
     def encoder(self, pipe) -> PromptEncoder:
         """Encodes one sample's prompt and negative prompt at a time."""
 
+    def check(self, samples: Sequence[Any], settings: Sequence[dict[str, Any]]) -> None:
+        """Refuse, in one line, what this family cannot do with these samples (at these settings)."""
+
     def call_inputs(self, conds: Sequence[Conditioning]) -> dict[str, torch.Tensor]:
         """One pipeline call's embedding arguments, for these samples' conditionings in order."""
 
@@ -33,9 +36,14 @@ class Family(Protocol):
 
 
 def _families() -> list[Family]:
-    from . import sd, sdxl
+    from . import sd, sd3, sdxl
 
-    return [sdxl.FAMILY, sd.FAMILY]  # the longer class-name prefix first
+    return [sdxl.FAMILY, sd3.FAMILY, sd.FAMILY]  # longer class-name prefixes first
+
+
+def family_for_class(name: str) -> Family | None:
+    """The family of a diffusers pipeline class name (``StableDiffusion3Pipeline``), or None."""
+    return next((f for f in _families() if name.startswith(f.pipeline)), None)
 
 
 def family_of(pipe) -> Family:
@@ -43,9 +51,9 @@ def family_of(pipe) -> Family:
     from ..errors import ModelError
 
     name = type(pipe).__name__
-    for family in _families():
-        if name.startswith(family.pipeline):
-            return family
+    family = family_for_class(name)
+    if family is not None:
+        return family
     runs = ", ".join(f"{f.pipeline}Pipeline" for f in reversed(_families()))
     raise ModelError(f"--model: a {name} is not a pipeline facesynth runs ({runs})")
 

@@ -96,11 +96,11 @@ def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype
     ``config`` is a local diffusers folder of configs (and tokenizers) for a single-file checkpoint,
     so that it loads without the network.
     """
-    if model == "tiny":
-        from .. import tiny
+    from .. import tiny
 
-        pipe = tiny.build_pipeline()
-        info = ModelInfo("tiny", "tiny", preset_settings=dict(tiny.TINY_SETTINGS))
+    if tiny.is_tiny(model):
+        pipe = tiny.TINY_MODELS[model]()
+        info = ModelInfo(model, "tiny", preset_settings=dict(tiny.TINY_SETTINGS))
     else:
         pipe, info = _load_real(model, revision, dtype, config)
     pipe = pipe.to(device=device, dtype=dtype)
@@ -116,15 +116,20 @@ def peek_architecture(model: str, revision: str | None = None) -> str | None:
     ``model_index.json``; None when that cannot be told (the load itself then reports what is wrong)."""
     import json
 
-    if model == "tiny":
-        return "sd"
+    from ..tiny import is_tiny
+
+    if is_tiny(model):
+        return "sd3" if model == "tiny-sd3" else "sd"
     path = Path(model)
     try:
         if path.is_file():
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
-                return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in f.keys()) else "sd"
+                keys = list(f.keys())
+            if any(".joint_blocks." in k for k in keys):  # SD 3's MMDiT
+                return "sd3"
+            return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in keys) else "sd"
         if path.is_dir():
             index = path / "model_index.json"
         else:
@@ -136,7 +141,10 @@ def peek_architecture(model: str, revision: str | None = None) -> str | None:
     except Exception as exc:  # noqa: BLE001 - unknown here; loading the model says why
         logger.info("cannot tell the architecture of %s before loading it: %s", model, exc)
         return None
-    return "sdxl" if name.startswith("StableDiffusionXL") else "sd" if name.startswith("StableDiffusion") else None
+    from .family import family_for_class
+
+    family = family_for_class(name)
+    return family.name if family is not None else None
 
 
 # Components a text-to-image run never uses: not downloaded, not loaded (facesynth's gates judge safety).
@@ -243,16 +251,13 @@ def _unused(folder: Path) -> dict:
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None = None):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from safetensors import safe_open
+    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if path.suffix != ".safetensors":
         raise ModelError(f"--model: '{path}': only .safetensors checkpoints are loaded, never pickle files")
-    with safe_open(str(path), framework="pt") as f:
-        keys = f.keys()
-        is_xl = any(k.startswith("conditioner.embedders.1") for k in keys)
-    cls = StableDiffusionXLPipeline if is_xl else StableDiffusionPipeline
-    kwargs = {} if is_xl else {"safety_checker": None, "requires_safety_checker": False}
+    family = peek_architecture(str(path))
+    cls = {"sdxl": StableDiffusionXLPipeline, "sd3": StableDiffusion3Pipeline}.get(family, StableDiffusionPipeline)
+    kwargs = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
     if config is not None:  # configs and tokenizers from a local folder: no download at all
         kwargs.update(config=str(config), local_files_only=True)
     return cls.from_single_file(str(path), torch_dtype=dtype, **kwargs)

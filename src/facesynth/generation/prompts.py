@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -103,19 +104,21 @@ def parse_prompt(text: str):
     return Compel.parse_prompt_string(text)
 
 
+_COMPEL_ONLY = re.compile(r"[\w)][+-]+(?=[\s,]|$)|\.(and|blend|swap)\(|withLora\(")
+
+
+def has_weights(text: str) -> bool:
+    """Whether ``text`` uses A1111 or compel weight syntax: ``(word:1.3)``, ``[word]``, ``word++``, ``.and()``."""
+    return a1111_to_compel(text) != text or bool(_COMPEL_ONLY.search(text))
+
+
 class PromptEncoder:
-    """Encodes one sample's prompt pair at a time, so its embeddings never depend on its batch."""
+    """Encodes one sample's prompt pair at a time, so its embeddings never depend on its batch; the last
+    ``cache_size`` pairs stay cached (enough for a batch and its retries, small enough that memory stays
+    flat: an SD 1.5 pair is about 0.2 MB)."""
 
-    def __init__(self, compel, cache_size: int = 256):
-        """``compel``: the family's compel (``CompelForSD(pipe)``, ``CompelForSDXL(pipe)``). ``cache_size`` pairs
-        stay cached: enough for a batch and its retries, small enough that memory stays flat (an SD 1.5 pair is
-        about 0.2 MB)."""
-        from compel import Compel
-
-        self.compel = compel
-        for inner in vars(self.compel).values():
-            if isinstance(inner, Compel):
-                inner.parse_prompt_string = parse_prompt
+    def __init__(self, encode: Callable[[str, str], Conditioning], cache_size: int = 256):
+        self._encode = encode
         self._cache: OrderedDict[tuple[str, str], Conditioning] = OrderedDict()
         self.cache_size = cache_size
 
@@ -125,9 +128,23 @@ class PromptEncoder:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        cond = self.compel([a1111_to_compel(prompt)], negative_prompt=[a1111_to_compel(negative)])
-        result = Conditioning(cond.embeds, cond.negative_embeds, cond.pooled_embeds, cond.negative_pooled_embeds)
+        result = self._encode(prompt, negative)
         self._cache[key] = result
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return result
+
+
+def compel_encoder(compel) -> PromptEncoder:
+    """Weighted prompts (A1111 syntax, converted) through the family's compel (``CompelForSD(pipe)``, ...)."""
+    from compel import Compel
+
+    for inner in vars(compel).values():
+        if isinstance(inner, Compel):
+            inner.parse_prompt_string = parse_prompt
+
+    def encode(prompt: str, negative: str) -> Conditioning:
+        cond = compel([a1111_to_compel(prompt)], negative_prompt=[a1111_to_compel(negative)])
+        return Conditioning(cond.embeds, cond.negative_embeds, cond.pooled_embeds, cond.negative_pooled_embeds)
+
+    return PromptEncoder(encode)

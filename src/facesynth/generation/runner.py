@@ -69,11 +69,6 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     overrides = settings_overrides(cfg, model)
     sizes = [{**s.settings, **overrides} for s in plan.samples]
-    unguided = sum(1 for s, settings in zip(plan.samples, sizes) if settings["guidance"] <= 1 and s.negative_prompt)
-    if unguided:  # diffusers runs classifier-free guidance only above 1: no unconditional branch, no negative
-        logger.warning("guidance at or below 1 for %d of %d samples: no unconditional branch runs for them, so "
-                       "their negative prompt is unused (it stays in the negative_prompt column)", unguided,
-                       len(plan.samples))
     keep = max((k for k in (s.get("keep") for s in sizes) if k is not None), default=None)
     if keep is not None and keep >= cfg.candidates:  # a recipe's keep, checked against this run's candidates
         raise PlanError(f"keep: the recipe keeps {keep} candidates past prune_at, which must be below --candidates "
@@ -134,6 +129,7 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     engine = None
     if todo or redo:  # load the model before changing anything: a model that fails to load changes nothing
         engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest, quality, adapters)
+        engine.check([s for t in mine for s in t.samples])
     try:
         clear_listed(out, replaced)
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from .prompts import Conditioning, PromptEncoder
+from .prompts import Conditioning, PromptEncoder, compel_encoder
 
 VAE_CHUNK = 8  # latents decoded at a time: memory stays flat for any batch
 
 
-def decode_latents(vae, latents: torch.Tensor, mean=None, std=None) -> torch.Tensor:
+def decode_latents(vae, latents: torch.Tensor, mean=None, std=None, shift: float = 0.0) -> torch.Tensor:
     """VAE decode in chunks to float images in [0, 1], upcasting where the VAE asks for it; ``mean`` and ``std``
-    undo a VAE's latent normalisation where its config has one."""
+    undo a VAE's latent normalisation where its config has one, ``shift`` an SD 3-style latent shift."""
     upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     dtype = torch.float32 if upcast else vae.dtype
     if upcast:
@@ -27,7 +28,7 @@ def decode_latents(vae, latents: torch.Tensor, mean=None, std=None) -> torch.Ten
                 chunk = (chunk * torch.tensor(std).view(shape).to(chunk) / vae.config.scaling_factor
                          + torch.tensor(mean).view(shape).to(chunk))
             else:
-                chunk = chunk / vae.config.scaling_factor
+                chunk = chunk / vae.config.scaling_factor + shift
             parts.append(vae.decode(chunk, return_dict=False)[0])
     finally:
         if upcast:
@@ -43,7 +44,10 @@ class StableDiffusion:
     def encoder(self, pipe) -> PromptEncoder:
         from compel import CompelForSD
 
-        return PromptEncoder(CompelForSD(pipe))
+        return compel_encoder(CompelForSD(pipe))
+
+    def check(self, samples: Sequence[Any], settings: Sequence[dict[str, Any]]) -> None:
+        """Nothing this family refuses: weighted prompts and every scheduler run."""
 
     def call_inputs(self, conds: Sequence[Conditioning]) -> dict[str, torch.Tensor]:
         return {"prompt_embeds": torch.cat([c.embeds for c in conds]),

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .prompts import Conditioning, PromptEncoder
+from .prompts import Conditioning, PromptEncoder, compel_encoder
 from .sd import StableDiffusion
 
 
@@ -18,7 +18,7 @@ class StableDiffusionXL(StableDiffusion):
     def encoder(self, pipe) -> PromptEncoder:
         from compel import CompelForSDXL
 
-        return PromptEncoder(CompelForSDXL(pipe))
+        return compel_encoder(CompelForSDXL(pipe))
 
     def call_inputs(self, conds: Sequence[Conditioning]) -> dict[str, torch.Tensor]:
         return {**super().call_inputs(conds),

@@ -53,7 +53,7 @@ class Engine(Protocol):
 logger = logging.getLogger(__name__)
 
 # Callback tensors with one row per image (twice as many rows while guidance runs: unconditional first).
-BATCHED = ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids")
+BATCHED = ("latents", "prompt_embeds", "pooled_prompt_embeds", "add_text_embeds", "add_time_ids")
 # Scheduler attributes that hold one row per image between steps (multistep solvers' history).
 SCHEDULER_STATE = ("model_outputs", "ets", "last_sample", "cur_sample", "cur_model_output")
 
@@ -169,11 +169,17 @@ def clean_prediction(scheduler, model_output: torch.Tensor, timestep, sample: to
                      result) -> torch.Tensor:
     """The scheduler's prediction of the clean latents at this step.
 
-    Schedulers that return it (DDIM, Euler) are taken at their word; the others (PNDM, DPM-Solver,
-    UniPC) keep variance-preserving latents, from which it follows by the model's parameterisation.
+    Schedulers that return it (DDIM, Euler) are taken at their word; flow-matching ones (SD 3) give it from
+    the velocity; the others (PNDM, DPM-Solver, UniPC) keep variance-preserving latents, from which it
+    follows by the model's parameterisation.
     """
     if isinstance(result, tuple) and len(result) > 1 and isinstance(result[1], torch.Tensor):
         return result[1]
+    if not hasattr(scheduler, "alphas_cumprod") and hasattr(scheduler, "sigmas"):
+        # flow matching: x_t = (1 - sigma) x0 + sigma noise and the model predicts v = noise - x0; the step has
+        # moved the scheduler's index on, so this step's sigma is the one before it
+        sigma = scheduler.sigmas[scheduler.step_index - 1].to(sample.device, torch.float32)
+        return (sample.to(torch.float32) - sigma * model_output.to(torch.float32)).to(sample.dtype)
     alpha = scheduler.alphas_cumprod.to(sample.device)[int(timestep)].to(torch.float32)
     x, out = sample.to(torch.float32), model_output.to(torch.float32)
     kind = scheduler.config.prediction_type

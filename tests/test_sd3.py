@@ -1,0 +1,170 @@
+"""The SD 3 family on the ``tiny-sd3`` preset: a random MMDiT transformer, two CLIP text encoders and T5, with
+tokenizers built locally (T5's with the ``tokenizers`` library), flow matching, offline, on CPU."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PAIR, crash_at_shard, invoke, shard_bytes
+from facesynth.plan import Plan
+from facesynth.recipe import parse_recipe
+
+
+@pytest.fixture(scope="module")
+def sd3_pipe():
+    from facesynth.generation.loading import load_pipeline
+
+    pipe, info = load_pipeline("tiny-sd3")
+    assert info.architecture == "sd3"
+    return pipe
+
+
+@pytest.fixture
+def pair_file(tmp_path):
+    path = tmp_path / "pair.yaml"
+    path.write_text(PAIR)
+    return str(path)
+
+
+def _config(recipe, out, **extra):
+    from facesynth.generation import GenerateConfig
+
+    return GenerateConfig(recipe=recipe, out=out, num_samples=6, model="tiny-sd3", quiet=True, rows_per_shard=2,
+                          **extra)
+
+
+@pytest.mark.slow
+def test_sd3_rows_are_the_same_on_a_rerun_and_after_a_crash_and_reproduce(pair_file, tmp_path):
+    from facesynth.generation import generate
+    from facesynth.reproduce import Reproducer
+
+    first = generate(_config(pair_file, tmp_path / "a"))
+    assert first.timings["unet_images"] == 6 * 3 * 4 * 2  # samples x candidates x steps x (cond + uncond)
+    generate(_config(pair_file, tmp_path / "b"))
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+    with crash_at_shard(2):
+        generate(_config(pair_file, tmp_path / "c"))
+    generate(_config(pair_file, tmp_path / "c"))
+    assert shard_bytes(tmp_path / "c") == shard_bytes(tmp_path / "a")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["model"]["architecture"] == "sd3" and manifest["model"]["name"] == "tiny-sd3"
+    assert "architecture <code>sd3</code>" in (tmp_path / "a" / "README.md").read_text()
+    reproducer = Reproducer(tmp_path / "a", device="cpu")
+    rows = reproducer.rows(["pair-0000000", "pair-0000005"])
+    assert all(reproducer.reproduce(row).identical for row in rows.values())
+
+
+def test_pruning_on_sd3_takes_x0_from_the_velocity_and_survivors_keep_their_trajectories(sd3_pipe, tiny_scorer):
+    from facesynth.generation import Engine, EngineOptions
+
+    recipe = parse_recipe(PAIR)
+    samples = Plan(recipe, 2).samples
+    base = {"width": 64, "height": 64, "steps": 4}
+
+    def run(**extra):
+        engine = Engine(sd3_pipe, tiny_scorer, recipe, EngineOptions(overrides={**base, **extra}))
+        return engine, engine.candidates(samples, 0)
+
+    _, full = run()
+    engine, pruned = run(prune_at=0.5, keep=1)
+    assert engine.unet_images == 6 * 2 * 2 + 2 * 2 * 2
+    for f, p in zip(full, pruned):
+        assert np.array_equal(p.pixels[0], f.pixels[p.indices[0]])
+    engine, both = run(prune_at=0.5, keep=2, cfg_until=0.25)  # guidance stops first: unguided pooled rows are cut
+    assert engine.unet_images == 6 * 2 + 6 + 4 * 2
+    _, again = run(prune_at=0.5, keep=2, cfg_until=0.25)
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(both, again))
+
+
+def test_the_flow_matching_x0_is_the_clean_latent(sd3_pipe):
+    """x_t = (1 - sigma) x0 + sigma noise; a model that predicts v = noise - x0 exactly gives back x0."""
+    from facesynth.generation.steps import clean_prediction
+
+    scheduler = sd3_pipe.scheduler
+    scheduler.set_timesteps(4)
+    x0, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    sample = x0
+    for t in scheduler.timesteps[:2]:
+        sigma = scheduler.sigmas[scheduler.step_index or 0]
+        sample = (1 - sigma) * x0 + sigma * noise
+        v = noise - x0
+        result = scheduler.step(v, t, sample, return_dict=False)
+        assert torch.allclose(clean_prediction(scheduler, v, t, sample, result), x0, atol=1e-5)
+
+
+def test_t5_reads_past_clips_77_tokens(sd3_pipe):
+    from facesynth.generation.family import family_of
+
+    encoder = family_of(sd3_pipe).encoder(sd3_pipe)
+    start = "portrait photo of a person, " * 4  # 112 characters: past CLIP's 77 (character-level) tokens
+    a, b = encoder.encode(start + "smiling", ""), encoder.encode(start + "frowning", "")
+    assert a.length == b.length == 77 + 256  # CLIP's tokens, then T5's
+    assert torch.equal(a.embeds[:, :77], b.embeds[:, :77])  # CLIP stopped before the words that differ
+    assert not torch.allclose(a.embeds[:, 77:], b.embeds[:, 77:])  # T5 read them
+
+
+def test_what_sd3_cannot_do_is_one_line_and_writes_nothing(pair_file, tmp_path, capsys):
+    cases = [
+        (["emotions"], "Error: emotions-0000000: its negative prompt has weights ('(3d, cartoon, anime, sketch:1.2), "
+                       "(worst quality, low qualit'), which an SD 3.x model cannot apply (its pipeline encodes plain "
+                       "text, T5 has no weights); write the recipe's prompts without them"),
+        ([pair_file, "--scheduler", "ddim"], "Error: scheduler: 'ddim' is a diffusion scheduler; an SD 3.x model "
+                                             "runs with its own flow-matching scheduler (--scheduler default)"),
+        ([pair_file, "--preset", "lcm"], "Error: scheduler: 'lcm' is a diffusion scheduler; an SD 3.x model runs "
+                                         "with its own flow-matching scheduler (--scheduler default)"),
+    ]
+    for args, line in cases:
+        out = tmp_path / "out"
+        capsys.readouterr()
+        assert invoke(["generate", *args, "--model", "tiny-sd3", "-n", "4", "--out", str(out), "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == line, err
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_an_sd3_folder_loads_through_diffusers_and_is_known_before_loading(sd3_pipe, tmp_path):
+    from facesynth.generation.loading import load_pipeline, peek_architecture
+
+    folder = tmp_path / "my-sd3"
+    sd3_pipe.save_pretrained(folder, safe_serialization=True)
+    assert peek_architecture(str(folder)) == "sd3"
+    pipe, info = load_pipeline(str(folder))
+    assert (type(pipe).__name__, info.architecture, info.kind) == ("StableDiffusion3Pipeline", "sd3", "folder")
+    g = torch.Generator().manual_seed(0)
+    kwargs = {"prompt": "a smiling face", "num_inference_steps": 2, "height": 64, "width": 64, "output_type": "np"}
+    ours = pipe(**kwargs, generator=g).images
+    theirs = sd3_pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    assert np.array_equal(ours, theirs)
+
+
+def test_a_lora_for_the_sd3_transformer_fuses_and_changes_the_image(tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from facesynth import tiny
+    from facesynth.generation.adapters import Adapter, apply
+
+    maker = tiny.build_sd3_pipeline()
+    torch.manual_seed(3)
+    maker.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                             target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = {k: v * 3 for k, v in get_peft_model_state_dict(maker.transformer).items()}
+    StableDiffusion3Pipeline.save_lora_weights(str(tmp_path), transformer_lora_layers=layers, safe_serialization=True)
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+
+    def pixels(pipe):
+        g = torch.Generator().manual_seed(0)
+        return pipe("a smiling face", num_inference_steps=2, height=64, width=64, generator=g,
+                    output_type="np").images
+
+    plain, adapted = tiny.build_sd3_pipeline(), tiny.build_sd3_pipeline()
+    apply(adapted, [Adapter(path.name, "file", 1.0, "--lora", path=str(path))], "tiny-sd3")
+    assert adapted.get_list_adapters() == {}
+    assert np.abs(pixels(adapted) - pixels(plain)).max() > 0.01
+    assert np.array_equal(pixels(adapted), pixels(adapted))
+    with pytest.raises(Exception, match="does not fit the model 'tiny'"):  # an SD 3 adapter on an SD UNet
+        apply(tiny.build_pipeline(), [Adapter(path.name, "file", 1.0, "--lora", path=str(path))], "tiny")
