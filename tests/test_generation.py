@@ -419,7 +419,7 @@ def test_an_unknown_preset_is_one_line(tmp_path, capsys):
 
     assert invoke(["generate", "emotions", "--model", "tiny", "-n", "4", "--out", str(tmp_path / "x"),
                    "--preset", "fastest"]) == 2
-    assert "Invalid value for '--preset': 'fastest' is not one of 'lcm', 'tcd', 'lightning', 'turbo', 'hyper'" in \
+    assert "Invalid value for '--preset': 'fastest' is not one of 'lcm', 'tcd', 'lightning', 'turbo', 'hyper', 'schnell'" in \
         capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

@@ -400,5 +400,6 @@ def test_each_pipeline_runs_through_its_family_and_another_kind_is_one_line(tiny
                                           down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2),
                          scheduler=DDPMScheduler())
     with pytest.raises(ModelError, match=r"^--model: a DDPMPipeline is not a pipeline facesynth runs "
-                                         r"\(StableDiffusionPipeline, StableDiffusionXLPipeline\)$"):
+                                         r"\(StableDiffusionPipeline, StableDiffusionXLPipeline, "
+                                         r"StableDiffusion3Pipeline, FluxPipeline\)$"):
         family_of(other)

@@ -223,7 +223,8 @@ def _options(*options):
 
 
 model_options = _options(
-    click.option("--model", help="'tiny', a Hub repo id, a local diffusers folder or a .safetensors file."),
+    click.option("--model", help="A Hub repo id, a local diffusers folder or a .safetensors file; tiny, tiny-sd3 "
+                                 "and tiny-flux are random-weight test models."),
     click.option("--model-config", type=click.Path(exists=True, file_okay=False),
                  help="A local diffusers folder of configs for a single .safetensors --model, so it loads offline."),
     click.option("--revision", help="Hub branch, tag or commit of --model."),
@@ -231,7 +232,8 @@ model_options = _options(
                  help="CLIP for reranking (default: openai/clip-vit-base-patch32; tiny with --model tiny)."),
     click.option("--preset", type=click.Choice(list(PRESETS)),
                  help="A few-step model's scheduler, steps and guidance, as its card recommends (lcm: LCM-LoRA 4 "
-                      "steps; tcd 4; lightning 4; turbo 1; hyper 8); --scheduler, --steps and --guidance override it."),
+                      "steps; tcd 4; lightning 4; turbo 1; hyper 8; schnell: FLUX.1 [schnell] 4); --scheduler, "
+                      "--steps and --guidance override it."),
     click.option("--lora", multiple=True, metavar="SOURCE[@WEIGHT]",
                  help="A LoRA adapter fused into the model: a Hub repo (owner/name[/file.safetensors]) or a local "
                       ".safetensors file or folder, at WEIGHT (default 1); replaces the recipe's loras. Repeatable."),

@@ -41,9 +41,10 @@ PRESETS = {
     "lightning": {"scheduler": "euler_trailing", "steps": 4, "guidance": 0.0},  # SDXL-Lightning, 4-step
     "turbo": {"scheduler": "default", "steps": 1, "guidance": 0.0},  # SDXL-Turbo / SD-Turbo
     "hyper": {"scheduler": "ddim_trailing", "steps": 8, "guidance": 0.0},  # Hyper-SD, 8-step
+    "schnell": {"scheduler": "default", "steps": 4, "guidance": 0.0},  # FLUX.1 [schnell]
 }
 # Presets made for one model family only (the others suit SD 1.x/2.x and SDXL checkpoints alike).
-PRESET_FAMILIES = {"lightning": ("sdxl",)}  # SDXL-Lightning
+PRESET_FAMILIES = {"lightning": ("sdxl",), "schnell": ("flux",)}  # SDXL-Lightning, FLUX.1 [schnell]
 # Column names every dataset has (schema.BUILTIN_COLUMNS keeps them in step): no attribute may take one.
 RESERVED_ATTRIBUTES = frozenset((
     "sample_id", "image", "prompt", "negative_prompt", "caption", "seed", "clip_score", "candidate_scores",

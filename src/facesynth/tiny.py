@@ -154,8 +154,36 @@ def build_sd3_pipeline():
     )
 
 
-# The tiny presets by --model name: the SD architecture, and SD 3 (flow matching, T5) for that family's code.
-TINY_MODELS = {"tiny": build_pipeline, "tiny-sd3": build_sd3_pipeline}
+def build_flux_pipeline():
+    """A random-weight FluxPipeline (as FLUX.1 [schnell]: no guidance embedding): a FLUX transformer over packed
+    latent patches, a CLIP text encoder for the pooled embedding, a T5 encoder, a one-channel VAE with a shift."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    clip_tokenizer, t5_tokenizer = build_tokenizer(), build_t5_tokenizer()
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM, axes_dims_rope=[4, 4, 8], guidance_embeds=False,
+    )
+    torch.manual_seed(0)
+    clip = CLIPTextModel(_text_config(len(clip_tokenizer)))
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2,
+                                 num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=1, norm_num_groups=8, shift_factor=0.0609,
+        scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
+    )
+    return FluxPipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(),
+                        text_encoder=clip.eval(), tokenizer=clip_tokenizer, text_encoder_2=t5.eval(),
+                        tokenizer_2=t5_tokenizer)
+
+
+# The tiny presets by --model name: the SD architecture, and SD 3 and FLUX (flow matching, T5) for their code.
+TINY_MODELS = {"tiny": build_pipeline, "tiny-sd3": build_sd3_pipeline, "tiny-flux": build_flux_pipeline}
 
 
 def is_tiny(model: str | None) -> bool:

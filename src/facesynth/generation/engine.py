@@ -432,6 +432,7 @@ class Engine:
                 width=settings["width"], height=settings["height"], generator=generators, output_type="latent",
                 callback_on_step_end=hook, callback_on_step_end_tensor_inputs=hook.tensor_inputs(self.pipe),
             ).images
+        latents = self.family.unpack(self.pipe, latents, settings["width"], settings["height"])
         self.unet_images += hook.evaluations
         self.timings.seconds["preview"] += hook.seconds
         self.timings.seconds["unet"] -= hook.seconds  # the previews ran inside the UNet stage

@@ -31,19 +31,24 @@ class Family(Protocol):
     def call_inputs(self, conds: Sequence[Conditioning]) -> dict[str, torch.Tensor]:
         """One pipeline call's embedding arguments, for these samples' conditionings in order."""
 
+    def unpack(self, pipe, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        """The pipeline's latents (or a step's x0) as an image-shaped ``(N, C, H, W)`` tensor."""
+
     def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
-        """Latents to float images in [0, 1]."""
+        """Image-shaped latents to float images in [0, 1]."""
 
 
 def _families() -> list[Family]:
-    from . import sd, sd3, sdxl
+    from . import flux, sd, sd3, sdxl
 
-    return [sdxl.FAMILY, sd3.FAMILY, sd.FAMILY]  # longer class-name prefixes first
+    return [sd.FAMILY, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY]
 
 
 def family_for_class(name: str) -> Family | None:
-    """The family of a diffusers pipeline class name (``StableDiffusion3Pipeline``), or None."""
-    return next((f for f in _families() if name.startswith(f.pipeline)), None)
+    """The family of a diffusers pipeline class name (``StableDiffusion3Pipeline``), or None: the longest
+    class-name prefix that matches (``StableDiffusionXL`` before ``StableDiffusion``)."""
+    matching = [f for f in _families() if name.startswith(f.pipeline)]
+    return max(matching, key=lambda f: len(f.pipeline), default=None)
 
 
 def family_of(pipe) -> Family:
@@ -54,7 +59,7 @@ def family_of(pipe) -> Family:
     family = family_for_class(name)
     if family is not None:
         return family
-    runs = ", ".join(f"{f.pipeline}Pipeline" for f in reversed(_families()))
+    runs = ", ".join(f"{f.pipeline}Pipeline" for f in _families())
     raise ModelError(f"--model: a {name} is not a pipeline facesynth runs ({runs})")
 
 

@@ -119,7 +119,7 @@ def peek_architecture(model: str, revision: str | None = None) -> str | None:
     from ..tiny import is_tiny
 
     if is_tiny(model):
-        return "sd3" if model == "tiny-sd3" else "sd"
+        return {"tiny-sd3": "sd3", "tiny-flux": "flux"}.get(model, "sd")
     path = Path(model)
     try:
         if path.is_file():
@@ -129,6 +129,8 @@ def peek_architecture(model: str, revision: str | None = None) -> str | None:
                 keys = list(f.keys())
             if any(".joint_blocks." in k for k in keys):  # SD 3's MMDiT
                 return "sd3"
+            if any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys):
+                return "flux"
             return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in keys) else "sd"
         if path.is_dir():
             index = path / "model_index.json"
@@ -251,12 +253,13 @@ def _unused(folder: Path) -> dict:
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None = None):
-    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     if path.suffix != ".safetensors":
         raise ModelError(f"--model: '{path}': only .safetensors checkpoints are loaded, never pickle files")
     family = peek_architecture(str(path))
-    cls = {"sdxl": StableDiffusionXLPipeline, "sd3": StableDiffusion3Pipeline}.get(family, StableDiffusionPipeline)
+    cls = {"sdxl": StableDiffusionXLPipeline, "sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}.get(
+        family, StableDiffusionPipeline)
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
     if config is not None:  # configs and tokenizers from a local folder: no download at all
         kwargs.update(config=str(config), local_files_only=True)

@@ -53,6 +53,9 @@ class StableDiffusion:
         return {"prompt_embeds": torch.cat([c.embeds for c in conds]),
                 "negative_prompt_embeds": torch.cat([c.negative for c in conds])}
 
+    def unpack(self, pipe, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
+        return latents
+
     def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
         return decode_latents(vae, latents, getattr(vae.config, "latents_mean", None),
                               getattr(vae.config, "latents_std", None))

@@ -64,6 +64,7 @@ class StepHook:
     def __init__(self, engine: "Engine", settings: dict[str, Any], samples: Sequence["Sample"],
                  generators: list[torch.Generator]):
         steps = settings["steps"]
+        self.width, self.height = settings["width"], settings["height"]
         self.engine = engine
         self.samples = list(samples)
         self.n = len(generators) // len(self.samples) if self.samples else 1
@@ -105,7 +106,7 @@ class StepHook:
             del scheduler.step  # the class's method again
 
     def __call__(self, pipe, i: int, t, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        guided = pipe.do_classifier_free_guidance
+        guided = getattr(pipe, "do_classifier_free_guidance", False)  # FLUX runs no unconditional branch
         self.evaluations += self.size * (2 if guided else 1)
         out: dict[str, torch.Tensor] = {}
         if self.prune is not None and i == self.prune - 1:
@@ -128,9 +129,9 @@ class StepHook:
     def _choose(self) -> list[list[int]]:
         """Each sample's best ``keep`` candidates by their previews, in candidate order."""
         engine, start = self.engine, time.perf_counter()
-        factor = preview_factor(self.x0.shape[-2:], engine.pipe.vae_scale_factor, engine.scorer.size)
-        images = engine.decode(self.x0 if factor == 1 else torch.nn.functional.avg_pool2d(self.x0.float(), factor)
-                               .to(self.x0.dtype))
+        x0 = engine.family.unpack(engine.pipe, self.x0, self.width, self.height)
+        factor = preview_factor(x0.shape[-2:], engine.pipe.vae_scale_factor, engine.scorer.size)
+        images = engine.decode(x0 if factor == 1 else torch.nn.functional.avg_pool2d(x0.float(), factor).to(x0.dtype))
         emb = engine.scorer.image_embeddings(images)
         texts = engine.scorer.text_embeddings([engine.rerank_text(s) for s in self.samples])
         scores = engine.scorer.similarity(emb, texts.repeat_interleave(self.n, 0)).view(len(self.samples), self.n)

@@ -1,0 +1,130 @@
+"""The FLUX.1 family on the ``tiny-flux`` preset: a random FLUX transformer over packed latents, a CLIP text
+encoder and T5 with tokenizers built locally, flow matching without guidance (as FLUX.1 [schnell]), offline."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PAIR, crash_at_shard, invoke, shard_bytes
+
+PLAIN = PAIR.replace('negative_prompt: "blurry"\n', "")  # FLUX.1 has no negative prompt to use
+
+
+@pytest.fixture(scope="module")
+def flux_pipe():
+    from facesynth.generation.loading import load_pipeline
+
+    pipe, info = load_pipeline("tiny-flux")
+    assert info.architecture == "flux"
+    return pipe
+
+
+@pytest.fixture
+def plain_file(tmp_path):
+    path = tmp_path / "plain.yaml"
+    path.write_text(PLAIN)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_flux_rows_are_the_same_on_a_rerun_and_after_a_crash_and_reproduce(plain_file, tmp_path):
+    from facesynth.generation import GenerateConfig, generate
+    from facesynth.reproduce import Reproducer
+
+    def config(out):
+        return GenerateConfig(recipe=plain_file, out=out, num_samples=6, model="tiny-flux", quiet=True,
+                              rows_per_shard=2, preset="schnell")
+
+    first = generate(config(tmp_path / "a"))
+    assert first.timings["unet_images"] == 6 * 3 * 4  # samples x candidates x steps: no unconditional branch
+    generate(config(tmp_path / "b"))
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+    with crash_at_shard(2):
+        generate(config(tmp_path / "c"))
+    generate(config(tmp_path / "c"))
+    assert shard_bytes(tmp_path / "c") == shard_bytes(tmp_path / "a")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["model"]["architecture"] == "flux" and manifest["generation"]["preset"] == "schnell"
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "architecture <code>flux</code>" in card and "(the `schnell` few-step preset)" in card
+    reproducer = Reproducer(tmp_path / "a", device="cpu")
+    rows = reproducer.rows(["pair-0000000", "pair-0000005"])
+    assert all(reproducer.reproduce(row).identical for row in rows.values())
+
+
+def test_a_flux_call_unpacks_its_latents_and_each_candidate_keeps_its_seed(flux_pipe, tiny_scorer):
+    from facesynth.generation import Engine, EngineOptions
+    from facesynth.plan import Plan
+    from facesynth.recipe import parse_recipe
+
+    recipe = parse_recipe(PLAIN)
+    samples = Plan(recipe, 2).samples
+    options = {"width": 64, "height": 64, "steps": 2, "guidance": 0.0}
+    together = Engine(flux_pipe, tiny_scorer, recipe, EngineOptions(overrides=options)).candidates(samples, 0)
+    alone = Engine(flux_pipe, tiny_scorer, recipe, EngineOptions(overrides=options, batch_size=3)).candidates(
+        samples[1:], 0)
+    assert together[0].pixels.shape == (3, 64, 64, 3)  # decoded from (N, 1, 32, 32) latents, unpacked
+    assert np.abs(together[1].pixels.astype(int) - alone[0].pixels.astype(int)).max() <= 1  # batch-independent
+    assert len({p.tobytes() for p in together[0].pixels}) == 3  # three seeds, three images
+
+
+def test_t5_carries_the_prompt_and_clip_only_the_pooled_embedding(flux_pipe):
+    from facesynth.generation.family import family_of
+
+    encoder = family_of(flux_pipe).encoder(flux_pipe)
+    start = "portrait photo of a person, " * 4  # 112 characters: past CLIP's 77 (character-level) tokens
+    a, b = encoder.encode(start + "smiling", ""), encoder.encode(start + "frowning", "")
+    assert a.length == b.length == 256
+    assert torch.equal(a.pooled, b.pooled)  # CLIP stopped before the words that differ
+    assert not torch.allclose(a.embeds, b.embeds)  # T5 read them
+
+
+@pytest.mark.parametrize("recipe, extra, line", [
+    ("pair", [], "Error: pair-0000000: has a negative prompt, which a FLUX.1 model never uses (no unconditional "
+                 "branch runs); write the recipe without negative_prompt"),
+    ("plain", ["--prune-at", "0.5", "--keep", "1"], "Error: prune-at: not with a FLUX.1 model: its pipeline keeps "
+                                                    "the pooled text embeddings out of a step callback's reach, so "
+                                                    "candidates cannot be cut mid-call"),
+    ("plain", ["--cfg-until", "0.5"], "Error: cfg-until: not with a FLUX.1 model: it runs no unconditional branch "
+                                      "to stop"),
+    ("plain", ["--scheduler", "euler"], "Error: scheduler: 'euler' is a diffusion scheduler; a FLUX.1 model runs "
+                                        "with its own flow-matching scheduler (--scheduler default)"),
+    ("emotions", [], "Error: emotions-0000000: its negative prompt has weights ("),
+])
+def test_what_flux_cannot_do_is_one_line_and_writes_nothing(plain_file, tmp_path, capsys, recipe, extra, line):
+    pair = tmp_path / "pair.yaml"
+    pair.write_text(PAIR)
+    name = {"plain": plain_file, "pair": str(pair)}.get(recipe, recipe)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert invoke(["generate", name, "--model", "tiny-flux", "-n", "4", "--out", str(out), "-q", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(line) and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_the_schnell_preset_is_for_flux_only(plain_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert invoke(["generate", plain_file, "--model", "tiny", "-n", "4", "--out", str(out), "--preset", "schnell"]) == 2
+    assert capsys.readouterr().err.strip() == ("Error: --preset schnell: made for FLUX.1 models; 'tiny' is an SD "
+                                               "1.x/2.x model")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_flux_folder_loads_through_diffusers_and_is_known_before_loading(flux_pipe, tmp_path):
+    from facesynth.generation.loading import load_pipeline, peek_architecture
+
+    folder = tmp_path / "my-flux"
+    flux_pipe.save_pretrained(folder, safe_serialization=True)
+    assert peek_architecture(str(folder)) == "flux"
+    pipe, info = load_pipeline(str(folder))
+    assert (type(pipe).__name__, info.architecture, info.kind) == ("FluxPipeline", "flux", "folder")
+    kwargs = {"prompt": "a smiling face", "num_inference_steps": 2, "height": 64, "width": 64, "output_type": "np",
+              "guidance_scale": 0.0}
+    ours = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    theirs = flux_pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    assert np.allclose(ours, theirs, atol=1e-5)  # a loaded T5 may take another attention kernel: float rounding
