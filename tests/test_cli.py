@@ -53,7 +53,7 @@ def usage(command, message):
 
 
 BAD_ARGS = [
-    (["plan", "nope"], "nope: no such recipe file, and not a shipped recipe (agfd, emotions)"),
+    (["plan", "nope"], "nope: no such recipe file, and not a shipped recipe (agfd, emotions, emotions_flux)"),
     (["plan", "emotions"], "recipe 'emotions' balances a cross product: give --num-samples"),
     (["plan", "emotions", "-n", "x"],
      usage("plan", "Invalid value for '--num-samples' / '-n': 'x' is not a valid integer.")),
@@ -152,7 +152,7 @@ def test_debug_shows_the_traceback_wherever_it_stands(args):
 def test_python_dash_m_and_verbose_after_the_subcommand():
     proc = subprocess.run([sys.executable, "-m", "facesynth", "plan", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr == ("Error: nope: no such recipe file, and not a shipped recipe "
-                                                    "(agfd, emotions)\n")
+                                                    "(agfd, emotions, emotions_flux)\n")
     proc = subprocess.run([sys.executable, "-m", "facesynth", "plan", "emotions", "-n", "4", "-v"],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "recipe emotions: 4 samples" in proc.stdout

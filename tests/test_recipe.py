@@ -28,7 +28,7 @@ GOOD = textwrap.dedent("""\
 
 
 def test_shipped_recipes_load():
-    assert shipped_recipes() == ["agfd", "emotions"]
+    assert shipped_recipes() == ["agfd", "emotions", "emotions_flux"]
     emotions = load_recipe("emotions")
     assert list(emotions.attributes["emotion"].values) == ["happy", "sad", "angry", "surprised"]
     assert emotions.primary == "emotion" and emotions.balance.cross
