@@ -70,6 +70,32 @@ def test_a_flux_call_unpacks_its_latents_and_each_candidate_keeps_its_seed(flux_
     assert len({p.tobytes() for p in together[0].pixels}) == 3  # three seeds, three images
 
 
+def test_pruning_on_flux_cuts_what_the_callback_cannot_reach_and_survivors_keep_their_trajectories(
+        flux_pipe, tiny_scorer):
+    """x0 from the flow-matching velocity; the pooled (and guidance) embeddings, computed before the loop and out of
+    the callback's reach, are cut to the survivors on their way into the transformer."""
+    from facesynth.generation import Engine, EngineOptions
+    from facesynth.plan import Plan
+    from facesynth.recipe import parse_recipe
+
+    recipe = parse_recipe(PLAIN)
+    samples = Plan(recipe, 2).samples
+    base = {"width": 64, "height": 64, "steps": 4, "guidance": 0.0}
+
+    def run(**extra):
+        engine = Engine(flux_pipe, tiny_scorer, recipe, EngineOptions(overrides={**base, **extra}))
+        return engine, engine.candidates(samples, 0)
+
+    _, full = run()
+    engine, pruned = run(prune_at=0.5, keep=1)
+    assert engine.unet_images == 6 * 2 + 2 * 2  # all 6 candidates for 2 steps, then the 2 survivors for 2
+    for f, p in zip(full, pruned):
+        assert np.array_equal(p.pixels[0], f.pixels[p.indices[0]])
+    _, two = run(prune_at=0.25, keep=2)
+    for f, p in zip(full, two):
+        assert all(np.array_equal(p.pixels[i], f.pixels[j]) for i, j in enumerate(p.indices))
+
+
 def test_t5_carries_the_prompt_and_clip_only_the_pooled_embedding(flux_pipe):
     from facesynth.generation.family import family_of
 
@@ -84,9 +110,6 @@ def test_t5_carries_the_prompt_and_clip_only_the_pooled_embedding(flux_pipe):
 @pytest.mark.parametrize("recipe, extra, line", [
     ("pair", [], "Error: pair-0000000: has a negative prompt, which a FLUX.1 model never uses (no unconditional "
                  "branch runs); write the recipe without negative_prompt"),
-    ("plain", ["--prune-at", "0.5", "--keep", "1"], "Error: prune-at: not with a FLUX.1 model: its pipeline keeps "
-                                                    "the pooled text embeddings out of a step callback's reach, so "
-                                                    "candidates cannot be cut mid-call"),
     ("plain", ["--cfg-until", "0.5"], "Error: cfg-until: not with a FLUX.1 model: it runs no unconditional branch "
                                       "to stop"),
     ("plain", ["--scheduler", "euler"], "Error: scheduler: 'euler' is a diffusion scheduler; a FLUX.1 model runs "

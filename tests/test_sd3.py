@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PAIR, crash_at_shard, invoke, shard_bytes
+from conftest import PAIR, check_pruning_and_truncation, crash_at_shard, invoke, shard_bytes
 from facesynth.plan import Plan
 from facesynth.recipe import parse_recipe
 
@@ -57,25 +57,9 @@ def test_sd3_rows_are_the_same_on_a_rerun_and_after_a_crash_and_reproduce(pair_f
 
 
 def test_pruning_on_sd3_takes_x0_from_the_velocity_and_survivors_keep_their_trajectories(sd3_pipe, tiny_scorer):
-    from facesynth.generation import Engine, EngineOptions
-
-    recipe = parse_recipe(PAIR)
-    samples = Plan(recipe, 2).samples
-    base = {"width": 64, "height": 64, "steps": 4}
-
-    def run(**extra):
-        engine = Engine(sd3_pipe, tiny_scorer, recipe, EngineOptions(overrides={**base, **extra}))
-        return engine, engine.candidates(samples, 0)
-
-    _, full = run()
-    engine, pruned = run(prune_at=0.5, keep=1)
-    assert engine.unet_images == 6 * 2 * 2 + 2 * 2 * 2
-    for f, p in zip(full, pruned):
-        assert np.array_equal(p.pixels[0], f.pixels[p.indices[0]])
-    engine, both = run(prune_at=0.5, keep=2, cfg_until=0.25)  # guidance stops first: unguided pooled rows are cut
-    assert engine.unet_images == 6 * 2 + 6 + 4 * 2
-    _, again = run(prune_at=0.5, keep=2, cfg_until=0.25)
-    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(both, again))
+    recipe = parse_recipe(PAIR)  # the pooled embeddings are cut with the rest
+    check_pruning_and_truncation(sd3_pipe, tiny_scorer, recipe, Plan(recipe, 2).samples,
+                                 {"width": 64, "height": 64, "steps": 4})
 
 
 def test_the_flow_matching_x0_is_the_clean_latent(sd3_pipe):

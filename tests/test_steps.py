@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import make_engine
+from conftest import check_pruning_and_truncation, make_engine
 from facesynth.cli import main
 from facesynth.generation.loading import make_scheduler
 from facesynth.generation.steps import clean_prediction, preview_factor
@@ -334,25 +334,8 @@ def _tiny_sdxl():
 
 
 def test_pruning_and_truncation_on_sdxl_cut_pooled_embeddings_and_time_ids(tiny_scorer, emotions):
-    from facesynth.generation import Engine, EngineOptions
-
-    pipe, samples = _tiny_sdxl(), Plan(emotions, 2).samples
-    base = {"width": 32, "height": 32, "steps": 4}
-
-    def run(**extra):
-        engine = Engine(pipe, tiny_scorer, emotions, EngineOptions(overrides={**base, **extra}))
-        return engine, engine.candidates(samples, 0)
-
-    _, full = run()
-    engine, pruned = run(prune_at=0.5, keep=1)
-    assert engine.unet_images == 6 * 2 * 2 + 2 * 2 * 2
-    for f, p in zip(full, pruned):
-        assert np.array_equal(p.pixels[0], f.pixels[p.indices[0]])
-    # guidance stops after 1 step, then pruning after 2 cuts unguided tensors
-    engine, both = run(prune_at=0.5, keep=2, cfg_until=0.25)
-    assert engine.unet_images == 6 * 2 + 6 + 4 * 2
-    _, again = run(prune_at=0.5, keep=2, cfg_until=0.25)
-    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(both, again))
+    check_pruning_and_truncation(_tiny_sdxl(), tiny_scorer, emotions, Plan(emotions, 2).samples,
+                                 {"width": 32, "height": 32, "steps": 4})
 
 
 def test_a_recipe_keep_not_below_candidates_is_one_line(tmp_path, capsys):

@@ -121,11 +121,31 @@ def build_t5_tokenizer():
                            model_max_length=512)
 
 
+def _t5(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)).eval()
+
+
+def _shifted_vae(latent_channels: int):
+    """A VAE whose latents are scaled and shifted, as SD 3's and FLUX's are."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=latent_channels, norm_num_groups=8,
+        shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
+    ).eval()
+
+
 def build_sd3_pipeline():
     """A random-weight StableDiffusion3Pipeline: an SD3 transformer, two CLIP text encoders with projections,
     a T5 encoder, their tokenizers, a flow-matching scheduler and a VAE with a latent shift (as SD 3.x has)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
 
     clip_tokenizer, t5_tokenizer = build_tokenizer(), build_t5_tokenizer()
     torch.manual_seed(0)
@@ -138,27 +158,19 @@ def build_sd3_pipeline():
     for seed in (0, 1):
         torch.manual_seed(seed)
         encoders.append(CLIPTextModelWithProjection(_text_config(len(clip_tokenizer))).eval())
-    torch.manual_seed(0)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2,
-                                 num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=8, shift_factor=0.0609,
-        scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
-    )
+    t5, vae = _t5(len(t5_tokenizer)), _shifted_vae(4)
     return StableDiffusion3Pipeline(
-        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(),
+        transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
         text_encoder=encoders[0], tokenizer=clip_tokenizer, text_encoder_2=encoders[1], tokenizer_2=clip_tokenizer,
-        text_encoder_3=t5.eval(), tokenizer_3=t5_tokenizer,
+        text_encoder_3=t5, tokenizer_3=t5_tokenizer,
     )
 
 
 def build_flux_pipeline():
     """A random-weight FluxPipeline (as FLUX.1 [schnell]: no guidance embedding): a FLUX transformer over packed
     latent patches, a CLIP text encoder for the pooled embedding, a T5 encoder, a one-channel VAE with a shift."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
 
     clip_tokenizer, t5_tokenizer = build_tokenizer(), build_t5_tokenizer()
     torch.manual_seed(0)
@@ -168,15 +180,7 @@ def build_flux_pipeline():
     )
     torch.manual_seed(0)
     clip = CLIPTextModel(_text_config(len(clip_tokenizer)))
-    torch.manual_seed(0)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=37, num_layers=2,
-                                 num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=1, norm_num_groups=8, shift_factor=0.0609,
-        scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
-    )
+    t5, vae = _t5(len(t5_tokenizer)), _shifted_vae(1)
     return FluxPipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.eval(),
                         text_encoder=clip.eval(), tokenizer=clip_tokenizer, text_encoder_2=t5.eval(),
                         tokenizer_2=t5_tokenizer)

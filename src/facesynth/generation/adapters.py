@@ -18,14 +18,13 @@ replaces a recipe's ``loras:`` list.
 from __future__ import annotations
 
 import logging
-import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from ..errors import ModelError, PlanError, first_line
 from ..recipe import Lora, Recipe, _first_error
+from .loading import quiet
 
 logger = logging.getLogger(__name__)
 
@@ -181,33 +180,12 @@ def from_manifest(manifest) -> list[Adapter]:
     return out
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """diffusers warns for every component an adapter leaves alone (most leave the text encoder alone) and logs
-    a failed load before raising it (the error line says it once), and transformers draws a progress bar for a
-    text encoder's few adapter weights."""
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    level, bars = dlogging.get_verbosity(), tlogging.is_progress_bar_enabled()
-    dlogging.set_verbosity(logging.CRITICAL)
-    tlogging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():  # PEFT warns that a second adapter joins the first: that is the point
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            yield
-    finally:
-        dlogging.set_verbosity(level)
-        if bars:
-            tlogging.enable_progress_bar()
-
-
 def apply(pipe, adapters: list[Adapter], model: str) -> None:
     """Load every adapter under its own name, weight them, fuse them into the model and drop the adapter layers."""
     if not adapters:
         return
     names = []
-    with _quiet():
+    with quiet():
         for i, a in enumerate(adapters):
             name = f"lora{i}"
             try:

@@ -426,7 +426,7 @@ class Engine:
         kwargs: dict[str, Any] = self.family.call_inputs(conds)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         hook = StepHook(self, settings, samples or [], generators)
-        with hook.watching(self.pipe.scheduler):
+        with hook.watching(self.pipe.scheduler), self.family.watching(self.pipe, hook):
             latents = self.pipe(
                 **kwargs, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                 width=settings["width"], height=settings["height"], generator=generators, output_type="latent",

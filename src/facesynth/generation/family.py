@@ -10,7 +10,7 @@ runner and the shards stay as they are.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, ContextManager, Protocol
 
 import torch
 
@@ -30,6 +30,10 @@ class Family(Protocol):
 
     def call_inputs(self, conds: Sequence[Conditioning]) -> dict[str, torch.Tensor]:
         """One pipeline call's embedding arguments, for these samples' conditionings in order."""
+
+    def watching(self, pipe, hook) -> ContextManager[None]:
+        """Held around one pipeline call with its step hook (:class:`.steps.StepHook`), for what the hook cannot
+        reach through the callback."""
 
     def unpack(self, pipe, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
         """The pipeline's latents (or a step's x0) as an image-shaped ``(N, C, H, W)`` tensor."""

@@ -7,9 +7,11 @@ Safetensors only: ``use_safetensors=True`` everywhere, and single files must end
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -51,6 +53,28 @@ class ModelInfo:
     sha256: str | None = None  # a single-file checkpoint's
     license: str | None = None  # as the model's Hub card says, when it says
     preset_settings: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """diffusers and transformers held to what facesynth reports itself: diffusers warns for every component an
+    adapter leaves alone and logs a failed load before raising it (the error line says it once), T5 pipelines
+    warn for every prompt CLIP truncates (T5 reads it whole), and transformers draws a progress bar for a text
+    encoder's few adapter weights."""
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    level, bars = dlogging.get_verbosity(), tlogging.is_progress_bar_enabled()
+    dlogging.set_verbosity(logging.CRITICAL)
+    tlogging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():  # PEFT warns that a second adapter joins the first: that is the point
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            yield
+    finally:
+        dlogging.set_verbosity(level)
+        if bars:
+            tlogging.enable_progress_bar()
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import PlanError
+from .loading import quiet
 from .prompts import Conditioning, PromptEncoder, has_weights
 from .sd import decode_latents
 from .sdxl import StableDiffusionXL
@@ -29,9 +30,11 @@ class StableDiffusion3(StableDiffusionXL):
 
     def encoder(self, pipe) -> PromptEncoder:
         def encode(prompt: str, negative: str) -> Conditioning:
-            embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
-                prompt, None, None, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=True,
-                negative_prompt=negative, max_sequence_length=MAX_SEQUENCE_LENGTH)
+            with quiet():  # CLIP stops at 77 tokens and says so for every prompt; T5 reads the rest
+                embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+                    prompt, None, None, device=pipe.device, num_images_per_prompt=1,
+                    do_classifier_free_guidance=True, negative_prompt=negative,
+                    max_sequence_length=MAX_SEQUENCE_LENGTH)
             return Conditioning(embeds, negative_embeds, pooled, negative_pooled)
 
         return PromptEncoder(encode)

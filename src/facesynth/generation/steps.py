@@ -69,6 +69,7 @@ class StepHook:
         self.samples = list(samples)
         self.n = len(generators) // len(self.samples) if self.samples else 1
         self.generators = generators
+        self.generators_at_start = list(generators)
         keep = settings.get("keep")
         self.keep = keep if keep is not None and self.samples else None
         self.prune = switch_step(settings.get("prune_at"), steps) if self.keep is not None else None
@@ -78,6 +79,7 @@ class StepHook:
         self.evaluations = 0
         self.seconds = 0.0  # spent on previews
         self.x0: torch.Tensor | None = None
+        self.rows: torch.Tensor | None = None  # the images of the call that survived pruning, once it has run
         self._steps_seen = 0
 
     def tensor_inputs(self, pipe) -> list[str]:
@@ -117,7 +119,7 @@ class StepHook:
                 out[name] = _rows(name, value, rows, self.size, guided)
             self.generators[:] = [self.generators[r] for r in rows.tolist()]  # the scheduler's noise, per image
             _cut_scheduler(pipe.scheduler, rows, self.size)
-            self.kept, self.size = chosen, len(rows)
+            self.kept, self.size, self.rows = chosen, len(rows), rows
         if self.cfg is not None and i == self.cfg - 1 and guided:
             for name in tensors:
                 if name != "latents":
@@ -152,6 +154,27 @@ class StepHook:
                   for g in range(len(self.samples))]
         self.seconds += time.perf_counter() - start
         return chosen
+
+
+@contextmanager
+def cutting_inputs(module: torch.nn.Module, hook: StepHook, names: Sequence[str]):
+    """Cut ``module``'s keyword inputs ``names`` to the surviving images, for a pipeline that computes them once
+    before its loop and keeps them out of the step callback's reach (FLUX's pooled embeddings and guidance):
+    once pruning has run, each still has a row per image of the whole call, and the survivors' rows are kept."""
+    def cut(_module, args, kwargs):
+        if hook.rows is None:
+            return None
+        for name in names:
+            value = kwargs.get(name)
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == len(hook.generators_at_start):
+                kwargs[name] = value[hook.rows.to(value.device)]
+        return args, kwargs
+
+    handle = module.register_forward_pre_hook(cut, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def preview_factor(latent_size: Sequence[int], vae_scale: int, clip_size: int) -> int:
