@@ -12,6 +12,13 @@ from conftest import PAIR, crash_at_shard, invoke, shard_bytes
 PLAIN = PAIR.replace('negative_prompt: "blurry"\n', "")  # FLUX.1 has no negative prompt to use
 
 
+def _diffusers_at_least(version: str) -> bool:
+    import diffusers
+    from packaging.version import Version
+
+    return Version(diffusers.__version__) >= Version(version)
+
+
 @pytest.fixture(scope="module")
 def flux_pipe():
     from facesynth.generation.loading import load_pipeline
@@ -89,11 +96,13 @@ def test_pruning_on_flux_cuts_what_the_callback_cannot_reach_and_survivors_keep_
     _, full = run()
     engine, pruned = run(prune_at=0.5, keep=1)
     assert engine.unet_images == 6 * 2 + 2 * 2  # all 6 candidates for 2 steps, then the 2 survivors for 2
-    for f, p in zip(full, pruned):
-        assert np.array_equal(p.pixels[0], f.pixels[p.indices[0]])
     _, two = run(prune_at=0.25, keep=2)
-    for f, p in zip(full, two):
-        assert all(np.array_equal(p.pixels[i], f.pixels[j]) for i, j in enumerate(p.indices))
+    pairs = [(p.pixels[i], f.pixels[j]) for run_ in (pruned, two) for f, p in zip(full, run_)
+             for i, j in enumerate(p.indices)]
+    if _diffusers_at_least("0.42"):  # exact: the transformer rounds alike at the pruned batch size
+        assert all(np.array_equal(a, b) for a, b in pairs)
+    else:  # diffusers 0.37's FLUX rounds differently at another batch size: 1/255 on 0.02% of pixels, measured
+        assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 and (a != b).mean() < 1e-3 for a, b in pairs)
 
 
 def test_t5_carries_the_prompt_and_clip_only_the_pooled_embedding(flux_pipe):
@@ -151,3 +160,62 @@ def test_a_flux_folder_loads_through_diffusers_and_is_known_before_loading(flux_
     ours = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
     theirs = flux_pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
     assert np.allclose(ours, theirs, atol=1e-5)  # a loaded T5 may take another attention kernel: float rounding
+
+
+def test_flux_dev_guidance_is_an_embedding_and_pruning_cuts_it_too(tiny_scorer):
+    """A FLUX.1 [dev]-style transformer (``guidance_embeds``): guidance changes the image without a second
+    branch, and pruned survivors keep their trajectories with the guidance embedding cut to them."""
+    from diffusers import FluxTransformer2DModel
+
+    from facesynth import tiny
+    from facesynth.generation import Engine, EngineOptions
+    from facesynth.plan import Plan
+    from facesynth.recipe import parse_recipe
+
+    pipe = tiny.build_flux_pipeline()
+    torch.manual_seed(0)
+    pipe.transformer = FluxTransformer2DModel(**{**pipe.transformer.config, "guidance_embeds": True}).eval()
+    recipe = parse_recipe(PLAIN)
+    samples = Plan(recipe, 2).samples
+
+    def run(**extra):
+        engine = Engine(pipe, tiny_scorer, recipe, EngineOptions(overrides={"width": 64, "height": 64, "steps": 4,
+                                                                            **extra}))
+        return engine, engine.candidates(samples, 0)
+
+    engine, low = run(guidance=1.0)
+    _, high = run(guidance=3.5)
+    assert engine.unet_images == 6 * 4  # one evaluation per image and step at any guidance
+    assert not np.array_equal(low[0].pixels, high[0].pixels)
+    engine, pruned = run(guidance=3.5, prune_at=0.5, keep=1)
+    assert engine.unet_images == 6 * 2 + 2 * 2
+    for f, p in zip(high, pruned):
+        a, b = p.pixels[0].astype(int), f.pixels[p.indices[0]].astype(int)
+        assert np.array_equal(a, b) if _diffusers_at_least("0.42") else np.abs(a - b).max() <= 1
+
+
+def test_a_lora_for_the_flux_transformer_fuses_and_changes_the_image(tmp_path):
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from facesynth import tiny
+    from facesynth.generation.adapters import Adapter, apply
+
+    maker = tiny.build_flux_pipeline()
+    torch.manual_seed(3)
+    maker.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                             target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = {k: v * 3 for k, v in get_peft_model_state_dict(maker.transformer).items()}
+    FluxPipeline.save_lora_weights(str(tmp_path), transformer_lora_layers=layers, safe_serialization=True)
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+
+    def pixels(pipe):
+        return pipe("a smiling face", num_inference_steps=2, height=64, width=64, guidance_scale=0.0,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images
+
+    plain, adapted = tiny.build_flux_pipeline(), tiny.build_flux_pipeline()
+    apply(adapted, [Adapter(path.name, "file", 1.0, "--lora", path=str(path))], "tiny-flux")
+    assert adapted.get_list_adapters() == {}
+    assert np.abs(pixels(adapted) - pixels(plain)).max() > 0.01
+    assert np.array_equal(pixels(adapted), pixels(adapted))
