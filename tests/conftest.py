@@ -342,3 +342,40 @@ def tiny_lora(path, seed: int = 1, scale: float = 1.0, text_encoder: bool = Fals
     StableDiffusionPipeline.save_lora_weights(str(path), unet_lora_layers=layers, text_encoder_lora_layers=text,
                                               weight_name=name, safe_serialization=True)
     return Path(path) / name
+
+
+def transformer_lora(build, folder):
+    """A random rank-4 LoRA for the attention of a tiny transformer pipeline (``tiny.build_sd3_pipeline`` or
+    ``tiny.build_flux_pipeline``), made with PEFT and saved with the pipeline's own ``save_lora_weights``."""
+    from pathlib import Path
+
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    maker = build()
+    torch.manual_seed(3)
+    maker.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                             target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    layers = {k: v * 3 for k, v in get_peft_model_state_dict(maker.transformer).items()}
+    type(maker).save_lora_weights(str(folder), transformer_lora_layers=layers, safe_serialization=True)
+    return Path(folder) / "pytorch_lora_weights.safetensors"
+
+
+def check_fused_lora(build, path, model: str, **call):
+    """The adapter fuses into a fresh ``build()`` pipeline: no adapter layers stay, the image changes, and the
+    fused pipeline is deterministic."""
+    import numpy as np
+    import torch
+
+    from facesynth.generation.adapters import Adapter, apply
+
+    def pixels(pipe):
+        return pipe("a smiling face", num_inference_steps=2, height=64, width=64, output_type="np",
+                    generator=torch.Generator().manual_seed(0), **call).images
+
+    plain, adapted = build(), build()
+    apply(adapted, [Adapter(path.name, "file", 1.0, "--lora", path=str(path))], model)
+    assert adapted.get_list_adapters() == {}
+    assert np.abs(pixels(adapted) - pixels(plain)).max() > 0.01
+    assert np.array_equal(pixels(adapted), pixels(adapted))

@@ -195,27 +195,8 @@ def test_flux_dev_guidance_is_an_embedding_and_pruning_cuts_it_too(tiny_scorer):
 
 
 def test_a_lora_for_the_flux_transformer_fuses_and_changes_the_image(tmp_path):
-    from diffusers import FluxPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
+    from conftest import check_fused_lora, transformer_lora
     from facesynth import tiny
-    from facesynth.generation.adapters import Adapter, apply
 
-    maker = tiny.build_flux_pipeline()
-    torch.manual_seed(3)
-    maker.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                             target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    layers = {k: v * 3 for k, v in get_peft_model_state_dict(maker.transformer).items()}
-    FluxPipeline.save_lora_weights(str(tmp_path), transformer_lora_layers=layers, safe_serialization=True)
-    path = tmp_path / "pytorch_lora_weights.safetensors"
-
-    def pixels(pipe):
-        return pipe("a smiling face", num_inference_steps=2, height=64, width=64, guidance_scale=0.0,
-                    generator=torch.Generator().manual_seed(0), output_type="np").images
-
-    plain, adapted = tiny.build_flux_pipeline(), tiny.build_flux_pipeline()
-    apply(adapted, [Adapter(path.name, "file", 1.0, "--lora", path=str(path))], "tiny-flux")
-    assert adapted.get_list_adapters() == {}
-    assert np.abs(pixels(adapted) - pixels(plain)).max() > 0.01
-    assert np.array_equal(pixels(adapted), pixels(adapted))
+    path = transformer_lora(tiny.build_flux_pipeline, tmp_path)
+    check_fused_lora(tiny.build_flux_pipeline, path, "tiny-flux", guidance_scale=0.0)

@@ -125,30 +125,11 @@ def test_an_sd3_folder_loads_through_diffusers_and_is_known_before_loading(sd3_p
 
 
 def test_a_lora_for_the_sd3_transformer_fuses_and_changes_the_image(tmp_path):
-    from diffusers import StableDiffusion3Pipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
+    from conftest import check_fused_lora, transformer_lora
     from facesynth import tiny
     from facesynth.generation.adapters import Adapter, apply
 
-    maker = tiny.build_sd3_pipeline()
-    torch.manual_seed(3)
-    maker.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                             target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    layers = {k: v * 3 for k, v in get_peft_model_state_dict(maker.transformer).items()}
-    StableDiffusion3Pipeline.save_lora_weights(str(tmp_path), transformer_lora_layers=layers, safe_serialization=True)
-    path = tmp_path / "pytorch_lora_weights.safetensors"
-
-    def pixels(pipe):
-        g = torch.Generator().manual_seed(0)
-        return pipe("a smiling face", num_inference_steps=2, height=64, width=64, generator=g,
-                    output_type="np").images
-
-    plain, adapted = tiny.build_sd3_pipeline(), tiny.build_sd3_pipeline()
-    apply(adapted, [Adapter(path.name, "file", 1.0, "--lora", path=str(path))], "tiny-sd3")
-    assert adapted.get_list_adapters() == {}
-    assert np.abs(pixels(adapted) - pixels(plain)).max() > 0.01
-    assert np.array_equal(pixels(adapted), pixels(adapted))
+    path = transformer_lora(tiny.build_sd3_pipeline, tmp_path)
+    check_fused_lora(tiny.build_sd3_pipeline, path, "tiny-sd3")
     with pytest.raises(Exception, match="does not fit the model 'tiny'"):  # an SD 3 adapter on an SD UNet
         apply(tiny.build_pipeline(), [Adapter(path.name, "file", 1.0, "--lora", path=str(path))], "tiny")
