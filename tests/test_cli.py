@@ -176,3 +176,15 @@ def test_refuses_another_recipe_in_the_same_folder(tmp_path, capsys):
     assert "holds a dataset made with different seed" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert manifest["plan"]["seed"] == 1
+
+
+def test_recipes_lists_each_shipped_recipe_with_its_description_in_one_column(capsys):
+    from facesynth.recipe import load_recipe, shipped_recipes
+
+    capsys.readouterr()
+    assert invoke(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = shipped_recipes()
+    assert [line.split()[0] for line in lines] == names and "emotions_flux" in names
+    starts = {line.index(load_recipe(name).description[:20]) for line, name in zip(lines, names)}
+    assert starts == {max(map(len, names)) + 2}  # every description starts in the same column

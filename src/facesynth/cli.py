@@ -175,9 +175,10 @@ def recipes_cmd() -> None:
     """List the shipped recipes."""
     from .recipe import load_recipe, shipped_recipes
 
-    for name in shipped_recipes():
-        r = load_recipe(name)
-        click.echo(f"{name:10s} {r.description}")
+    names = shipped_recipes()
+    width = max(map(len, names))
+    for name in names:
+        click.echo(f"{name:{width}s}  {load_recipe(name).description}")
 
 
 @main.command("plan")
@@ -322,6 +323,8 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
       facesynth generate emotions --model ./lcm-dreamshaper --preset lcm --out few-step
       facesynth generate emotions --lora latent-consistency/lcm-lora-sdv1-5 --preset lcm --out lcm
       facesynth generate emotions --lora ./face-detail.safetensors@0.7 --out detailed
+      facesynth generate emotions_flux --out flux                  # FLUX.1 [schnell], 4 steps
+      facesynth generate emotions_flux --model stabilityai/stable-diffusion-3.5-medium --out sd35
       facesynth generate emotions -n 20000 --out big                 # grow a 10000-row dataset
       torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
       facesynth generate agfd --out agfd --worker-index 3 --num-workers 16
