@@ -241,7 +241,7 @@ class Lora(BaseModel):
     def _text(cls, value: Any) -> Any:
         """``SOURCE[@WEIGHT]`` as a plain string, as ``--lora`` takes it."""
         if isinstance(value, str):
-            source, at, weight = value.rpartition("@") if "@" in value else (value, "", "")
+            source, at, weight = value.rpartition("@")
             if not at:
                 return {"source": value}
             try:

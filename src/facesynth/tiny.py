@@ -188,6 +188,7 @@ def build_flux_pipeline():
 
 # The tiny presets by --model name: the SD architecture, and SD 3 and FLUX (flow matching, T5) for their code.
 TINY_MODELS = {"tiny": build_pipeline, "tiny-sd3": build_sd3_pipeline, "tiny-flux": build_flux_pipeline}
+TINY_ARCHITECTURES = {"tiny": "sd", "tiny-sd3": "sd3", "tiny-flux": "flux"}  # known without building them
 
 
 def is_tiny(model: str | None) -> bool:

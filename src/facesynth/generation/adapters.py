@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from ..errors import ModelError, PlanError, first_line
 from ..recipe import Lora, Recipe, _first_error
+from ..writer import sha256_file
 from .loading import quiet
 
 logger = logging.getLogger(__name__)
@@ -88,8 +89,6 @@ def _is_local(source: str) -> bool:
 
 
 def _local(spec: Lora, where: str) -> Adapter:
-    from .loading import _sha256
-
     path = Path(spec.source).expanduser()
     if path.suffix in PICKLE or (path.is_file() and path.suffix != ".safetensors"):
         raise ModelError(f"{where}: only .safetensors adapters are loaded, never pickle files")
@@ -98,7 +97,7 @@ def _local(spec: Lora, where: str) -> Adapter:
     if path.is_dir():
         path = _pick(path, [p.name for p in path.iterdir() if p.is_file()], where)
     _check_header(path, where)
-    return Adapter(path.name, "file", spec.weight, where, sha256=_sha256(path), path=str(path.resolve()))
+    return Adapter(path.name, "file", spec.weight, where, sha256=sha256_file(path), path=str(path.resolve()))
 
 
 def _hub(spec: Lora, where: str) -> Adapter:
@@ -154,14 +153,8 @@ def fetch(adapters: list[Adapter], recorded: Sequence[dict[str, Any]] = ()) -> l
             raise ModelError(f"{a.where}: '{a.name}' has no file '{file}' at {a.commit[:12]}")
         _check_header(path, a.where)
         a.file, a.path = str(path.relative_to(folder)), str(path)
-        a.sha256 = _sha256_of(path)
+        a.sha256 = sha256_file(path)
     return adapters
-
-
-def _sha256_of(path: Path) -> str:
-    from .loading import _sha256
-
-    return _sha256(path)
 
 
 def from_manifest(manifest) -> list[Adapter]:
@@ -174,7 +167,7 @@ def from_manifest(manifest) -> list[Adapter]:
             fetch([a], [r])
         if not a.path or not Path(a.path).is_file():
             raise ModelError(f"{a.where}: the adapter file is not on this machine ({a.path}); put it back there")
-        if _sha256_of(Path(a.path)) != r["sha256"]:
+        if sha256_file(Path(a.path)) != r["sha256"]:
             raise ModelError(f"{a.where}: the adapter file changed since the folder was made (sha256 differs)")
         out.append(a)
     return out

@@ -3,7 +3,7 @@
 The engine talks to a family only through :class:`Family`: it encodes each sample's prompts alone (so a
 sample's pixels never depend on its batch), hands one call's embeddings to the diffusers pipeline, which
 denoises with facesynth's step hook (``callback_on_step_end``, see :mod:`.steps`), and decodes latents to
-images. Adding a family is a module with those three things and a line in :data:`FAMILIES`; the engine, the
+images. Adding a family is a module with those things and a line in :func:`_families`; the engine, the
 runner and the shards stay as they are.
 """
 

@@ -18,7 +18,6 @@ import torch
 from ..errors import PlanError
 from .loading import quiet
 from .prompts import Conditioning, PromptEncoder
-from .sd import decode_latents
 from .steps import cutting_inputs
 from .sd3 import MAX_SEQUENCE_LENGTH, StableDiffusion3
 
@@ -57,9 +56,6 @@ class Flux(StableDiffusion3):
 
     def unpack(self, pipe, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
         return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor) if latents.ndim == 3 else latents
-
-    def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
-        return decode_latents(vae, latents, shift=getattr(vae.config, "shift_factor", None) or 0.0)
 
 
 FAMILY = Flux()

@@ -136,14 +136,15 @@ def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype
 
 
 def peek_architecture(model: str, revision: str | None = None) -> str | None:
-    """``sd`` or ``sdxl`` without loading any weights: from a file's header, or a folder's or Hub repo's
-    ``model_index.json``; None when that cannot be told (the load itself then reports what is wrong)."""
+    """The model's family name (``sd``, ``sdxl``, ``sd3``, ``flux``) without loading any weights: from a file's
+    header, or a folder's or Hub repo's ``model_index.json``; None when that cannot be told (the load itself
+    then reports what is wrong)."""
     import json
 
-    from ..tiny import is_tiny
+    from ..tiny import TINY_ARCHITECTURES
 
-    if is_tiny(model):
-        return {"tiny-sd3": "sd3", "tiny-flux": "flux"}.get(model, "sd")
+    if model in TINY_ARCHITECTURES:
+        return TINY_ARCHITECTURES[model]
     path = Path(model)
     try:
         if path.is_file():

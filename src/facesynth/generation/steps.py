@@ -69,7 +69,7 @@ class StepHook:
         self.samples = list(samples)
         self.n = len(generators) // len(self.samples) if self.samples else 1
         self.generators = generators
-        self.generators_at_start = list(generators)
+        self.call_size = len(generators)  # images the call started with
         keep = settings.get("keep")
         self.keep = keep if keep is not None and self.samples else None
         self.prune = switch_step(settings.get("prune_at"), steps) if self.keep is not None else None
@@ -166,7 +166,7 @@ def cutting_inputs(module: torch.nn.Module, hook: StepHook, names: Sequence[str]
             return None
         for name in names:
             value = kwargs.get(name)
-            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == len(hook.generators_at_start):
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == hook.call_size:
                 kwargs[name] = value[hook.rows.to(value.device)]
         return args, kwargs
 
