@@ -1,7 +1,10 @@
 """The seed notebook's loop against facesynth's engine, on the same plan and models, in one process.
 
-    python benchmarks/bench_engine.py --config tiny            # CPU, about a minute
+    python benchmarks/bench_engine.py --config tiny            # CPU, about a minute (also tiny-sd3, tiny-flux)
     python benchmarks/bench_engine.py --config sd15 --samples 48   # a GPU: SD 1.5 architecture, 512², 25 steps
+    python benchmarks/bench_engine.py --config sdxl --dtype fp16   # SDXL base, 1024², 25 steps
+    python benchmarks/bench_engine.py --config sd35-medium --dtype bf16   # SD 3.5 Medium, 1024², 28 steps, CFG 4.5
+    python benchmarks/bench_engine.py --config flux-schnell --dtype bf16  # FLUX.1 [schnell], 1024², 4 steps
     python benchmarks/bench_engine.py --config tiny --prune-at 0.25 --keep 1 --cfg-until 0.5   # + pruned runs
     python benchmarks/bench_engine.py --measure filtering      # bytes read to load one label
     python benchmarks/bench_engine.py --measure memory         # peak RSS, 1,000 vs 10,000 tiny samples
@@ -11,9 +14,11 @@ image through the PIL processor, every kept PNG saved to a folder;
 (b) ``facesynth.generation.generate``: batched candidates, CLIP on the device from tensors,
 PNG encoding and Parquet writing on a background thread.
 
-``sd15`` builds the Stable Diffusion 1.5 UNet, VAE and text encoder, and a ViT-B/32 CLIP, from
-the configs in ``benchmarks/configs/sd15`` with random weights: nothing is downloaded and the
-compute is the real model's. Results print as a table and as one JSON line.
+The real configs (``sd15``, ``sdxl``, ``sd35-medium``, ``flux-schnell``) build each model's denoiser,
+VAE and text encoders, and a ViT-B/32 CLIP, from ``benchmarks/configs/<name>`` with random weights
+(``random_models.py``): nothing is downloaded and the compute is the real model's. The SD 3.5 and
+FLUX configs run the ``emotions_flux`` recipe (plain prompts, no negative prompt). Results print as
+a table and as one JSON line.
 """
 
 from __future__ import annotations
@@ -30,41 +35,14 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-CONFIGS = HERE / "configs" / "sd15"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import random_models  # noqa: E402  (the benchmarks' own module, beside this script)
+
+TINY = {"tiny": "emotions", "tiny-sd3": "emotions_flux", "tiny-flux": "emotions_flux"}  # preset -> recipe
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def build_sd15(folder: Path, dtype: torch.dtype) -> tuple[str, str]:
-    """Save random-weight SD 1.5 and CLIP ViT-B/32 folders (safetensors) built from the repo's configs."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel
-
-    from facesynth.tiny import build_tokenizer
-
-    def load(name):
-        return json.loads((CONFIGS / name).read_text())
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(load("unet.json"))
-    vae = AutoencoderKL.from_config(load("vae.json"))
-    text = CLIPTextModel(CLIPTextConfig(**load("text_encoder.json")))
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=build_tokenizer(),
-                                   scheduler=PNDMScheduler.from_config(load("scheduler.json")), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.to(dtype=dtype).save_pretrained(folder / "sd15", safe_serialization=True)
-    spec = load("clip.json")
-    pre = spec.pop("preprocess")
-    clip = CLIPModel(CLIPConfig(text_config=spec["text_config"], vision_config=spec["vision_config"],
-                                projection_dim=spec["projection_dim"]))
-    clip.save_pretrained(folder / "clip", safe_serialization=True)
-    build_tokenizer().save_pretrained(folder / "clip")
-    CLIPImageProcessor(size={"shortest_edge": pre["size"]}, crop_size={"height": pre["crop"], "width": pre["crop"]},
-                       image_mean=pre["mean"], image_std=pre["std"]).save_pretrained(folder / "clip")
-    return str(folder / "sd15"), str(folder / "clip")
 
 
 def seed_loop(pipe, clip, processor, plan, settings: dict, out: Path, device) -> dict:
@@ -74,8 +52,8 @@ def seed_loop(pipe, clip, processor, plan, settings: dict, out: Path, device) ->
     for sample in plan.samples:
         best, best_score = None, None
         for seed in sample.candidate_seeds(plan.num_candidates):
-            image = pipe(prompt=sample.prompt, negative_prompt=sample.negative_prompt,
-                         num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
+            negative = {"negative_prompt": sample.negative_prompt} if sample.negative_prompt else {}
+            image = pipe(prompt=sample.prompt, **negative, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                          width=settings["width"], height=settings["height"],
                          generator=torch.Generator("cpu").manual_seed(seed)).images[0]
             inputs = processor(text=[sample.caption], images=image, return_tensors="pt", padding="max_length",
@@ -91,12 +69,12 @@ def seed_loop(pipe, clip, processor, plan, settings: dict, out: Path, device) ->
     return {"wall": wall, "kept_per_s": len(plan) / wall}
 
 
-def engine_run(model: str, clip_model: str, n: int, overrides: dict, out: Path, device: str, dtype: str | None,
+def engine_run(recipe: str, model: str, clip_model: str, n: int, overrides: dict, out: Path, device: str, dtype: str | None,
                batch_size: int, compile: bool, channels_last: bool) -> dict:
     """(b) facesynth's generate, timed inside (model loading excluded, as for the loop)."""
     from facesynth.generation import GenerateConfig, generate
 
-    result = generate(GenerateConfig(recipe="emotions", out=out, num_samples=n, model=model, clip_model=clip_model,
+    result = generate(GenerateConfig(recipe=recipe, out=out, num_samples=n, model=model, clip_model=clip_model,
                                      device=device, dtype=dtype, batch_size=batch_size, quiet=True, write_card=False,
                                      compile=compile, channels_last=channels_last, **overrides))
     t = result.timings
@@ -132,12 +110,18 @@ def compare(args) -> dict:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     work = Path(tempfile.mkdtemp(prefix="facesynth-bench-"))
-    if args.config == "tiny":
-        model, clip_name, overrides = "tiny", "tiny", dict(TINY_SETTINGS)
+    if args.config in TINY:
+        recipe, model, clip_name, overrides = TINY[args.config], args.config, "tiny", dict(TINY_SETTINGS)
     else:
-        model, clip_name = build_sd15(work, dtype)
-        overrides = {"width": args.size, "height": args.size, "steps": args.steps}
-    plan = Plan(load_recipe("emotions"), args.samples, None, 3)
+        spec = random_models.spec(args.config)
+        recipe = spec["recipe"]
+        model = random_models.build(args.config, work, dtype, device)
+        clip_name = random_models.build_clip(work)
+        size = args.size or spec["size"]
+        overrides = {"width": size, "height": size, "steps": args.steps or spec["steps"]}
+        if "guidance" in spec:
+            overrides["guidance"] = spec["guidance"]
+    plan = Plan(load_recipe(recipe), args.samples, None, 3)
     settings = {**plan.samples[0].settings, **overrides}
     pipe, _ = load_pipeline(model, dtype=dtype, device=device)
     scorer = ClipScorer.load(clip_name, device=device, dtype=dtype)
@@ -163,7 +147,7 @@ def compare(args) -> dict:
     for name, fast in modes.items():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        runs[name] = engine_run(model, clip_name, args.samples, {**overrides, **fast}, work / name, args.device,
+        runs[name] = engine_run(recipe, model, clip_name, args.samples, {**overrides, **fast}, work / name, args.device,
                                 args.engine_dtype or args.dtype, args.batch_size, args.compile, args.channels_last)
         runs[name]["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
         runs[name]["speedup"] = runs[name]["kept_per_s"] / loop["kept_per_s"]
@@ -175,7 +159,7 @@ def compare(args) -> dict:
         run["same_winner"] = same / len(chosen["exact"])
         run["mean_clip_score"] = sum(v[1] for v in chosen[name].values()) / len(chosen[name])
     engine_dtype = resolve_dtype(args.engine_dtype or args.dtype, device)
-    return {"config": args.config, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+    return {"config": args.config, "recipe": recipe, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
             "engine_dtype": str(engine_dtype).replace("torch.", ""),
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "samples": args.samples,
             "candidates": 3, "steps": settings["steps"], "size": settings["width"], "batch_size": args.batch_size,
@@ -252,7 +236,8 @@ def memory(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=["tiny", "sd15"], default="tiny")
+    parser.add_argument("--config", choices=[*TINY, *random_models.NAMES], default="tiny",
+                        help="a tiny preset (CPU, seconds), or a real model's architecture with random weights")
     parser.add_argument("--measure", choices=["speed", "filtering", "memory"], default="speed")
     parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -262,8 +247,9 @@ def main() -> None:
                         help="the engine's dtype, if not --dtype (e.g. bf16 on a CPU with AMX)")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--size", type=int, default=512, help="sd15: image size (a CPU manages 128 or 256)")
-    parser.add_argument("--steps", type=int, default=25, help="sd15: denoising steps")
+    parser.add_argument("--size", type=int, help="real configs: image size (default the model's own; a CPU "
+                        "manages 128 or 256 for sd15)")
+    parser.add_argument("--steps", type=int, help="real configs: denoising steps (default the model card's)")
     parser.add_argument("--prune-at", type=float, help="also run with candidate pruning at this fraction")
     parser.add_argument("--keep", type=int, default=1, help="candidates kept past --prune-at")
     parser.add_argument("--cfg-until", type=float, help="also run pruned with guidance truncated at this fraction")
@@ -277,15 +263,15 @@ def main() -> None:
     elif args.measure == "memory":
         result = memory(args)
     else:
-        args.samples = args.samples or (24 if args.config == "tiny" else 48)
-        args.batch_size = args.batch_size or (12 if args.config == "tiny" else 24)
+        args.samples = args.samples or (24 if args.config in TINY else 48)
+        args.batch_size = args.batch_size or (12 if args.config in TINY else 24)
         result = compare(args)
         print(f"{args.config} on {result['gpu'] or result['device']} ({result['dtype']}), {args.samples} samples, "
               f"best-of-3, {result['steps']} steps, {result['size']}x{result['size']}")
         print(f"  seed loop : {result['seed_loop']['kept_per_s']:.3f} kept images/s")
         for name, run in result["modes"].items():
             print(f"  facesynth {name} {run['settings'] or ''}: {run['kept_per_s']:.3f} kept images/s "
-                  f"({result['engine_dtype']}), {run['unet_per_image']:.1f} UNet evaluations per kept image "
+                  f"({result['engine_dtype']}), {run['unet_per_image']:.1f} UNet or transformer evaluations per kept image "
                   f"({run['speedup']:.1f}x the seed loop); same winner as exact {100 * run['same_winner']:.0f}%, "
                   f"mean clip_score {run['mean_clip_score']:.2f}")
             for stage, ms in run["per_image_ms"].items():

@@ -200,3 +200,22 @@ def test_a_lora_for_the_flux_transformer_fuses_and_changes_the_image(tmp_path):
 
     path = transformer_lora(tiny.build_flux_pipeline, tmp_path)
     check_fused_lora(tiny.build_flux_pipeline, path, "tiny-flux", guidance_scale=0.0)
+
+
+@pytest.mark.slow
+def test_a_flux_single_file_checkpoint_loads_offline_with_a_config_folder(plain_file, tmp_path):
+    """A FLUX.1-layout file (``double_blocks``, ``single_blocks``) holding the transformer alone, as FLUX.1's own
+    files do: the VAE, text encoders and tokenizers come from ``--model-config``. diffusers' converter assumes
+    FLUX.1's width (24 heads of 128), so this transformer has that width with one block of each kind (0.5 B)."""
+    from diffusers import FluxTransformer2DModel
+    from mmdit_checkpoint import check_single_file
+
+    from facesynth import tiny
+
+    pipe = tiny.build_flux_pipeline()
+    torch.manual_seed(0)
+    pipe.register_modules(transformer=FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=128, num_attention_heads=24,
+        joint_attention_dim=tiny.TEXT_DIM, pooled_projection_dim=tiny.TEXT_DIM, axes_dims_rope=[16, 56, 56],
+        guidance_embeds=False).eval())
+    check_single_file(pipe, "flux", tmp_path, plain_file, vae=False, width=64, height=64, steps=1)

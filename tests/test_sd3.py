@@ -133,3 +133,32 @@ def test_a_lora_for_the_sd3_transformer_fuses_and_changes_the_image(tmp_path):
     check_fused_lora(tiny.build_sd3_pipeline, path, "tiny-sd3")
     with pytest.raises(Exception, match="does not fit the model 'tiny'"):  # an SD 3 adapter on an SD UNet
         apply(tiny.build_pipeline(), [Adapter(path.name, "file", 1.0, "--lora", path=str(path))], "tiny")
+
+
+@pytest.mark.parametrize("vae", [True, False], ids=["with-its-vae", "transformer-only"])
+def test_an_sd3_single_file_checkpoint_loads_offline_with_a_config_folder(sd3_pipe, pair_file, tmp_path, vae):
+    """An original-layout SD 3 file (``model.diffusion_model.joint_blocks...``), with or without its VAE; the text
+    encoders, tokenizers and scheduler come from ``--model-config``."""
+    from mmdit_checkpoint import check_single_file
+
+    check_single_file(sd3_pipe, "sd3", tmp_path, pair_file, vae=vae, width=64, height=64, steps=2)
+
+
+def test_a_single_file_missing_a_part_its_config_folder_lacks_too_is_one_line(sd3_pipe, pair_file, tmp_path, capsys):
+    import shutil
+
+    from mmdit_checkpoint import save_mmdit_checkpoint
+
+    ckpt = save_mmdit_checkpoint(sd3_pipe, "sd3", tmp_path / "sd3.safetensors")
+    config = tmp_path / "config"
+    sd3_pipe.save_pretrained(config, safe_serialization=True)
+    shutil.rmtree(config / "transformer")
+    (config / "text_encoder_2" / "model.safetensors").unlink()
+    out = tmp_path / "out"
+    args = ["generate", pair_file, "--model", str(ckpt), "--model-config", str(config), "-n", "2", "--out", str(out),
+            "--width", "64", "--height", "64", "-q"]
+    capsys.readouterr()  # what saving the folder printed
+    assert invoke(args) == 2
+    assert capsys.readouterr().err.strip() == (f"Error: --model: '{ckpt}' holds no CLIPTextModelWithProjection "
+                                               f"weights; --model-config '{config}' has none either")
+    assert not out.exists()

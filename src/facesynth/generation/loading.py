@@ -6,7 +6,9 @@ Safetensors only: ``use_safetensors=True`` everywhere, and single files must end
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,13 +114,29 @@ def make_scheduler(name: str, base_config: dict):
     cls_name, extra = SCHEDULERS[name]
     return getattr(diffusers, cls_name).from_config(base_config, **extra)
 
+@contextmanager
+def no_bars() -> Iterator[None]:
+    """No loading bars from diffusers or transformers (``--quiet``)."""
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    bars = dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled()
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for enabled, module in zip(bars, (dlogging, tlogging)):
+            if enabled:
+                module.enable_progress_bar()
+
 
 def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str = "cpu", config: str | None = None):
+                  device: torch.device | str = "cpu", config: str | None = None, progress: bool = True):
     """Return ``(pipeline, ModelInfo)`` for ``tiny``, a Hub id, a local folder or a .safetensors file.
 
     ``config`` is a local diffusers folder of configs (and tokenizers) for a single-file checkpoint,
-    so that it loads without the network.
+    so that it loads without the network. ``progress=False`` hides diffusers' and transformers' loading bars.
     """
     from .. import tiny
 
@@ -126,7 +144,8 @@ def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype
         pipe = tiny.TINY_MODELS[model]()
         info = ModelInfo(model, "tiny", preset_settings=dict(tiny.TINY_SETTINGS))
     else:
-        pipe, info = _load_real(model, revision, dtype, config)
+        with contextlib.nullcontext() if progress else no_bars():
+            pipe, info = _load_real(model, revision, dtype, config)
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     from .family import family_of
@@ -277,8 +296,43 @@ def _unused(folder: Path) -> dict:
     return skip
 
 
+# Where an original-layout SD 3 or FLUX file keeps the parts besides its transformer, when it has them.
+IN_FILE = {"sd3": {"vae": ("first_stage_model.",), "text_encoder": ("text_encoders.clip_l.",),
+                   "text_encoder_2": ("text_encoders.clip_g.",), "text_encoder_3": ("text_encoders.t5xxl.",)},
+           "flux": {"vae": ("vae.", "first_stage_model."), "text_encoder": ("text_encoders.clip_l.",),
+                    "text_encoder_2": ("text_encoders.t5xxl.",)}}
+
+
+def _from_config_folder(path: Path, family: str | None, config: str | None, dtype: torch.dtype) -> dict:
+    """The parts an SD 3 or FLUX file lacks (FLUX.1's own files hold only the transformer), loaded from the
+    ``--model-config`` folder where it has their weights (diffusers looks there only for its own file names)."""
+    import importlib
+    import json
+
+    from safetensors import safe_open
+
+    if family not in IN_FILE or config is None:
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    index = Path(config) / "model_index.json"
+    listed = json.loads(index.read_text()) if index.is_file() else {}
+    parts = {}
+    for name, prefixes in IN_FILE[family].items():
+        if any(k.startswith(prefixes) for k in keys) or not list((Path(config) / name).glob("*.safetensors")):
+            continue
+        library, cls = listed.get(name, [None, None])
+        if library not in ("diffusers", "transformers"):
+            continue
+        loader = getattr(importlib.import_module(library), cls)
+        parts[name] = loader.from_pretrained(str(Path(config) / name), torch_dtype=dtype, use_safetensors=True,
+                                             local_files_only=True)
+    return parts
+
+
 def _load_single_file(path: Path, dtype: torch.dtype, config: str | None = None):
     from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     if path.suffix != ".safetensors":
         raise ModelError(f"--model: '{path}': only .safetensors checkpoints are loaded, never pickle files")
@@ -288,8 +342,14 @@ def _load_single_file(path: Path, dtype: torch.dtype, config: str | None = None)
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if cls is StableDiffusionPipeline else {}
     if config is not None:  # configs and tokenizers from a local folder: no download at all
         kwargs.update(config=str(config), local_files_only=True)
-    return cls.from_single_file(str(path), torch_dtype=dtype, **kwargs)
-
+    kwargs.update(_from_config_folder(path, family, config, dtype))
+    try:
+        return cls.from_single_file(str(path), torch_dtype=dtype, **kwargs)
+    except SingleFileComponentError as exc:
+        part = re.search(r"Failed to load (\w+)", str(exc))
+        where = ("give --model-config a diffusers folder that has them" if config is None
+                 else f"--model-config '{config}' has none either")
+        raise ModelError(f"--model: '{path}' holds no {part[1] if part else 'component'} weights; {where}") from exc
 
 
 def optimize_pipeline(pipe, compile: bool = False, channels_last: bool = False) -> None:

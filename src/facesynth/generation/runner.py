@@ -230,7 +230,7 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     verifiers = from_manifest(manifest, recipe, device, dtype, origins)  # before the generator: bad ones fail fast
     fetch_adapters(adapters, manifest.get("loras") or ())  # each Hub adapter at the commit a resumed run recorded
     pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device,
-                               config=cfg.model_config)
+                               config=cfg.model_config, progress=not cfg.quiet)
     if pinned:
         info.revision = cfg.revision
     apply_adapters(pipe, adapters, model)
