@@ -172,14 +172,15 @@ def tidy(out: Path, worker: Worker, created: bool) -> None:
 
 
 def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], worker: Worker,
-                overwrite: bool = False, repair: bool = False,
+                held: list[str] | None = None, overwrite: bool = False, repair: bool = False,
                 version: str | None = None) -> tuple[Manifest, list[Manifest]]:
     """The manifest this process builds on (resumed, grown from an earlier version, or new), and
     the manifests of a run that ``--overwrite`` replaces (deleted later, by :func:`clear_listed`,
     once the new run has shown it can start). Call it holding the folder's lock.
 
     ``header`` is a fresh manifest (``fingerprint``, ``parameters``, ...); ``layout_ids``
-    maps every shard of the layout to the digest of its sample ids.
+    maps every shard of the layout to the digest of its sample ids; ``held`` names the shards this
+    process makes (by default every ``worker.count``-th one).
     """
     check_owner(out)
     main = Manifest.load(out) if out.exists() else None
@@ -206,7 +207,7 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
             part.shards.update({k: v for k, v in base.shards.items() if k not in part.shards})
             base = part
         base = Manifest(base.data, worker.manifest_file)
-    mine = worker.share(list(layout_ids))
+    mine = worker.share(list(layout_ids)) if held is None else held
     # a shard counts as ours only if it holds exactly the samples the layout puts there
     for name in [n for n in base.shards if n not in layout_ids or base.shards[n].get("ids") != layout_ids[n]]:
         del base.shards[name]

@@ -56,3 +56,24 @@ def layout(plan: Plan, per_shard: int) -> list[ShardTask]:
                 chunk.sort(key=lambda s: (sorted(s.settings.items()), s.index))
                 tasks.append(ShardTask(shard_name(label, split, i), split, chunk))
     return tasks
+
+
+def batch_groups(tasks: list[ShardTask], per_shard: int, limit: int) -> list[list[ShardTask]]:
+    """Consecutive shards whose samples may share pipeline calls, in layout order.
+
+    A full shard (``per_shard`` rows) is a group of its own, so the shards a grown dataset keeps were made
+    in the same calls as a fresh run would make them. Shards with fewer rows (the last of a primary label and
+    split, and every shard of a small dataset) join their neighbours while the group holds at most ``limit``
+    rows: that is what a process holds in memory before it writes them. Workers share groups, not shards.
+    """
+    groups: list[list[ShardTask]] = []
+    rows = 0
+    for task in tasks:
+        small = len(task.samples) < per_shard
+        if small and groups and rows + len(task.samples) <= limit and len(groups[-1][-1].samples) < per_shard:
+            groups[-1].append(task)
+            rows += len(task.samples)
+        else:
+            groups.append([task])
+            rows = len(task.samples)
+    return groups

@@ -4,7 +4,8 @@ Several samples x N candidates go through one pipeline call. Every candidate has
 its own CPU ``torch.Generator`` seeded from the plan, and every sample's prompt
 embeddings are computed alone, so a sample's pixels do not depend on what else is
 in its batch (up to floating-point noise of batched kernels). Batches only join
-samples with equal settings and equal conditioning length.
+samples with equal settings and equal conditioning length: consecutive ones, or, for
+a group of small shards, any of the group's (:meth:`Engine.batches`).
 """
 
 from __future__ import annotations
@@ -185,19 +186,30 @@ class Engine:
         ``first_attempt`` starts some samples at a later attempt (fresh seeds: a row rejected
         in review); a call holds samples of one attempt, so every row can be run again.
         """
+        for batch, attempt in self.batches(samples, batch_size, first_attempt):
+            yield from self.run_batch(batch, attempt)
+
+    def batches(self, samples: Sequence[Sample], batch_size: int | None = None,
+                first_attempt: dict[str, int] | None = None, pooled: bool = False) -> Iterator[tuple[list[Sample], int]]:
+        """The calls ``samples`` go through, each with its attempt: samples with equal settings, conditioning
+        length and attempt, at most ``batch_size // candidates`` of them.
+
+        By default a call joins consecutive samples only. ``pooled`` joins them from anywhere in ``samples``:
+        each key fills its own call, in the order of its first sample, and calls that are not full come last.
+        """
         per_call = max(1, (batch_size or self.options.batch_size) // self.options.candidates)
         first_attempt = first_attempt or {}
-        batch: list[Sample] = []
-        batch_key = None
+        open_calls: dict[tuple, list[Sample]] = {}
         for sample in samples:
             key = (*self._batch_key(sample), first_attempt.get(sample.sample_id, 0))
-            if batch and (key != batch_key or len(batch) >= per_call):
-                yield from self.run_batch(batch, batch_key[-1])
-                batch = []
+            if not pooled and open_calls and key not in open_calls:
+                yield from ((b, k[-1]) for k, b in open_calls.items())
+                open_calls = {}
+            batch = open_calls.setdefault(key, [])
             batch.append(sample)
-            batch_key = key
-        if batch:
-            yield from self.run_batch(batch, batch_key[-1])
+            if len(batch) >= per_call:
+                yield open_calls.pop(key), key[-1]
+        yield from ((b, k[-1]) for k, b in open_calls.items())
 
     def _batch_key(self, sample: Sample) -> tuple:
         with self.timings.stage("text"):

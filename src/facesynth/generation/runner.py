@@ -3,6 +3,8 @@
 The shard is the unit of work and of resume. Shards are laid out from the plan
 alone (split, then plan order, a fixed number of rows each), so a re-run knows
 which shards exist, skips the finished ones and regenerates the rest exactly.
+Small shards share pipeline calls in groups laid out the same way, and workers
+share those groups.
 Inside a shard, rows are ordered by primary label, so each row group holds one
 label and filtering by it reads only matching row groups.
 
@@ -25,7 +27,7 @@ from ..errors import FacesynthError, OutputError, PlanError, WriteError
 from .. import review_round as rounds
 from ..folder import (Worker, cell_counts, check_owner, clear_listed, merge, open_folder, remove_stale_temp_files,
                       tidy, worker_from)
-from ..layout import ShardTask, layout
+from ..layout import ShardTask, batch_groups, layout
 from ..lock import WORK_DIR, FolderLock
 from ..plan import Plan
 from ..quality import QualityOptions, quality_report, shard_embeddings
@@ -45,6 +47,7 @@ __all__ = ["DEFAULT_DEDUPE", "GenerateConfig", "GenerateResult", "ShardSink", "g
 logger = logging.getLogger(__name__)
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+GROUP_CALLS = 32  # small shards share calls in groups of at most this many full calls' samples (layout.batch_groups)
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Generate (or resume, repair or grow) a dataset folder, or this worker's part of it.
@@ -76,6 +79,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     per_shard = cfg.rows_per_shard or rows_per_shard(max(s["width"] for s in sizes), max(s["height"] for s in sizes))
     params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality, verify, adapters)
     tasks = layout(plan, per_shard)
+    groups = batch_groups(tasks, per_shard, min(per_shard, GROUP_CALLS * max(1, cfg.batch_size // cfg.candidates)))
     source, text = resolve(cfg.recipe)
     header = {
         "generator": GENERATOR,
@@ -99,16 +103,16 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     except OSError as exc:
         raise OutputError(f"--out: cannot create '{out}': {exc.strerror or exc}") from None
     try:
-        return _generate_locked(cfg, recipe, model, clip_model, overrides, quality, header, tasks, out, worker,
-                                adapters)
+        return _generate_locked(cfg, recipe, model, clip_model, overrides, quality, header, tasks, groups, out,
+                                worker, adapters)
     finally:
         lock.release()
         tidy(out, worker, created)
 
 
 def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model: str, overrides: dict[str, Any],
-                     quality: QualityOptions, header: dict[str, Any], tasks: list[ShardTask], out: Path,
-                     worker: Worker, adapters: list[Adapter]) -> GenerateResult:
+                     quality: QualityOptions, header: dict[str, Any], tasks: list[ShardTask],
+                     groups: list[list[ShardTask]], out: Path, worker: Worker, adapters: list[Adapter]) -> GenerateResult:
     """The run, holding the folder: resume, grow, repair or replace, then the review round, then the card.
 
     Shards missing from the folder are built first (every sample from its floor attempt); then the rows that
@@ -116,11 +120,12 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     """
     from tqdm.auto import tqdm
 
-    manifest, replaced = open_folder(out, header, {t.name: t.ids for t in tasks}, worker, overwrite=cfg.overwrite,
-                                     repair=cfg.repair, version=cfg.dataset_version)
+    my_groups = worker.share(groups)
+    mine = [t for group in my_groups for t in group]
+    manifest, replaced = open_folder(out, header, {t.name: t.ids for t in tasks}, worker, [t.name for t in mine],
+                                     overwrite=cfg.overwrite, repair=cfg.repair, version=cfg.dataset_version)
     remove_stale_temp_files(out)
     tmp_dir = out / worker.tmp_dir
-    mine = worker.share(tasks)
     cells = review_cells(out, tasks)
     limit = rounds.snapshot(out, manifest) if cells is not None else 0
     redo = open_round(out, manifest, cells, worker, cfg.dataset_version, limit, list(manifest.shards))
@@ -141,14 +146,14 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     written = {t.name for t in todo} | set(redo)
     if engine is not None:
         start = time.perf_counter()
-        sink_seconds = _run(engine, mine, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm, redo)
+        sink_seconds = _run(engine, my_groups, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm, redo)
         built = [t.name for t in todo]
         again = open_round(out, manifest, cells, worker, cfg.dataset_version, limit, built) if built else {}
         if again:  # a rebuilt shard (repair, grow) holds rows the snapshot rejects: one more pass makes them again
             manifest.save(out)
             engine.gates.reset()
             rewritten = [t for t in mine if t.name in again]
-            more = _run(engine, mine, out, tmp_dir, recipe, manifest, sum(len(t.samples) for t in mine if
+            more = _run(engine, my_groups, out, tmp_dir, recipe, manifest, sum(len(t.samples) for t in mine if
                         t not in rewritten), cfg.quiet, tqdm, again)
             sink_seconds = {k: sink_seconds.get(k, 0) + more.get(k, 0) for k in {*sink_seconds, *more}}
             written |= set(again)
@@ -260,41 +265,55 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     return engine
 
 
-def _run(engine: Engine, mine: list[ShardTask], out: Path, tmp_dir: Path, recipe: Recipe, manifest: Manifest,
-         done_rows: int, quiet: bool, tqdm, redo: dict[str, dict[str, Verdict]] | None = None) -> dict[str, float]:
+def _run(engine: Engine, groups: list[list[ShardTask]], out: Path, tmp_dir: Path, recipe: Recipe,
+         manifest: Manifest, done_rows: int, quiet: bool, tqdm,
+         redo: dict[str, dict[str, Verdict]] | None = None) -> dict[str, float]:
     """Generate this worker's unfinished shards, in layout order; return the writer thread's seconds.
 
-    With deduplication, a row is compared with the rows of this worker's earlier shards:
-    finished ones are read back (their ``clip_embedding`` column) as the loop reaches
-    them, so a resumed or repaired run sees exactly what an uninterrupted one saw.
+    A group of small shards (:func:`~facesynth.layout.batch_groups`) goes through its calls together, every
+    sample of the group in them, so a resumed run makes the same calls as an uninterrupted one; the rows of
+    shards already written are made again and dropped. With deduplication, a row is compared with the rows of
+    this worker's earlier shards: finished ones are read back (their ``clip_embedding`` column) as the loop
+    reaches them, so a resumed or repaired run sees exactly what an uninterrupted one saw.
     """
     sink = ShardSink(out, recipe, manifest, tmp_dir)
-    bar = tqdm(total=sum(len(t.samples) for t in mine), initial=done_rows, unit="img", desc="generating",
-               disable=quiet, dynamic_ncols=True)
+    bar = tqdm(total=sum(len(t.samples) for g in groups for t in g), initial=done_rows, unit="img",
+               desc="generating", disable=quiet, dynamic_ncols=True)
     attributes = {a: list(attr.values) for a, attr in recipe.attributes.items()}
     floors = rounds.floors(manifest)  # samples a review round moved on start at their next attempt
-    total_score, kept, rejected = 0.0, 0, 0
+    totals = {"score": 0.0, "kept": 0, "rejected": 0}
     redo = redo or {}
+
+    def made(winner) -> None:
+        totals["score"] += winner.clip_score
+        totals["kept"] += 1
+        totals["rejected"] += sum(winner.tally.rejected.values())
+        bar.update(1)
+        bar.set_postfix(clip=f"{totals['score'] / totals['kept']:.2f}", rejected=totals["rejected"], refresh=False)
+
     try:
-        for task in mine:
-            if task.name in redo:
-                rewrite(engine, sink, task, out / task.name, redo[task.name], manifest, attributes)
-                bar.update(len(task.samples))
-                continue
-            if task.name in manifest.shards:
-                if engine.gates.index is not None:
-                    for cell, embedding in shard_embeddings(out / task.name, attributes):
-                        engine.gates.accept(cell, embedding)
-                continue
-            sink.start(task)
-            for winner in engine.run(task.samples, first_attempt=floors):
-                sink.add(winner)
-                total_score += winner.clip_score
-                kept += 1
-                rejected += sum(winner.tally.rejected.values())
-                bar.update(1)
-                bar.set_postfix(clip=f"{total_score / kept:.2f}", rejected=rejected, refresh=False)
-            sink.finish()
+        for group in groups:
+            build = [t for t in group if t.name not in manifest.shards and t.name not in redo]
+            pooled = _pooled(engine, group, build, floors, made) if len(group) > 1 and build else None
+            for task in group:
+                if task.name in redo:
+                    rewrite(engine, sink, task, out / task.name, redo[task.name], manifest, attributes)
+                    bar.update(len(task.samples))
+                    continue
+                if task.name in manifest.shards:
+                    if engine.gates.index is not None and pooled is None:
+                        for cell, embedding in shard_embeddings(out / task.name, attributes):
+                            engine.gates.accept(cell, embedding)
+                    continue
+                sink.start(task)
+                if pooled is not None:
+                    for sample in task.samples:
+                        sink.add(pooled.pop(sample.sample_id))
+                else:
+                    for winner in engine.run(task.samples, first_attempt=floors):
+                        sink.add(winner)
+                        made(winner)
+                sink.finish()
         sink.drain()
         return dict(sink.seconds)
     except BaseException as exc:
@@ -309,3 +328,16 @@ def _run(engine: Engine, mine: list[ShardTask], out: Path, tmp_dir: Path, recipe
     finally:
         sink.close()
         bar.close()
+
+
+def _pooled(engine: Engine, group: list[ShardTask], build: list[ShardTask], floors: dict[str, int],
+            made) -> dict[str, Any]:
+    """The winners of ``build``'s samples, from the calls of the whole group (held until they are written)."""
+    wanted = {s.sample_id for t in build for s in t.samples}
+    winners = {}
+    for batch, attempt in engine.batches([s for t in group for s in t.samples], first_attempt=floors, pooled=True):
+        for winner in engine.run_batch(batch, attempt):
+            if winner.sample.sample_id in wanted:
+                winners[winner.sample.sample_id] = winner
+                made(winner)
+    return winners
