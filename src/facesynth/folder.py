@@ -173,15 +173,18 @@ def tidy(out: Path, worker: Worker, created: bool) -> None:
 
 def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], worker: Worker,
                 held: list[str] | None = None, overwrite: bool = False, repair: bool = False,
-                version: str | None = None) -> tuple[Manifest, list[Manifest]]:
+                version: str | None = None, calls: dict[str, str] | None = None) -> tuple[Manifest, list[Manifest]]:
     """The manifest this process builds on (resumed, grown from an earlier version, or new), and
     the manifests of a run that ``--overwrite`` replaces (deleted later, by :func:`clear_listed`,
     once the new run has shown it can start). Call it holding the folder's lock.
 
     ``header`` is a fresh manifest (``fingerprint``, ``parameters``, ...); ``layout_ids``
     maps every shard of the layout to the digest of its sample ids; ``held`` names the shards this
-    process makes (by default every ``worker.count``-th one).
+    process makes (by default every ``worker.count``-th one); ``calls`` maps the shards that share calls
+    with others to their group's digest (:func:`~facesynth.layout.call_contexts`). A shard is kept only
+    where both match what the manifest records.
     """
+    calls = calls or {}
     check_owner(out)
     main = Manifest.load(out) if out.exists() else None
     if main is not None and main.get("format") != header["format"] and not overwrite:
@@ -196,12 +199,12 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
         return fresh, replaced
     if not worker.alone:
         _refuse_other_runs(out, main, header)
-    base = _base(out, main, header, layout_ids, version)
+    base = _base(out, main, header, layout_ids, version, calls)
     if not worker.alone:
         part = Manifest.load(out, worker.manifest_file)
         if part is not None and part.get("fingerprint") != header["fingerprint"]:
             if main is None:  # never merged: the part speaks for the folder, and refuses other parameters
-                base = _base(out, part, header, layout_ids, version)
+                base = _base(out, part, header, layout_ids, version, calls)
             part = None
         if part is not None:
             part.shards.update({k: v for k, v in base.shards.items() if k not in part.shards})
@@ -209,7 +212,7 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
         base = Manifest(base.data, worker.manifest_file)
     mine = worker.share(list(layout_ids)) if held is None else held
     # a shard counts as ours only if it holds exactly the samples the layout puts there
-    for name in [n for n in base.shards if n not in layout_ids or base.shards[n].get("ids") != layout_ids[n]]:
+    for name in [n for n, r in base.shards.items() if not _same(r, n, layout_ids, calls)]:
         del base.shards[name]
     damaged = check_shards(out, base, mine)
     if damaged and not repair:
@@ -238,8 +241,13 @@ def _refuse_other_runs(out: Path, main: Manifest | None, header: dict[str, Any])
                               "command (each resumes its own shards), or use another folder (nothing was changed)")
 
 
+def _same(record: dict[str, Any], name: str, layout_ids: dict[str, str], calls: dict[str, str]) -> bool:
+    """Whether a recorded shard holds what the layout puts there, made in the calls it would be made in."""
+    return name in layout_ids and record.get("ids") == layout_ids[name] and record.get("calls") == calls.get(name)
+
+
 def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: dict[str, str],
-          version: str | None) -> Manifest:
+          version: str | None, calls: dict[str, str]) -> Manifest:
     """Resume ``main`` if it was made with the same parameters, grow it if only the size grew."""
     fresh = Manifest(dict(header))
     fresh.data["version"] = version or FIRST_VERSION
@@ -264,7 +272,7 @@ def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: 
             # attempt review moved it to, and the review history stays
             if key in main.data:
                 fresh.data[key] = main.data[key]
-        kept = sum(1 for n, r in main.shards.items() if layout_ids.get(n) == r.get("ids"))
+        kept = sum(1 for n, r in main.shards.items() if _same(r, n, layout_ids, calls))
         logger.info("growing %s from %d to %d samples (version %s -> %s); %d shards kept",
                     out, old["num_samples"], new["num_samples"], old_version, fresh.data["version"], kept)
         return fresh

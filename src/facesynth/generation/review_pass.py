@@ -56,7 +56,8 @@ def rewrite(engine: Engine, sink: ShardSink, task: ShardTask, path: Path, reject
     floor = rounds.floors(manifest)
     first = {sid: floor.get(sid, v.attempt + 1) for sid, v in rejected.items()}
     winners = {w.sample.sample_id: w for w in engine.run(samples, first_attempt=first)}
-    sink.start(task, manifest.shards[task.name].get("quality"))
+    record = manifest.shards[task.name]
+    sink.start(task, record.get("quality"), record.get("calls"))  # its kept rows' calls stay its calls
     parquet = pq.ParquetFile(path)
     for i in range(parquet.num_row_groups):
         for row in parquet.read_row_group(i).to_pylist():

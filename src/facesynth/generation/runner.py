@@ -27,7 +27,7 @@ from ..errors import FacesynthError, OutputError, PlanError, WriteError
 from .. import review_round as rounds
 from ..folder import (Worker, cell_counts, check_owner, clear_listed, merge, open_folder, remove_stale_temp_files,
                       tidy, worker_from)
-from ..layout import ShardTask, batch_groups, layout
+from ..layout import ShardTask, batch_groups, call_contexts, layout
 from ..lock import WORK_DIR, FolderLock
 from ..plan import Plan
 from ..quality import QualityOptions, quality_report, shard_embeddings
@@ -122,8 +122,10 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
 
     my_groups = worker.share(groups)
     mine = [t for group in my_groups for t in group]
+    calls = call_contexts(groups)
     manifest, replaced = open_folder(out, header, {t.name: t.ids for t in tasks}, worker, [t.name for t in mine],
-                                     overwrite=cfg.overwrite, repair=cfg.repair, version=cfg.dataset_version)
+                                     overwrite=cfg.overwrite, repair=cfg.repair, version=cfg.dataset_version,
+                                     calls=calls)
     remove_stale_temp_files(out)
     tmp_dir = out / worker.tmp_dir
     cells = review_cells(out, tasks)
@@ -277,6 +279,7 @@ def _run(engine: Engine, groups: list[list[ShardTask]], out: Path, tmp_dir: Path
     reaches them, so a resumed or repaired run sees exactly what an uninterrupted one saw.
     """
     sink = ShardSink(out, recipe, manifest, tmp_dir)
+    calls = call_contexts(groups)  # a worker's groups are whole groups of the layout
     bar = tqdm(total=sum(len(t.samples) for g in groups for t in g), initial=done_rows, unit="img",
                desc="generating", disable=quiet, dynamic_ncols=True)
     attributes = {a: list(attr.values) for a, attr in recipe.attributes.items()}
@@ -305,7 +308,7 @@ def _run(engine: Engine, groups: list[list[ShardTask]], out: Path, tmp_dir: Path
                         for cell, embedding in shard_embeddings(out / task.name, attributes):
                             engine.gates.accept(cell, embedding)
                     continue
-                sink.start(task)
+                sink.start(task, calls=calls.get(task.name))
                 if pooled is not None:
                     for sample in task.samples:
                         sink.add(pooled.pop(sample.sample_id))

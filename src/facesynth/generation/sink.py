@@ -71,6 +71,7 @@ class ShardSink:
         self.failed = False
         self.seconds: dict[str, float] = defaultdict(float)  # encode, write: on the writer thread
         self.rows: list[dict[str, Any]] = []
+        self.calls: str | None = None
         self.stats = CellStats()
         self.label_ids = {a: {v: i for i, v in enumerate(attr.values)} for a, attr in recipe.attributes.items()}
 
@@ -85,8 +86,9 @@ class ShardSink:
         while self.pending:
             self.pending.popleft().result()
 
-    def start(self, task: ShardTask, quality: dict[str, Any] | None = None) -> None:
-        self._submit(self._start, task, quality)
+    def start(self, task: ShardTask, quality: dict[str, Any] | None = None, calls: str | None = None) -> None:
+        """Open ``task``'s shard; ``calls`` is its group's digest when it shares calls (recorded with it)."""
+        self._submit(self._start, task, quality, calls)
 
     def add(self, winner: Winner) -> None:
         self._submit(self._add, winner)
@@ -123,8 +125,9 @@ class ShardSink:
             self.failed = True
             raise
 
-    def _start(self, task: ShardTask, quality: dict[str, Any] | None) -> None:
+    def _start(self, task: ShardTask, quality: dict[str, Any] | None, calls: str | None) -> None:
         self.writer = ShardWriter(self.root, task.name, task.split, self.features, self.tmp_dir)
+        self.calls = calls
         self.rows = []
         self.stats = CellStats()
         for cell, stats in (quality or {}).items():
@@ -179,6 +182,8 @@ class ShardSink:
         self.seconds["write"] += time.perf_counter() - start
         self.manifest.add_shard(self.writer.name, record)
         self.manifest.shards[self.writer.name]["quality"] = self.stats.to_json()
+        if self.calls is not None:
+            self.manifest.shards[self.writer.name]["calls"] = self.calls
         self.manifest.save(self.root)
         logger.info("wrote %s (%d rows)", self.writer.name, record.rows)
         self.writer = None
