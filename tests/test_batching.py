@@ -87,3 +87,34 @@ def test_rows_whose_call_spans_shards_reproduce_exactly(demo_dataset):
     for row in spanning[:2]:
         result = reproduce(demo_dataset, row["sample_id"])
         assert result.identical, row["sample_id"]
+
+
+@pytest.mark.slow
+def test_a_grown_dataset_keeps_what_was_made_in_the_same_calls_and_equals_a_fresh_one(tmp_path):
+    from facesynth.generation import GenerateConfig, generate
+
+    base = dict(recipe="emotions", model="tiny", quiet=True, rows_per_shard=2, batch_size=12)
+    grown, fresh = tmp_path / "grown", tmp_path / "fresh"
+    generate(GenerateConfig(out=grown, num_samples=16, **base))
+    result = generate(GenerateConfig(out=grown, num_samples=24, **base))
+    generate(GenerateConfig(out=fresh, num_samples=24, **base))
+    sums = [{n: r["sha256"] for n, r in json.loads((d / "manifest.json").read_text())["shards"].items()}
+            for d in (grown, fresh)]
+    assert sums[0] == sums[1]
+    assert (result.shards_skipped, result.shards_written) == (12, 4)  # full train shards, and val + test pairs
+
+
+def test_shards_an_older_facesynth_wrote_without_calls_are_kept(demo_copy):
+    from facesynth.generation import GenerateConfig, generate
+
+    path = demo_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert all("calls" in r for r in manifest["shards"].values())
+    for record in manifest["shards"].values():
+        del record["calls"]
+    path.write_text(json.dumps(manifest))
+    before = {p: p.read_bytes() for p in demo_copy.glob("data/*/*.parquet")}
+    result = generate(GenerateConfig(recipe="emotions", out=demo_copy, num_samples=24, model="tiny", quiet=True,
+                                     rows_per_shard=8, batch_size=12))
+    assert (result.shards_written, result.shards_skipped) == (0, 12)
+    assert {p: p.read_bytes() for p in demo_copy.glob("data/*/*.parquet")} == before

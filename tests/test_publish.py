@@ -136,9 +136,12 @@ def test_first_push(folder, api, hub, capsys):
 @pytest.mark.slow
 def test_repush_of_a_grown_version_deletes_stale_shards_and_tags(tmp_path, api, hub, capsys):
     folder = tmp_path / "grow"
-    generate(GenerateConfig(out=folder, num_samples=16, **DEMO))
+    # 2 rows per shard: 16 rows have full shards, which 24 keep (small shards whose group of calls changes
+    # are made again, see layout.call_contexts)
+    small = {**DEMO, "rows_per_shard": 2}
+    generate(GenerateConfig(out=folder, num_samples=16, **small))
     old = remote_tree(folder)
-    generate(GenerateConfig(out=folder, num_samples=24, **DEMO))  # version 1.1.0, reuses full shards
+    generate(GenerateConfig(out=folder, num_samples=24, **small))  # version 1.1.0, reuses full shards
     stale = RepoFile(path="data/train-00007.parquet", size=4096, oid="z", lfs={"size": 4096, "oid": "0" * 64,
                                                                               "pointerSize": 1})
     api.list_repo_tree.side_effect = None

@@ -242,8 +242,10 @@ def _refuse_other_runs(out: Path, main: Manifest | None, header: dict[str, Any])
 
 
 def _same(record: dict[str, Any], name: str, layout_ids: dict[str, str], calls: dict[str, str]) -> bool:
-    """Whether a recorded shard holds what the layout puts there, made in the calls it would be made in."""
-    return name in layout_ids and record.get("ids") == layout_ids[name] and record.get("calls") == calls.get(name)
+    """Whether a recorded shard holds what the layout puts there, made in the calls it would be made in (a
+    shard an older facesynth wrote records no calls: its rows reproduce from their own ``batch`` column)."""
+    return (name in layout_ids and record.get("ids") == layout_ids[name]
+            and record.get("calls", calls.get(name)) == calls.get(name))
 
 
 def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: dict[str, str],

@@ -80,14 +80,13 @@ def batch_groups(tasks: list[ShardTask], per_shard: int, limit: int) -> list[lis
 
 
 def call_contexts(groups: list[list[ShardTask]]) -> dict[str, str]:
-    """Each grouped shard's group, as the digest of the group's sample ids (a shard alone has none).
+    """Each shard's group, as the digest of the group's sample ids (a shard alone: its own ids' digest).
 
     The manifest records it with the shard, so a shard whose rows were made in another group's calls (a
     grown dataset's small shard keeps its samples while its neighbours change) is made again.
     """
     out = {}
     for group in groups:
-        if len(group) > 1:
-            digest = ids_digest([s.sample_id for t in group for s in t.samples])
-            out.update((t.name, digest) for t in group)
+        digest = ids_digest([s.sample_id for t in group for s in t.samples])
+        out.update((t.name, digest) for t in group)
     return out

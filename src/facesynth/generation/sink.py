@@ -87,7 +87,7 @@ class ShardSink:
             self.pending.popleft().result()
 
     def start(self, task: ShardTask, quality: dict[str, Any] | None = None, calls: str | None = None) -> None:
-        """Open ``task``'s shard; ``calls`` is its group's digest when it shares calls (recorded with it)."""
+        """Open ``task``'s shard; ``calls``, its group's digest (``layout.call_contexts``), is recorded with it."""
         self._submit(self._start, task, quality, calls)
 
     def add(self, winner: Winner) -> None:
