@@ -6,11 +6,10 @@ Safetensors only: ``use_safetensors=True`` everywhere, and single files must end
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -144,7 +143,7 @@ def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype
         pipe = tiny.TINY_MODELS[model]()
         info = ModelInfo(model, "tiny", preset_settings=dict(tiny.TINY_SETTINGS))
     else:
-        with contextlib.nullcontext() if progress else no_bars():
+        with nullcontext() if progress else no_bars():
             pipe, info = _load_real(model, revision, dtype, config)
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -152,6 +151,14 @@ def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype
 
     info.architecture = family_of(pipe).name
     return pipe, info
+
+
+def _checkpoint_keys(path: Path) -> list[str]:
+    """The tensor names in a .safetensors file, from its header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
 
 
 def peek_architecture(model: str, revision: str | None = None) -> str | None:
@@ -167,10 +174,7 @@ def peek_architecture(model: str, revision: str | None = None) -> str | None:
     path = Path(model)
     try:
         if path.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                keys = list(f.keys())
+            keys = _checkpoint_keys(path)
             if any(".joint_blocks." in k for k in keys):  # SD 3's MMDiT
                 return "sd3"
             if any(k.startswith(("double_blocks.", "model.diffusion_model.double_blocks.")) for k in keys):
@@ -309,12 +313,9 @@ def _from_config_folder(path: Path, family: str | None, config: str | None, dtyp
     import importlib
     import json
 
-    from safetensors import safe_open
-
     if family not in IN_FILE or config is None:
         return {}
-    with safe_open(str(path), framework="pt") as f:
-        keys = list(f.keys())
+    keys = _checkpoint_keys(path)
     index = Path(config) / "model_index.json"
     listed = json.loads(index.read_text()) if index.is_file() else {}
     parts = {}

@@ -112,7 +112,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
 
 def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model: str, overrides: dict[str, Any],
                      quality: QualityOptions, header: dict[str, Any], tasks: list[ShardTask],
-                     groups: list[list[ShardTask]], out: Path, worker: Worker, adapters: list[Adapter]) -> GenerateResult:
+                     groups: list[list[ShardTask]], out: Path, worker: Worker,
+                     adapters: list[Adapter]) -> GenerateResult:
     """The run, holding the folder: resume, grow, repair or replace, then the review round, then the card.
 
     Shards missing from the folder are built first (every sample from its floor attempt); then the rows that
@@ -148,14 +149,15 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     written = {t.name for t in todo} | set(redo)
     if engine is not None:
         start = time.perf_counter()
-        sink_seconds = _run(engine, my_groups, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm, redo)
+        sink_seconds = _run(engine, my_groups, calls, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm,
+                            redo)
         built = [t.name for t in todo]
         again = open_round(out, manifest, cells, worker, cfg.dataset_version, limit, built) if built else {}
         if again:  # a rebuilt shard (repair, grow) holds rows the snapshot rejects: one more pass makes them again
             manifest.save(out)
             engine.gates.reset()
             rewritten = [t for t in mine if t.name in again]
-            more = _run(engine, my_groups, out, tmp_dir, recipe, manifest, sum(len(t.samples) for t in mine if
+            more = _run(engine, my_groups, calls, out, tmp_dir, recipe, manifest, sum(len(t.samples) for t in mine if
                         t not in rewritten), cfg.quiet, tqdm, again)
             sink_seconds = {k: sink_seconds.get(k, 0) + more.get(k, 0) for k in {*sink_seconds, *more}}
             written |= set(again)
@@ -267,10 +269,11 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     return engine
 
 
-def _run(engine: Engine, groups: list[list[ShardTask]], out: Path, tmp_dir: Path, recipe: Recipe,
-         manifest: Manifest, done_rows: int, quiet: bool, tqdm,
+def _run(engine: Engine, groups: list[list[ShardTask]], calls: dict[str, str], out: Path, tmp_dir: Path,
+         recipe: Recipe, manifest: Manifest, done_rows: int, quiet: bool, tqdm,
          redo: dict[str, dict[str, Verdict]] | None = None) -> dict[str, float]:
     """Generate this worker's unfinished shards, in layout order; return the writer thread's seconds.
+    ``calls`` is each shard's group digest (:func:`~facesynth.layout.call_contexts`), recorded with it.
 
     A group of small shards (:func:`~facesynth.layout.batch_groups`) goes through its calls together, every
     sample of the group in them, so a resumed run makes the same calls as an uninterrupted one; the rows of
@@ -279,7 +282,6 @@ def _run(engine: Engine, groups: list[list[ShardTask]], out: Path, tmp_dir: Path
     reaches them, so a resumed or repaired run sees exactly what an uninterrupted one saw.
     """
     sink = ShardSink(out, recipe, manifest, tmp_dir)
-    calls = call_contexts(groups)  # a worker's groups are whole groups of the layout
     bar = tqdm(total=sum(len(t.samples) for g in groups for t in g), initial=done_rows, unit="img",
                desc="generating", disable=quiet, dynamic_ncols=True)
     attributes = {a: list(attr.values) for a, attr in recipe.attributes.items()}
