@@ -194,6 +194,34 @@ def test_flux_dev_guidance_is_an_embedding_and_pruning_cuts_it_too(tiny_scorer):
         assert np.array_equal(a, b) if _diffusers_at_least("0.42") else np.abs(a - b).max() <= 1
 
 
+def test_a_size_flux_would_resize_is_refused_before_any_image(tiny_scorer):
+    """With FLUX.1's 8x VAE, sides must be multiples of 16: diffusers resizes 520 to 512 with only a warning,
+    which would leave rows whose width column says 520. The engine refuses it in one line instead."""
+    from diffusers import AutoencoderKL
+
+    from facesynth import tiny
+    from facesynth.errors import PlanError
+    from facesynth.generation import Engine, EngineOptions
+    from facesynth.plan import Plan
+    from facesynth.recipe import parse_recipe
+
+    pipe = tiny.build_flux_pipeline()
+    torch.manual_seed(0)
+    pipe.vae = AutoencoderKL(block_out_channels=[8] * 4, down_block_types=["DownEncoderBlock2D"] * 4,
+                             up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=1, norm_num_groups=4,
+                             shift_factor=0.0609, scaling_factor=1.5035).eval()
+    pipe.vae_scale_factor = 8  # what FluxPipeline derives from its VAE's blocks
+    image = pipe("a face", height=520, width=520, num_inference_steps=1, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape[:2] == (512, 512)  # diffusers' silent resize, the reason for the refusal
+    samples = Plan(parse_recipe(PLAIN), 2).samples
+    with pytest.raises(PlanError) as refused:
+        Engine(pipe, tiny_scorer, parse_recipe(PLAIN), EngineOptions(overrides={"width": 520})).check(samples)
+    assert str(refused.value) == ("width: 520 is not a multiple of 16, which a FLUX.1 model needs (VAE 8 x 2x2 "
+                                  "packed latent patches); set --width or the recipe's width")
+    Engine(pipe, tiny_scorer, parse_recipe(PLAIN), EngineOptions(overrides={"width": 528, "height": 512})).check(samples)
+
+
 def test_a_lora_for_the_flux_transformer_fuses_and_changes_the_image(tmp_path):
     from conftest import check_fused_lora, transformer_lora
     from facesynth import tiny

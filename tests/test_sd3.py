@@ -98,6 +98,9 @@ def test_what_sd3_cannot_do_is_one_line_and_writes_nothing(pair_file, tmp_path, 
                                              "runs with its own flow-matching scheduler (--scheduler default)"),
         ([pair_file, "--preset", "lcm"], "Error: scheduler: 'lcm' is a diffusion scheduler; an SD 3.x model runs "
                                          "with its own flow-matching scheduler (--scheduler default)"),
+        ([pair_file, "--height", "256"], "Error: height: 256 is more than the 192 px an SD 3.x model takes (its "
+                                         "positional embeddings cover 96 patches a side: 96 x VAE 2 x patch 1); set "
+                                         "--height or the recipe's height"),  # diffusers would raise mid-run
     ]
     for args, line in cases:
         out = tmp_path / "out"

@@ -27,7 +27,7 @@ from ..recipe import Recipe
 from ..scoring import ClipScorer
 from ..verifiers import Verifier, failed, verify
 from .loading import make_scheduler
-from .family import family_of
+from .family import check_size, family_of
 from .prompts import Conditioning
 from .steps import StepHook
 
@@ -169,6 +169,7 @@ class Engine:
         what the settings leave unused."""
         settings = [self.settings_for(s) for s in samples]
         self.family.check(samples, settings)
+        check_size(self.family, self.pipe, settings)
         unguided = sum(1 for s, st in zip(samples, settings) if st["guidance"] <= 1 and s.negative_prompt)
         if unguided:  # diffusers runs classifier-free guidance only above 1: no unconditional branch, no negative
             logger.warning("guidance at or below 1 for %d of %d samples: no unconditional branch runs for them, so "

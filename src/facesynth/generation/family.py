@@ -10,11 +10,24 @@ runner and the shards stay as they are.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ContextManager, Protocol
 
 import torch
 
+from ..errors import PlanError
 from .prompts import Conditioning, PromptEncoder
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """The image sizes a loaded pipeline takes: every side a multiple of ``multiple`` (``why``), and at most
+    ``largest`` pixels (``why_largest``; None: no limit)."""
+
+    multiple: int
+    why: str
+    largest: int | None = None
+    why_largest: str = ""
 
 
 class Family(Protocol):
@@ -28,6 +41,9 @@ class Family(Protocol):
     def check(self, samples: Sequence[Any], settings: Sequence[dict[str, Any]]) -> None:
         """Refuse, in one line, what this family cannot do with these samples (at these settings)."""
 
+    def size_rule(self, pipe) -> SizeRule:
+        """The widths and heights this loaded pipeline takes as they are (diffusers would refuse, or resize, others)."""
+
     def call_inputs(self, conds: Sequence[Conditioning]) -> dict[str, torch.Tensor]:
         """One pipeline call's embedding arguments, for these samples' conditionings in order."""
 
@@ -40,6 +56,19 @@ class Family(Protocol):
 
     def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
         """Image-shaped latents to float images in [0, 1]."""
+
+
+def check_size(family: Family, pipe, settings: Sequence[dict[str, Any]]) -> None:
+    """Refuse, in one line, a width or height the pipeline would refuse mid-run or silently change."""
+    rule = family.size_rule(pipe)
+    for key in ("width", "height"):
+        for value in sorted({s[key] for s in settings}):
+            if value % rule.multiple:
+                raise PlanError(f"{key}: {value} is not a multiple of {rule.multiple}, which {family.label} model needs "
+                                f"({rule.why}); set --{key} or the recipe's {key}")
+            if rule.largest is not None and value > rule.largest:
+                raise PlanError(f"{key}: {value} is more than the {rule.largest} px {family.label} model takes "
+                                f"({rule.why_largest}); set --{key} or the recipe's {key}")
 
 
 def _families() -> list[Family]:

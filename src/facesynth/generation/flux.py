@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import PlanError
+from .family import SizeRule
 from .loading import quiet
 from .prompts import Conditioning, PromptEncoder
 from .steps import cutting_inputs
@@ -53,6 +54,10 @@ class Flux(StableDiffusion3):
         """The pipeline computes the pooled embeddings and the guidance embedding once, before its loop, and keeps
         them out of the step callback's reach: they are cut to the surviving candidates on the way in."""
         return cutting_inputs(pipe.transformer, hook, ("pooled_projections", "guidance"))
+
+    def size_rule(self, pipe) -> SizeRule:
+        vae = pipe.vae_scale_factor  # latents are packed in 2x2 patches; other sizes are resized with a warning
+        return SizeRule(vae * 2, f"VAE {vae} x 2x2 packed latent patches")
 
     def unpack(self, pipe, latents: torch.Tensor, width: int, height: int) -> torch.Tensor:
         return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor) if latents.ndim == 3 else latents

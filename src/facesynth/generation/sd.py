@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .family import SizeRule
 from .prompts import Conditioning, PromptEncoder, compel_encoder
 
 VAE_CHUNK = 8  # latents decoded at a time: memory stays flat for any batch
@@ -49,6 +50,9 @@ class StableDiffusion:
 
     def check(self, samples: Sequence[Any], settings: Sequence[dict[str, Any]]) -> None:
         """Nothing this family refuses: weighted prompts and every scheduler run."""
+
+    def size_rule(self, pipe) -> SizeRule:
+        return SizeRule(pipe.vae_scale_factor, f"its VAE downsamples by {pipe.vae_scale_factor}")
 
     def call_inputs(self, conds: Sequence[Conditioning]) -> dict[str, torch.Tensor]:
         return {"prompt_embeds": torch.cat([c.embeds for c in conds]),

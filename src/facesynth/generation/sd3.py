@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import PlanError
+from .family import SizeRule
 from .loading import quiet
 from .prompts import Conditioning, PromptEncoder, has_weights
 from .sd import decode_latents
@@ -49,6 +50,15 @@ class StableDiffusion3(StableDiffusionXL):
             if s["scheduler"] != "default":
                 raise PlanError(f"scheduler: '{s['scheduler']}' is a diffusion scheduler; {self.label} model runs "
                                 "with its own flow-matching scheduler (--scheduler default)")
+
+    def size_rule(self, pipe) -> SizeRule:
+        vae, config = pipe.vae_scale_factor, pipe.transformer.config
+        patch, most = config.patch_size, config.pos_embed_max_size
+        why = f"VAE {vae} x patch {patch}"
+        if most is None:
+            return SizeRule(vae * patch, why)
+        return SizeRule(vae * patch, why, most * patch * vae,
+                        f"its positional embeddings cover {most} patches a side: {most} x {why}")
 
     def decode(self, vae, latents: torch.Tensor) -> torch.Tensor:
         return decode_latents(vae, latents, shift=getattr(vae.config, "shift_factor", None) or 0.0)
