@@ -1,18 +1,28 @@
 """How long a plan takes as it grows: samples asked for, and number of label cells.
 
     python benchmarks/bench_plan.py
+    python benchmarks/bench_plan.py --shapes 150     # the pair bound over random shapes
 
 Prints seconds per case, and the balance the plan reaches (``facesynth.plan.balance_report``): the
 worst max-minus-min count over every prefix for one attribute and for a pair of attributes, and the
 worst within a split at that size. The plan is pure Python and numpy (no torch), so this is the time
-of ``facesynth plan`` and of the start of every ``generate``.
+of ``facesynth plan`` and of the start of every ``generate``. ``--shapes N`` instead draws N random shapes
+(3 to 6 attributes of 1 to 12 values, at most 30,000 cells, a fixed seed) and prints how far apart a pair of
+attributes gets over every prefix of one whole round, as cross-product axes and as free attributes of a
+strata recipe, with the worst shapes.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import random
 import time
+from collections import Counter
 
+import numpy as np
+
+from facesynth.balance import CrossOrder, spreads
 from facesynth.plan import Plan, balance_report
 from facesynth.recipe import parse_recipe
 
@@ -37,9 +47,63 @@ CASES = [
 ]
 
 
+def strata_recipe(sizes: list[int]) -> str:
+    """Three strata of a primary label, with attributes of the given sizes left free."""
+    names = [f"a{i}" for i in range(len(sizes))]
+    lines = ["name: free", "primary: kind", "attributes:", "  kind:", "    values:", "      k0:", "      k1:", "      k2:"]
+    for name, size in zip(names, sizes):
+        lines += [f"  {name}:", "    values:"] + [f"      {name}_{v}:" for v in range(size)]
+    lines += ["template: '{kind} " + " ".join("{" + n + "}" for n in names) + "'", "balance:", "  strata:"]
+    lines += [f"    - {{kind: k{i}, count: {c}}}" for i, c in enumerate((3000, 2000, 1000))]
+    return "\n".join(lines) + "\n"
+
+
+def random_shapes(count: int, seed: int = 0, cap: int = 30_000) -> list[list[int]]:
+    rng, out = random.Random(seed), []
+    while len(out) < count:
+        sizes = [rng.randint(1, 12) for _ in range(rng.randint(3, 6))]
+        if math.prod(sizes) <= cap:
+            out.append(sizes)
+    return out
+
+
+def worst_pair(cells: np.ndarray, sizes: list[int]) -> tuple[int, int]:
+    found = spreads(cells, sizes)
+    return (max(v for k, v in found.items() if len(k) == 1),
+            max((v for k, v in found.items() if len(k) == 2), default=0))
+
+
+def shapes(count: int) -> None:
+    """The worst axis and pair over every prefix of one round (cross) or of 6,000 samples (free), per random shape."""
+    cross, free, rows = Counter(), Counter(), []
+    for sizes in random_shapes(count):
+        order = CrossOrder(sizes)
+        c_axis, c_pair = worst_pair(order.cells(np.arange(order.size)), sizes)
+        plan = Plan(parse_recipe(strata_recipe(sizes)))
+        ids = [{v: i for i, v in enumerate(plan.recipe.attributes[f"a{j}"].values)} for j in range(len(sizes))]
+        labels = np.array([[ids[j][s.labels[f"a{j}"]] for j in range(len(sizes))] for s in plan.samples])
+        f_axis, f_pair = worst_pair(labels, sizes)
+        assert c_axis <= 1 and f_axis <= 1, sizes
+        cross[c_pair] += 1
+        free[f_pair] += 1
+        rows.append((c_pair, f_pair, sizes))
+    print(f"{count} random shapes; every axis within 1 in all of them")
+    print("| worst pair over every prefix | shapes (cross product) | shapes (free attributes) |\n|---:|---:|---:|")
+    for bound in sorted(set(cross) | set(free)):
+        print(f"| {bound} | {cross[bound]} | {free[bound]} |")
+    print("worst cross-product shapes:", "; ".join(f"{' x '.join(map(str, s))}: {c}"
+                                                for c, _, s in sorted(rows, key=lambda r: -r[0])[:5]))
+    print("worst free-attribute shapes:", "; ".join(f"{' x '.join(map(str, s))}: {f}"
+                                                  for _, f, s in sorted(rows, key=lambda r: -r[1])[:5]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args()
+    parser.add_argument("--shapes", type=int, metavar="N", help="measure the pair bound over N random shapes instead")
+    args = parser.parse_args()
+    if args.shapes:
+        shapes(args.shapes)
+        return
     print("| case | samples | seconds | one attribute | a pair | within a split |\n|---|---:|---:|---:|---:|---:|")
     for label, sizes, free, counts in CASES:
         recipe = parse_recipe(cross_recipe(sizes, free))
