@@ -2,6 +2,7 @@
 
     python benchmarks/bench_plan.py
     python benchmarks/bench_plan.py --shapes 150     # the pair bound over random shapes
+    python benchmarks/bench_plan.py --best            # the best pair bound possible, on small shapes
 
 Prints seconds per case, and the balance the plan reaches (``facesynth.plan.balance_report``): the
 worst max-minus-min count over every prefix for one attribute and for a pair of attributes, and the
@@ -9,7 +10,9 @@ worst within a split at that size. The plan is pure Python and numpy (no torch),
 of ``facesynth plan`` and of the start of every ``generate``. ``--shapes N`` instead draws N random shapes
 (3 to 6 attributes of 1 to 12 values, at most 30,000 cells, a fixed seed) and prints how far apart a pair of
 attributes gets over every prefix of one whole round, as cross-product axes and as free attributes of a
-strata recipe, with the worst shapes.
+strata recipe, with the worst shapes. ``--best`` searches small shapes exhaustively for the smallest pair
+bound any order can keep while every round holds each cell once and every axis stays within 1 (what the
+plan guarantees), and prints it beside the cross-product order's.
 """
 
 from __future__ import annotations
@@ -97,10 +100,78 @@ def shapes(count: int) -> None:
                                                   for _, f, s in sorted(rows, key=lambda r: -r[1])[:5]))
 
 
+def order_within(sizes: list[int], bound: int, limit: int) -> bool | None:
+    """Whether some order of the cells (each round a permutation, every axis within 1 at every prefix) keeps
+    every pair within ``bound`` at every prefix: a depth-first search over the cells each prefix allows.
+    None when ``limit`` nodes did not settle it."""
+    m, size = len(sizes), math.prod(sizes)
+    cells = np.array(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij")).reshape(m, size).T
+    pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    codes = [cells[:, i] * sizes[j] + cells[:, j] for i, j in pairs]
+    axes = [np.zeros(k, np.int64) for k in sizes]
+    counts = [np.zeros(sizes[i] * sizes[j], np.int64) for i, j in pairs]
+    used = np.zeros(size, bool)
+
+    def allowed() -> list[int]:
+        ok = ~used
+        for j in range(m):
+            ok &= axes[j][cells[:, j]] == axes[j].min()
+        for code, c in zip(codes, counts):
+            ok &= c[code] - c.min() < bound
+        return np.flatnonzero(ok)[::-1].tolist()
+
+    def step(cell: int, by: int) -> None:
+        for j in range(m):
+            axes[j][cells[cell, j]] += by
+        for code, c in zip(codes, counts):
+            c[code[cell]] += by
+        used[cell] = by > 0
+
+    order, stack = [], [allowed()]
+    for _ in range(limit):
+        if len(order) == size:
+            return True
+        if not stack[-1]:
+            stack.pop()
+            if not order:
+                return False
+            step(order.pop(), -1)
+            continue
+        order.append(stack[-1].pop())
+        step(order[-1], 1)
+        stack.append(allowed())
+    return None
+
+
+SMALL = [[2, 2, 2], [2, 2, 3], [3, 3, 2], [2, 2, 2, 2], [2, 2, 2, 3], [2, 2, 3, 3], [4, 6, 2], [3, 3, 3, 3],
+         [2, 2, 2, 2, 2], [2, 2, 2, 2, 2, 2], [3, 3, 3, 3, 3]]
+
+
+def best(limit: int = 3_000_000) -> None:
+    print("| shape | cross-product order | best possible |\n|---|---:|---:|")
+    for sizes in SMALL:
+        order = CrossOrder(sizes)
+        ours = worst_pair(order.cells(np.arange(order.size)), sizes)[1]
+        text = f"more than {ours}"
+        for bound in range(1, ours + 1):
+            found = order_within(sizes, bound, limit)
+            if found:
+                text = str(bound)
+                break
+            if found is None:
+                text = f"unknown below {ours}"
+                break
+        print(f"| {' x '.join(map(str, sizes))} | {ours} | {text} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", type=int, metavar="N", help="measure the pair bound over N random shapes instead")
+    parser.add_argument("--best", action="store_true", help="search small shapes for the best pair bound instead")
     args = parser.parse_args()
+    if args.best:
+        best()
+        return
     if args.shapes:
         shapes(args.shapes)
         return
