@@ -40,6 +40,30 @@ def test_card_counts_equal_the_data(demo_dataset):
     assert "load_dataset(" in text and "revision=" in text and "DataLoader" in text
 
 
+def test_the_card_states_the_split_balance_measured_on_the_rows(demo_dataset):
+    """Each attribute value's distance from its share of a split, and each emotion x value's, counted from the
+    rows load_dataset returns, is the figure the card gives (not a claim that every split is balanced)."""
+    splits = datasets.load_dataset(str(demo_dataset))
+    total = sum(len(d) for d in splits.values())
+    attributes = ["emotion", "gender", "ethnicity"]
+    rows = {name: list(zip(*(d[a] for a in attributes))) for name, d in splits.items()}
+    worst = {"attribute": 0.0, "pair": 0.0}
+    for j in range(len(attributes)):
+        groups = {"attribute": lambda r: (r[j],), "pair": lambda r: (r[0], r[j])}
+        for kind, key in groups.items():
+            if kind == "pair" and j == 0:
+                continue
+            overall = Counter(key(r) for split in rows.values() for r in split)
+            for split in rows.values():
+                here = Counter(key(r) for r in split)
+                worst[kind] = max([worst[kind]] + [abs(here[g] - n * len(split) / total) for g, n in overall.items()])
+    text = (demo_dataset / "README.md").read_text()
+    assert "so every split is balanced on every attribute" not in text
+    assert (f"each attribute value is within {worst['attribute']:.1f} rows of its share of every split, and each "
+            f"emotion with each attribute value within {worst['pair']:.1f} rows.") in text
+    assert worst["pair"] > 0  # 24 rows over three splits cannot be split exactly
+
+
 def test_sample_grid_has_one_row_per_label(demo_dataset):
     grid = Image.open(demo_dataset / "assets" / "samples.png")
     assert grid.height == 4 * 128  # happy, sad, angry, surprised
@@ -80,7 +104,7 @@ def test_running_stats_match_two_pass_statistics():
     import random
     import statistics
 
-    from facesynth.dataset_card import RunningStats
+    from facesynth.card_summary import RunningStats
 
     values = [random.Random(3).gauss(25, 4) for _ in range(1)] + [random.Random(i).uniform(0, 40) for i in range(999)]
     stats = RunningStats()

@@ -11,9 +11,7 @@ import copy
 import io
 import logging
 import heapq
-import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image, ImageDraw
 
 from .builder import read_manifest, shard_paths
+from .card_summary import Summary, split_balance, summarize
 from .confusion import font as picture_font
 from .errors import OutputError
 from .escape import Markup, environment
@@ -31,9 +30,9 @@ from .verification_report import picture_name, verification, write_pictures
 from .files import atomic_write
 from .folder import FIRST_VERSION
 from .quality import REASONS, quality_report
-from .recipe import Recipe, parse_recipe, switch_step
+from .recipe import Recipe, switch_step
 from .schema import features_of, verified_attributes
-from .writer import Manifest, arrow_bytes, sha256_file
+from .writer import Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -45,84 +44,6 @@ SENSITIVE = ("gender", "ethnicity", "race", "age", "religion", "skin", "disabili
 GATED_PROMPT = ("This dataset holds synthetic faces labelled by gender, ethnicity and other sensitive attributes. "
                 "Say what you will use it for; it may not be used to identify people or to infer these attributes "
                 "of real people.")
-
-
-class RunningStats:
-    """Count, mean, population std, min and max in one pass (Welford), without keeping the values."""
-
-    def __init__(self):
-        self.n, self.mean, self._m2 = 0, 0.0, 0.0
-        self.min, self.max = math.inf, -math.inf
-
-    def add(self, x: float) -> None:
-        self.n += 1
-        delta = x - self.mean
-        self.mean += delta / self.n
-        self._m2 += delta * (x - self.mean)
-        self.min, self.max = min(self.min, x), max(self.max, x)
-
-    def as_dict(self) -> dict[str, float]:
-        if not self.n:
-            return {"n": 0, "mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
-        return {"n": self.n, "mean": self.mean, "std": math.sqrt(self._m2 / self.n), "min": self.min,
-                "max": self.max}
-
-
-@dataclass
-class Summary:
-    """What the card says about the data, all counted from the shards."""
-
-    recipe: Recipe
-    manifest: Manifest
-    split_sizes: Counter = field(default_factory=Counter)
-    split_bytes: Counter = field(default_factory=Counter)  # Parquet bytes per split
-    label_bytes: Counter = field(default_factory=Counter)  # Parquet bytes of each primary label's files
-    arrow_bytes: Counter = field(default_factory=Counter)  # (label, split) -> the rows' Arrow size, measured
-    # attribute -> value -> Counter over (split or gender value)
-    counts: dict[str, dict[str, Counter]] = field(default_factory=dict)
-    primary_split: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
-    clip: dict[str, RunningStats] = field(default_factory=lambda: defaultdict(RunningStats))
-    confidence: dict[str, RunningStats] = field(default_factory=lambda: defaultdict(RunningStats))
-
-    @property
-    def total(self) -> int:
-        return sum(self.split_sizes.values())
-
-
-def summarize(root: str | Path) -> Summary:
-    """Count labels per split and gather scores, streaming the label columns of every shard."""
-    root = Path(root)
-    manifest = read_manifest(root, current=True)
-    if not manifest.shards:
-        raise OutputError(f"'{root}': no finished shards yet, so nothing to describe; run generate first")
-    recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
-    summary = Summary(recipe, manifest)
-    names = {a: list(attr.values) for a, attr in recipe.attributes.items()}
-    summary.counts = {a: {v: Counter() for v in values} for a, values in names.items()}
-    by = "gender" if "gender" in names else None
-    cols = [*names, "clip_score", "label_confidence"]
-    for name, path in shard_paths(root, manifest).items():
-        rec = manifest.shards[name]
-        split = rec["split"]
-        summary.split_bytes[split] += rec["bytes"]
-        summary.label_bytes[name.split("/")[1]] += rec["bytes"]
-        pf = pq.ParquetFile(path)
-        summary.arrow_bytes[name.split("/")[1], split] += rec.get("arrow_bytes") or arrow_bytes(path)  # older records
-        for i in range(pf.num_row_groups):
-            table = pf.read_row_group(i, columns=cols).to_pydict()
-            labels = {a: [names[a][x] for x in table[a]] for a in names}
-            for r in range(len(table["clip_score"])):
-                summary.split_sizes[split] += 1
-                primary = labels[recipe.primary][r]
-                summary.primary_split[primary][split] += 1
-                summary.clip[primary].add(table["clip_score"][r])
-                summary.confidence[primary].add(table["label_confidence"][r])
-                for a in names:
-                    c = summary.counts[a][labels[a][r]]
-                    c["_total"] += 1
-                    if by and a != by:
-                        c[labels[by][r]] += 1
-    return summary
 
 
 def sample_grid(root: str | Path, summary: Summary, columns: int = GRID_COLUMNS) -> Path:
@@ -381,6 +302,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         manifest=manifest.data,
         summary=summary,
         splits=[s for s in recipe.splits if summary.split_sizes.get(s)],
+        split_balance=split_balance(summary),
         by=by,
         by_values=by_values,
         clip_stats={v: summary.clip[v].as_dict() for v in recipe.attributes[recipe.primary].values},
