@@ -99,10 +99,10 @@ def test_pruning_on_flux_cuts_what_the_callback_cannot_reach_and_survivors_keep_
     _, two = run(prune_at=0.25, keep=2)
     pairs = [(p.pixels[i], f.pixels[j]) for run_ in (pruned, two) for f, p in zip(full, run_)
              for i, j in enumerate(p.indices)]
-    if _diffusers_at_least("0.42"):  # exact: the transformer rounds alike at the pruned batch size
-        assert all(np.array_equal(a, b) for a, b in pairs)
-    else:  # diffusers 0.37's FLUX rounds differently at another batch size: 1/255 on 0.02% of pixels, measured
-        assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 and (a != b).mean() < 1e-3 for a, b in pairs)
+    # The transformer at another batch size may round differently, by CPU and version: exact on some machines
+    # with diffusers 0.42; 1/255 on 0.008% of one image's pixels on an AMD EPYC (0.42.0 and 0.42.1), and on
+    # 0.02% with diffusers 0.37, measured.
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 and (a != b).mean() < 1e-3 for a, b in pairs)
 
 
 def test_t5_carries_the_prompt_and_clip_only_the_pooled_embedding(flux_pipe):
