@@ -26,6 +26,7 @@ from collections import Counter
 import numpy as np
 
 from facesynth.balance import CrossOrder, spreads
+from facesynth.cross_order import search_order
 from facesynth.plan import Plan, balance_report
 from facesynth.recipe import parse_recipe
 
@@ -99,46 +100,9 @@ def shapes(count: int) -> None:
 
 
 def order_within(sizes: list[int], bound: int, limit: int) -> bool | None:
-    """Whether some order of the cells (each round a permutation, every axis within 1 at every prefix) keeps
-    every pair within ``bound`` at every prefix: a depth-first search over the cells each prefix allows.
-    None when ``limit`` nodes did not settle it."""
-    m, size = len(sizes), math.prod(sizes)
-    cells = np.array(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij")).reshape(m, size).T
-    pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
-    codes = [cells[:, i] * sizes[j] + cells[:, j] for i, j in pairs]
-    axes = [np.zeros(k, np.int64) for k in sizes]
-    counts = [np.zeros(sizes[i] * sizes[j], np.int64) for i, j in pairs]
-    used = np.zeros(size, bool)
-
-    def allowed() -> list[int]:
-        ok = ~used
-        for j in range(m):
-            ok &= axes[j][cells[:, j]] == axes[j].min()
-        for code, c in zip(codes, counts):
-            ok &= c[code] - c.min() < bound
-        return np.flatnonzero(ok)[::-1].tolist()
-
-    def step(cell: int, by: int) -> None:
-        for j in range(m):
-            axes[j][cells[cell, j]] += by
-        for code, c in zip(codes, counts):
-            c[code[cell]] += by
-        used[cell] = by > 0
-
-    order, stack = [], [allowed()]
-    for _ in range(limit):
-        if len(order) == size:
-            return True
-        if not stack[-1]:
-            stack.pop()
-            if not order:
-                return False
-            step(order.pop(), -1)
-            continue
-        order.append(stack[-1].pop())
-        step(order[-1], 1)
-        stack.append(allowed())
-    return None
+    """Whether some order keeps every pair within ``bound`` (see ``facesynth.cross_order.search_order``)."""
+    found = search_order(sizes, bound, limit)
+    return found if found is None or found is False else True
 
 
 SMALL = [[2, 2, 2], [2, 2, 3], [3, 3, 2], [2, 2, 2, 2], [2, 2, 2, 3], [2, 2, 3, 3], [4, 6, 2], [3, 3, 3, 3],

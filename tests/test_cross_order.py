@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facesynth.cross_order import CrossOrder, prefix_spread
+from facesynth.cross_order import CrossOrder, prefix_spread, search_order
 
 
 def _walk(codes, width):
@@ -58,29 +58,42 @@ def test_a_round_holds_every_cell_once_and_keeps_every_axis_within_one(sizes):
                    for i, j in itertools.combinations(range(len(sizes)), 2))
 
 
-# The worst pair over every prefix of one round, per shape, as this order reaches it (and, for the record, the
-# order before it, and the best any order can keep where bench_plan.py --best settles it).
+# The worst pair over every prefix of one round, per shape, as this order reaches it, and whether no order can
+# do better (for the record: the order before this one, and the best possible where bench_plan.py --best
+# settles it).
 KNOWN = [
-    ([7, 2, 5, 5, 3], 3),   # the held-out grid: 7 before; best unknown
-    ([4, 2, 7], 2),         # emotions: 2 before; best 1
-    ([5, 5, 5], 1),         # 4 before; best 1
-    ([12, 12, 12], 2),      # 7 before
-    ([6, 6, 6], 2),         # 3 before
-    ([4, 6, 2], 2),         # 3 before; best 1
-    ([2, 2, 3, 3], 2),      # 3 before; best 2
-    ([3, 3, 3, 3], 3),      # 3 before; best 2
-    ([2, 2, 2, 2, 2], 4),   # 4 before; best 3 (within 2 is impossible)
-    ([11, 7, 6, 4], 2),     # 77 before
-    ([12, 9, 11], 3),       # 12 before
+    ([7, 2, 5, 5, 3], 3, False),   # the held-out grid: 7 before
+    ([4, 2, 7], 1, True),          # emotions: 2 before; searched
+    ([5, 5, 5], 1, True),          # 4 before
+    ([12, 12, 12], 2, False),      # 7 before
+    ([6, 6, 6], 2, False),         # 3 before
+    ([4, 6, 2], 1, True),          # 3 before; searched
+    ([2, 2, 3, 3], 2, True),       # 3 before; a bound of 1 is impossible
+    ([3, 3, 3, 3], 2, False),      # 3 before; searched, and 2 is the best (bench_plan.py --best)
+    ([2, 2, 2, 2, 2], 3, True),    # 4 before; searched, and 2 is impossible
+    ([11, 7, 6, 4], 2, False),     # 77 before
+    ([12, 9, 11], 3, False),       # 12 before
 ]
 
 
-@pytest.mark.parametrize("sizes,bound", KNOWN)
-def test_the_pair_bound_of_known_shapes(sizes, bound):
-    rows = CrossOrder(sizes).cells(np.arange(math.prod(sizes)))
+@pytest.mark.parametrize("sizes,bound,best", KNOWN)
+def test_the_pair_bound_of_known_shapes(sizes, bound, best):
+    order = CrossOrder(sizes)
+    rows = order.cells(np.arange(math.prod(sizes)))
     pairs = [_walk((rows[:, i] * sizes[j] + rows[:, j]).tolist(), sizes[i] * sizes[j])
              for i, j in itertools.combinations(range(len(sizes)), 2)]
-    assert max(pairs) == bound
+    assert max(pairs) == bound and order.best_possible is best
+    assert order.pair_bound in (None, bound)
+
+
+def test_the_search_settles_what_it_claims():
+    """2 x 2 x 3 x 3 cannot keep its pairs within 1, five binary axes not within 2; what it finds is a valid round."""
+    assert search_order([2, 2, 3, 3], 1, 100_000) is False
+    assert search_order([2, 2, 2, 2, 2], 2, 100_000) is False
+    found = search_order([2, 2, 2, 2, 2], 3, 100_000)
+    assert len({tuple(r) for r in found.tolist()}) == 32
+    assert all(_walk(found[:, j].tolist(), 2) <= 1 for j in range(5))
+    assert max(_walk((found[:, i] * 2 + found[:, j]).tolist(), 4) for i, j in itertools.combinations(range(5), 2)) == 3
 
 
 def test_the_order_depends_only_on_the_shape():

@@ -13,8 +13,11 @@ An axis whose size is coprime to ``B`` needs no shift (``t mod k``; with each ea
 unshifted, every pair is within 1 by the Chinese remainder theorem). Any other axis takes the shift, out of
 a family of structured ones (``sum m * (block // p)``, plain or per segment of ``lcm(B, k)`` rows), that keeps
 its pairs with the earlier axes closest to equal over the first rows, measured exactly with
-:func:`prefix_spread`. Nothing here guarantees a pair bound; ``facesynth.plan.balance_report`` measures the
-one a plan reaches, and ``benchmarks/bench_plan.py --shapes`` over random shapes.
+:func:`prefix_spread`. A round of at most ``SEARCH_CELLS`` cells is then searched depth-first
+(:func:`search_order`) for an order with a smaller pair bound, under the same two guarantees; where every
+smaller bound is settled as impossible, the order is the best possible (``best_possible``). Nothing else
+guarantees a pair bound; ``facesynth.plan.balance_report`` measures the one a plan reaches, and
+``benchmarks/bench_plan.py --shapes`` over random shapes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ FINAL_ROWS = 16_384  # the best few on this many
 KEEP = 8
 PERIODS = 10  # single shifts: the first divisors of B as periods (in blocks), every multiplier
 PAIRED_PERIODS = 6  # two shifts: the first divisors, multipliers +-1 and +-2
+
+SEARCH_CELLS = 128  # a round this small is also searched for a better order,
+SEARCH_NODES = 5_000  # with this many nodes for each bound below the construction's
 
 Rule = tuple[str, tuple[int, ...], tuple[int, ...]]  # ("seg" or "lin", periods in blocks, multipliers)
 
@@ -57,6 +63,50 @@ def prefix_spread(code: np.ndarray, width: int) -> int:
     last[np.bincount(rank, minlength=depth) < width] = n  # some value never occurs that often
     lows = np.searchsorted(np.sort(last), first, side="right")  # the smallest count when the largest rises
     return int((np.arange(1, depth + 1) - lows).max())
+
+
+def search_order(sizes: Sequence[int], bound: int, limit: int) -> np.ndarray | bool | None:
+    """A round of the cells (each once, every axis within 1 at every prefix) that keeps every pair within
+    ``bound`` at every prefix, as an ``(cells, axes)`` array, by depth-first search over the cells each prefix
+    allows; False when there is none, None when ``limit`` nodes did not settle it."""
+    m, size = len(sizes), math.prod(sizes)
+    cells = np.array(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij")).reshape(m, size).T
+    pairs = list(itertools.combinations(range(m), 2))
+    codes = [cells[:, i] * sizes[j] + cells[:, j] for i, j in pairs]
+    axes = [np.zeros(k, np.int64) for k in sizes]
+    counts = [np.zeros(sizes[i] * sizes[j], np.int64) for i, j in pairs]
+    used = np.zeros(size, bool)
+
+    def allowed() -> list[int]:
+        ok = ~used
+        for j in range(m):
+            ok &= axes[j][cells[:, j]] == axes[j].min()
+        for code, c in zip(codes, counts):
+            ok &= c[code] - c.min() < bound
+        return np.flatnonzero(ok)[::-1].tolist()
+
+    def step(cell: int, by: int) -> None:
+        for j in range(m):
+            axes[j][cells[cell, j]] += by
+        for code, c in zip(codes, counts):
+            c[code[cell]] += by
+        used[cell] = by > 0
+
+    order: list[int] = []
+    stack = [allowed()]
+    for _ in range(limit):
+        if len(order) == size:
+            return cells[order]
+        if not stack[-1]:
+            stack.pop()
+            if not order:
+                return False
+            step(order.pop(), -1)
+            continue
+        order.append(stack[-1].pop())
+        step(order[-1], 1)
+        stack.append(allowed())
+    return cells[order] if len(order) == size else None
 
 
 def axis_order(sizes: Sequence[int]) -> list[int]:
@@ -99,6 +149,24 @@ class CrossOrder:
             k = self.sizes[axis]
             self.rules.append(self._choose(j, before, k) if math.gcd(before, k) > 1 else None)
             before *= k
+        self.table: np.ndarray | None = None  # one round, searched (small rounds only)
+        self.pair_bound: int | None = None  # the worst pair over every prefix, where measured here
+        self.best_possible = False
+        if len(self.sizes) > 1 and self.size <= SEARCH_CELLS:
+            self._search()
+
+    def _search(self) -> None:
+        rows = self.cells(np.arange(self.size))
+        self.pair_bound = max(prefix_spread(rows[:, i] * self.sizes[j] + rows[:, j], self.sizes[i] * self.sizes[j])
+                              for i, j in itertools.combinations(range(len(self.sizes)), 2))
+        settled = True  # every bound below the one tried is impossible
+        for bound in range(1, self.pair_bound):
+            found = search_order(self.sizes, bound, SEARCH_NODES)
+            if isinstance(found, np.ndarray):
+                self.table, self.pair_bound = found, bound
+                break
+            settled = settled and found is False
+        self.best_possible = settled or self.pair_bound == 1
 
     def __getitem__(self, index: int) -> tuple[int, ...]:
         return tuple(int(v) for v in self.cells(np.array([index % self.size]))[0])
@@ -106,6 +174,8 @@ class CrossOrder:
     def cells(self, t: np.ndarray) -> np.ndarray:
         """Rows ``t`` (any shape ``(n,)``) as an ``(n, axes)`` array of value indices, in the axes' own order."""
         t = np.asarray(t, dtype=np.int64) % self.size
+        if self.table is not None:
+            return self.table[t]
         out = np.empty((len(t), len(self.sizes)), np.int64)
         for j, col in enumerate(self._laid_out(t, len(self.axes))):
             out[:, self.axes[j]] = col

@@ -172,6 +172,7 @@ class Plan:
                             "split larger collections into several datasets")
         self.num_samples = num_samples
         self._samples: list[Sample] | None = None
+        self.cross_order: CrossOrder | None = None  # set once the samples are built, for a cross product
         self._shared: dict[tuple, Any] = {}  # equal dicts and strings, stored once
 
     # Cell order -----------------------------------------------------------------------
@@ -181,7 +182,7 @@ class Plan:
         if r.balance.cross is not None:
             axes = sorted(r.balance.cross, key=lambda a: a != r.primary)
             grids = [list(r.attributes[a].values) for a in axes]
-            order = CrossOrder([len(g) for g in grids])
+            order = self.cross_order = CrossOrder([len(g) for g in grids])
             cells = order.cells(np.arange(self.num_samples))
             return [{a: grids[j][v] for j, (a, v) in enumerate(zip(axes, row))} for row in cells.tolist()]
         strata = [s for s in r.strata if s.count > 0]
@@ -305,8 +306,10 @@ def balance_report(plan: Plan) -> dict[str, Any]:
                 keys = list(itertools.product(r.attributes[r.primary].values, attr.values))
                 worst = max(worst, max(both.get(k, 0) for k in keys) - min(both.get(k, 0) for k in keys))
         per_split[split] = worst
+    order = plan.cross_order
+    best = bool(order and order.best_possible and worst_pair and worst_pair[0] == order.pair_bound)
     return {"attributes": equal, "axis": max((v for k, v in found.items() if len(k) == 1), default=0),
-            "pair": worst_pair, "splits": per_split}
+            "pair": worst_pair, "best": best, "splits": per_split}
 
 
 def format_balance(report: dict[str, Any]) -> str:
@@ -315,7 +318,8 @@ def format_balance(report: dict[str, Any]) -> str:
         return "balance: every stratum exact; prefixes proportional to the strata counts"
     line = f"balance over every prefix: each of {', '.join(report['attributes'])} within {report['axis']} of equal"
     if report["pair"] is not None:
-        line += f"; pairs within {report['pair'][0]} (worst: {report['pair'][1]})"
+        best = ", the best any order of these cells can keep" if report.get("best") else ""
+        line += f"; pairs within {report['pair'][0]} (worst: {report['pair'][1]}{best})"
     return line + "; in each split at this size, every value and primary x value within " + ", ".join(
         f"{v} ({k})" for k, v in report["splits"].items())
 
