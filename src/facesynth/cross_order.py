@@ -22,7 +22,6 @@ guarantees a pair bound; ``facesynth.plan.balance_report`` measures the one a pl
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -135,13 +134,6 @@ def axis_order(sizes: Sequence[int]) -> list[int]:
             if best_key == (0, 0):
                 break
     return free + best
-
-
-@functools.lru_cache(maxsize=64)
-def cross_order(sizes: tuple[int, ...]) -> CrossOrder:
-    """The :class:`CrossOrder` of a shape, built once per process (its choices and search depend on the shape
-    alone, and nothing changes it after it is built)."""
-    return CrossOrder(sizes)
 
 
 class CrossOrder:
