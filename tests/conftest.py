@@ -237,9 +237,9 @@ def fill_disk(folder, leave: int = 0) -> None:
 
 
 def as_older_format(root, fmt: int) -> None:
-    """Rewrite this version's folder (the columns of format 6 on) as format ``fmt`` (5 or below) wrote it: ``batch`` and
-    ``unet_calls`` lists, a null ``face_box`` and ``safety_score``, null speed-ups (none before format 5). The
-    README is removed: its YAML declares this version's columns, where an old folder's declared its own."""
+    """Rewrite this version's folder (the columns of format 6 on) as format ``fmt`` (5 or below) wrote it:
+    ``batch`` and ``unet_calls`` lists, a null ``face_box`` and ``safety_score``, null speed-ups (none before
+    format 5). The README is removed: its YAML declares this version's columns, where an old folder's declared its own."""
     import hashlib
     import json
 

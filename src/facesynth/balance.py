@@ -2,7 +2,7 @@
 
 - :class:`~facesynth.cross_order.CrossOrder` (in its own module): the cells of a cross product, one round
   after another, every cell once a round and every axis within 1 at every prefix; pairs of axes are
-  measured (:func:`spreads`).
+  measured (:func:`~facesynth.cross_order.spreads`).
 - :class:`FreeValues`: the values of a free attribute (one a cross or strata does not fix), sample by
   sample: each aligned block of ``len(values)`` samples uses every value once (within 1 at every
   prefix), each value chosen as the least used one with the sample's other labels and cell.
@@ -14,12 +14,9 @@ Everything depends only on earlier samples, so a plan's prefix never changes whe
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
-
 import numpy as np
 
-from .cross_order import CrossOrder, prefix_spread
+from .cross_order import CrossOrder, spreads
 
 __all__ = ["CrossOrder", "FreeValues", "Splits", "spreads"]
 
@@ -82,12 +79,3 @@ class Splits:
             row[i] += 1
             row[width] += 1
         return self.names[i]
-
-
-def spreads(cells: np.ndarray, sizes: Sequence[int]) -> dict[tuple[int, ...], int]:
-    """The largest max-minus-min count over every prefix, per axis ``(j,)`` and per pair of axes ``(i, j)``."""
-    cells = np.asarray(cells, np.int64).reshape(-1, len(sizes))
-    out = {(j,): prefix_spread(cells[:, j], sizes[j]) for j in range(len(sizes))}
-    for i, j in itertools.combinations(range(len(sizes)), 2):
-        out[(i, j)] = prefix_spread(cells[:, i] * sizes[j] + cells[:, j], sizes[i] * sizes[j])
-    return out

@@ -65,6 +65,15 @@ def prefix_spread(code: np.ndarray, width: int) -> int:
     return int((np.arange(1, depth + 1) - lows).max())
 
 
+def spreads(cells: np.ndarray, sizes: Sequence[int]) -> dict[tuple[int, ...], int]:
+    """The largest max-minus-min count over every prefix, per axis ``(j,)`` and per pair of axes ``(i, j)``."""
+    cells = np.asarray(cells, np.int64).reshape(-1, len(sizes))
+    out = {(j,): prefix_spread(cells[:, j], sizes[j]) for j in range(len(sizes))}
+    for i, j in itertools.combinations(range(len(sizes)), 2):
+        out[(i, j)] = prefix_spread(cells[:, i] * sizes[j] + cells[:, j], sizes[i] * sizes[j])
+    return out
+
+
 def search_order(sizes: Sequence[int], bound: int, limit: int) -> np.ndarray | bool | None:
     """A round of the cells (each once, every axis within 1 at every prefix) that keeps every pair within
     ``bound`` at every prefix, as an ``(cells, axes)`` array, by depth-first search over the cells each prefix
@@ -156,9 +165,8 @@ class CrossOrder:
             self._search()
 
     def _search(self) -> None:
-        rows = self.cells(np.arange(self.size))
-        self.pair_bound = max(prefix_spread(rows[:, i] * self.sizes[j] + rows[:, j], self.sizes[i] * self.sizes[j])
-                              for i, j in itertools.combinations(range(len(self.sizes)), 2))
+        found = spreads(self.cells(np.arange(self.size)), self.sizes)
+        self.pair_bound = max(v for key, v in found.items() if len(key) == 2)
         settled = True  # every bound below the one tried is impossible
         for bound in range(1, self.pair_bound):
             found = search_order(self.sizes, bound, SEARCH_NODES)
