@@ -6,7 +6,8 @@
 
 Prints seconds per case, and the balance the plan reaches (``facesynth.plan.balance_report``): the
 worst max-minus-min count over every prefix for one attribute and for a pair of attributes, and the
-worst within a split at that size. The plan is pure Python and numpy (no torch), so this is the time
+worst within one split over every prefix of its rows (each value / the primary label x each value;
+``benchmarks/bench_splits.py`` has the splits per case and what any split rule could reach). The plan is pure Python and numpy (no torch), so this is the time
 of ``facesynth plan`` and of the start of every ``generate``. ``--shapes N`` instead draws N random shapes
 (3 to 6 attributes of 1 to 12 values, at most 30,000 cells, a fixed seed) and prints how far apart a pair of
 attributes gets over every prefix of one whole round, as cross-product axes and as free attributes of a
@@ -137,7 +138,8 @@ def main() -> None:
     if args.shapes:
         shapes(args.shapes)
         return
-    print("| case | samples | seconds | one attribute | a pair | within a split |\n|---|---:|---:|---:|---:|---:|")
+    print("| case | samples | seconds | one attribute | a pair | within a split (value / primary pair) |\n"
+          "|---|---:|---:|---:|---:|---:|")
     for label, sizes, free, counts in CASES:
         recipe = parse_recipe(cross_recipe(sizes, free))
         for n in counts:
@@ -147,8 +149,9 @@ def main() -> None:
             seconds = time.perf_counter() - start
             report = balance_report(plan)
             pair = report["pair"][0] if report["pair"] else "-"
-            print(f"| {label} | {n:,} | {seconds:.2f} | {report['axis']} | {pair} | {max(report['splits'].values())} |",
-                  flush=True)
+            value = max(v["value"] for v in report["splits"].values())
+            both = max((v["pair"] for v in report["splits"].values() if v["pair"] is not None), default="-")
+            print(f"| {label} | {n:,} | {seconds:.2f} | {report['axis']} | {pair} | {value} / {both} |", flush=True)
 
 
 if __name__ == "__main__":

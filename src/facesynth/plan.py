@@ -281,9 +281,11 @@ class Plan:
 
 def balance_report(plan: Plan) -> dict[str, Any]:
     """How far from equal the plan's prefixes get: the largest max-minus-min count over every prefix, for each
-    attribute whose values share equally (cross axes and free attributes) and each pair of them, and per split
-    for each attribute value and each primary label x attribute value (at this size)."""
+    attribute whose values share equally (cross axes and free attributes) and each pair of them, and per split,
+    over every prefix of that split's rows (so at every size of the plan), for each such attribute and for the
+    primary label x each of them: ``splits[name] = {"value": worst, "pair": worst}``."""
     from .balance import spreads
+    from .cross_order import prefix_spread
 
     r = plan.recipe
     fixed = set() if r.balance.cross is not None else {a for s in r.strata for a, _ in s.labels}  # proportional
@@ -293,19 +295,16 @@ def balance_report(plan: Plan) -> dict[str, Any]:
     cells = np.array([[ids[a][s.labels[a]] for a in equal] for s in plan.samples], np.int64).reshape(-1, len(equal))
     found = spreads(cells, sizes) if equal else {}
     worst_pair = max(((v, " x ".join(equal[i] for i in k)) for k, v in found.items() if len(k) == 2), default=None)
-    per_split: dict[str, int] = {}
-    for split, rows in plan.by_split().items():
-        worst = 0
-        for a, attr in r.attributes.items():
-            if a not in equal:
-                continue
-            single = Counter(s.labels[a] for s in rows)
-            worst = max(worst, max(single.get(v, 0) for v in attr.values) - min(single.get(v, 0) for v in attr.values))
-            if a != r.primary and r.primary in equal:
-                both = Counter((s.labels[r.primary], s.labels[a]) for s in rows)
-                keys = list(itertools.product(r.attributes[r.primary].values, attr.values))
-                worst = max(worst, max(both.get(k, 0) for k in keys) - min(both.get(k, 0) for k in keys))
-        per_split[split] = worst
+    names = list(r.splits)
+    split_of = np.array([names.index(s.split) for s in plan.samples], np.int64)
+    p = equal.index(r.primary) if r.primary in equal else None
+    per_split: dict[str, dict[str, int | None]] = {}  # pair: None where no pair with the primary shares equally
+    for k, name in enumerate(names):
+        rows = cells[split_of == k]
+        value = max((prefix_spread(rows[:, j], sizes[j]) for j in range(len(equal))), default=0)
+        pair = max((prefix_spread(rows[:, p] * sizes[j] + rows[:, j], sizes[p] * sizes[j])
+                    for j in range(len(equal)) if p is not None and j != p), default=None)
+        per_split[name] = {"value": value, "pair": pair}
     order = plan.cross_order
     best = bool(order and order.best_possible and worst_pair and worst_pair[0] == order.pair_bound)
     return {"attributes": equal, "axis": max((v for k, v in found.items() if len(k) == 1), default=0),
@@ -320,8 +319,10 @@ def format_balance(report: dict[str, Any]) -> str:
     if report["pair"] is not None:
         best = ", the best any order of these cells can keep" if report.get("best") else ""
         line += f"; pairs within {report['pair'][0]} (worst: {report['pair'][1]}{best})"
-    return line + "; in each split at this size, every value and primary x value within " + ", ".join(
-        f"{v} ({k})" for k, v in report["splits"].items())
+    pairs = any(v["pair"] is not None for v in report["splits"].values())
+    return line + "; within each split over every prefix, each value" + (" / primary x value" if pairs else "") + \
+        " within " + ", ".join(f"{v['value']}" + (f" / {v['pair']}" if pairs else "") + f" ({k})"
+                               for k, v in report["splits"].items())
 
 
 def format_counts(plan: Plan, by: str | None = "gender") -> str:
