@@ -383,6 +383,15 @@ def _walk_spread(codes, every):
     return worst
 
 
+def test_plans_of_one_shape_share_one_cross_order_per_process():
+    """The shifts and the small-round search depend on the shape alone, so a process builds them once."""
+    a, b, other = Plan(EMOTIONS, 10), Plan(EMOTIONS, 500), Plan(_grid(), 10)
+    for plan in (a, b, other):
+        plan.samples
+    assert a.cross_order is b.cross_order and a.cross_order is not other.cross_order
+    assert [s.labels for s in a.samples] == [s.labels for s in b.samples[:10]]
+
+
 def test_splits_balance_every_attribute_and_primary_pair_and_stay_put_as_the_plan_grows():
     grid = _grid()
     for n in (1050, 2100):

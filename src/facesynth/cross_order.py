@@ -22,6 +22,7 @@ guarantees a pair bound; ``facesynth.plan.balance_report`` measures the one a pl
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -143,6 +144,13 @@ def axis_order(sizes: Sequence[int]) -> list[int]:
             if best_key == (0, 0):
                 break
     return free + best
+
+
+@functools.lru_cache(maxsize=64)
+def cross_order(sizes: tuple[int, ...]) -> CrossOrder:
+    """The :class:`CrossOrder` of a shape, built once per process (its choices and search depend on the shape
+    alone, and nothing changes it after it is built)."""
+    return CrossOrder(sizes)
 
 
 class CrossOrder:

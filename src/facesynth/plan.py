@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .balance import CrossOrder, FreeValues, Splits
+from .balance import FreeValues, Splits
+from .cross_order import CrossOrder, cross_order
 from .errors import PlanError
 from .files import atomic_write
 from .recipe import Recipe
@@ -182,7 +183,7 @@ class Plan:
         if r.balance.cross is not None:
             axes = sorted(r.balance.cross, key=lambda a: a != r.primary)
             grids = [list(r.attributes[a].values) for a in axes]
-            order = self.cross_order = CrossOrder([len(g) for g in grids])
+            order = self.cross_order = cross_order(tuple(len(g) for g in grids))
             cells = order.cells(np.arange(self.num_samples))
             return [{a: grids[j][v] for j, (a, v) in enumerate(zip(axes, row))} for row in cells.tolist()]
         strata = [s for s in r.strata if s.count > 0]
