@@ -7,8 +7,9 @@
 Prints seconds per case, and the balance the plan reaches (``facesynth.plan.balance_report``): the
 worst max-minus-min count over every prefix for one attribute and for a pair of attributes, and the
 worst within one split over every prefix of its rows (each value / the primary label x each value;
-``benchmarks/bench_splits.py`` has the splits per case and what any split rule could reach). The plan is pure Python and numpy (no torch), so this is the time
-of ``facesynth plan`` and of the start of every ``generate``. ``--shapes N`` instead draws N random shapes
+``benchmarks/bench_splits.py`` has the splits per case and what any split rule could reach). The plan
+is pure Python and numpy (no torch), so this is the time of ``facesynth plan`` and of the start of every
+``generate``. ``--shapes N`` instead draws N random shapes
 (3 to 6 attributes of 1 to 12 values, at most 30,000 cells, a fixed seed) and prints how far apart a pair of
 attributes gets over every prefix of one whole round, as cross-product axes and as free attributes of a
 strata recipe, with the worst shapes. ``--best`` searches small shapes exhaustively for the smallest pair

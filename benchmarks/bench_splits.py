@@ -121,7 +121,8 @@ def emotions_rows() -> tuple[np.ndarray, list[int], int]:
     sizes = [len(r.attributes[a].values) for a in names]
     ids = {a: {v: i for i, v in enumerate(r.attributes[a].values)} for a in names}
     plan = Plan(r, REPEAT * int(np.prod(sizes)))
-    return np.array([[ids[a][s.labels[a]] for a in names] for s in plan.samples], np.int64), sizes, names.index(r.primary)
+    cells = np.array([[ids[a][s.labels[a]] for a in names] for s in plan.samples], np.int64)
+    return cells, sizes, names.index(r.primary)
 
 
 def search_table(limit: int) -> None:

@@ -333,17 +333,13 @@ def test_the_split_balance_plan_prints_is_the_worst_over_every_prefix_of_each_sp
     values = {a: list(attr.values) for a, attr in recipe.attributes.items()}
     report = balance_report(plan)
     assert list(report["splits"]) == list(recipe.splits)
+    primary = recipe.primary
     for split, rows in plan.by_split().items():
-        single, both, worst = {a: Counter() for a in values}, {a: Counter() for a in values}, [0, 0]
-        for s in rows:
-            for a in values:
-                single[a][s.labels[a]] += 1
-                worst[0] = max(worst[0], max(single[a].values()) - min(single[a].get(v, 0) for v in values[a]))
-                if a != recipe.primary:
-                    both[a][s.labels[recipe.primary], s.labels[a]] += 1
-                    full = [both[a].get((e, v), 0) for e in values[recipe.primary] for v in values[a]]
-                    worst[1] = max(worst[1], max(full) - min(full))
-        assert report["splits"][split] == {"value": worst[0], "pair": worst[1]}, split
+        value = max(_walk_spread([s.labels[a] for s in rows], values[a]) for a in values)
+        pair = max(_walk_spread([(s.labels[primary], s.labels[a]) for s in rows],
+                                [(e, v) for e in values[primary] for v in values[a]])
+                   for a in values if a != primary)
+        assert report["splits"][split] == {"value": value, "pair": pair}, split
 
 
 def test_no_split_rule_keeps_every_value_within_one_in_every_split_of_emotions_and_two_is_reachable():
@@ -376,6 +372,7 @@ def test_no_split_rule_keeps_every_value_within_one_in_every_split_of_emotions_a
 
 
 def _walk_spread(codes, every):
+    """The plain reference for one sequence: after each code, max - min of the counts of ``every`` value."""
     counts, worst, every = Counter(), 0, list(every)
     for code in codes:
         counts[code] += 1

@@ -285,8 +285,7 @@ def balance_report(plan: Plan) -> dict[str, Any]:
     attribute whose values share equally (cross axes and free attributes) and each pair of them, and per split,
     over every prefix of that split's rows (so at every size of the plan), for each such attribute and for the
     primary label x each of them: ``splits[name] = {"value": worst, "pair": worst}``."""
-    from .balance import spreads
-    from .cross_order import prefix_spread
+    from .cross_order import prefix_spread, spreads
 
     r = plan.recipe
     fixed = set() if r.balance.cross is not None else {a for s in r.strata for a, _ in s.labels}  # proportional
