@@ -2,10 +2,15 @@
 
     python benchmarks/bench_splits.py            # the plan's splits, per case
     python benchmarks/bench_splits.py --search   # exhaustive search on emotions' order (see below)
+    python benchmarks/bench_splits.py --shapes   # the searched table against the deficit rule, per shape
 
 The first table is ``facesynth.plan.balance_report`` per split: the worst max-minus-min count over every
 prefix of the split's rows (so at every size of the plan) for one attribute's values, and for the primary
 label x each other attribute's values.
+
+``--shapes``: for cross products of every attribute, ``facesynth.split_order.split_table`` (searched once per
+shape) against the deficit rule it replaces, each as the worst value / primary x value spread over every
+prefix of every split, over two periods of rows.
 
 ``--search`` keeps the plan's order of cells (every axis within 1 and every pair within 1 at every prefix for
 ``emotions``) and searches depth-first over the split of each row of ten rounds (560 rows: the 8/1/1 ratios
@@ -21,13 +26,17 @@ within the node limit.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 
+from facesynth.balance import Splits
+from facesynth.cross_order import cross_order
 from facesynth.plan import Plan, balance_report
 from facesynth.recipe import load_recipe
+from facesynth.split_order import period, search_splits, split_table, worst
 
 RATIOS = (0.8, 0.1, 0.1)
 REPEAT = 10  # rounds after which 8/1/1 of every count is whole
@@ -55,63 +64,12 @@ def table() -> None:
 
 def search(cells: np.ndarray, sizes: list[int], primary: int, bounds: tuple[int, int, int], limit: int,
            repeat: bool = True):
-    """The split index of every row (found), False (impossible) or None (not settled in ``limit`` nodes); see
-    the module docstring.
-    Without ``repeat`` the counts need not reach their shares at the end (a weaker demand, so "impossible"
-    then also rules out every assignment of these rows that does not repeat)."""
-    value_bound, pair_bound, slack = bounds
-    n, splits = len(cells), len(RATIOS)
-    others = [j for j in range(len(sizes)) if j != primary]
-    single = [[np.zeros(k, np.int64) for k in sizes] for _ in RATIOS]
-    pair = [[np.zeros(sizes[primary] * sizes[j], np.int64) for j in others] for _ in RATIOS]
-    top = 1 if repeat else n + 1  # no share to stay under without repeat
-    share_single = [[round(r * n / k) * top for k in sizes] for r in RATIOS]
-    share_pair = [[round(r * n / sizes[primary] / sizes[j]) * top for j in others] for r in RATIOS]
-    size = np.zeros(splits, np.int64)
-
-    def ok(t: int, s: int) -> bool:
-        c, total = cells[t], t + 1
-        if size[s] + 1 > RATIOS[s] * total + slack:
-            return False
-        if any(size[x] < RATIOS[x] * total - slack for x in range(splits) if x != s):
-            return False
-        for j, counts in enumerate(single[s]):
-            if counts[c[j]] + 1 - counts.min() > value_bound or counts[c[j]] + 1 > share_single[s][j]:
-                return False
-        for k, (j, counts) in enumerate(zip(others, pair[s])):
-            code = c[primary] * sizes[j] + c[j]
-            if counts[code] + 1 - counts.min() > pair_bound or counts[code] + 1 > share_pair[s][k]:
-                return False
-        return True
-
-    def step(t: int, s: int, by: int) -> None:
-        c = cells[t]
-        size[s] += by
-        for j, counts in enumerate(single[s]):
-            counts[c[j]] += by
-        for j, counts in zip(others, pair[s]):
-            counts[c[primary] * sizes[j] + c[j]] += by
-
-    def options(t: int) -> list[int]:  # the split furthest below its share is tried first (popped last)
-        order = sorted(range(splits), key=lambda s: size[s] - RATIOS[s] * (t + 1))
-        return [s for s in order if ok(t, s)][::-1]
-
-    chosen: list[int] = []
-    stack = [options(0)]
-    for _ in range(limit):
-        if len(chosen) == n:
-            return chosen
-        if not stack[-1]:
-            stack.pop()
-            if not chosen:
-                return False
-            step(len(chosen) - 1, chosen.pop(), -1)
-            continue
-        chosen.append(stack[-1].pop())
-        step(len(chosen) - 1, chosen[-1], 1)
-        if len(chosen) < n:
-            stack.append(options(len(chosen)))
-    return chosen if len(chosen) == n else None
+    """The split index of every row (found), False (impossible) or None (not settled in ``limit`` nodes), by
+    ``facesynth.split_order.search_splits`` without the plan's demand on each label's first rows; see the
+    module docstring. Without ``repeat`` the counts need not reach their shares at the end (a weaker demand,
+    so "impossible" then also rules out every assignment of these rows that does not repeat)."""
+    assert primary == 0, "search_splits takes the primary as the first axis"
+    return search_splits(cells.tolist(), sizes, RATIOS, bounds, limit, first_rows=False, repeat=repeat)
 
 
 def emotions_rows() -> tuple[np.ndarray, list[int], int]:
@@ -138,12 +96,36 @@ def search_table(limit: int) -> None:
         print(f"| {bounds[0]} | {pairs} | {bounds[2]} | {result} | {time.perf_counter() - start:.1f} |", flush=True)
 
 
+SHAPES = [(4, 2, 7), (4, 2), (7, 2), (2, 2), (3, 3), (3, 2, 2), (5, 2, 3), (3, 3, 3), (4, 2, 2, 2),
+          (2, 2, 2, 2, 2), (7, 2, 5), (5, 5, 3), (4, 4, 4), (6, 2, 7), (2, 3, 4, 5), (8, 2, 8)]
+
+
+def shapes_table() -> None:
+    ratios = RATIOS
+    print("| shape | cells | deficit rule | table: bounds (value, pair, slack) | table | search seconds |\n"
+          "|---|---:|---|---|---|---:|")
+    for sizes in SHAPES:
+        start = time.perf_counter()
+        table = split_table(sizes, ratios)
+        seconds = time.perf_counter() - start
+        rounds = period(sizes, ratios) or REPEAT
+        rows = 2 * rounds * math.prod(sizes)
+        cells = cross_order(sizes).cells(np.arange(rows))
+        rule = Splits({str(s): r for s, r in enumerate(ratios)}, "0")
+        deficit = np.array([int(rule.take({str(j): str(v) for j, v in enumerate(c)})) for c in cells.tolist()])
+        before = "%d / %d" % worst(cells, sizes, deficit, len(ratios))
+        after = "-" if table is None else "%d / %d" % worst(cells, sizes, np.array([table[t] for t in range(rows)]), 3)
+        print(f"| {' x '.join(map(str, sizes))} | {math.prod(sizes)} | {before} | "
+              f"{'none' if table is None else table.bounds} | {after} | {seconds:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--search", action="store_true", help="search emotions' splits exhaustively instead")
+    parser.add_argument("--shapes", action="store_true", help="the searched split tables per shape instead")
     parser.add_argument("--limit", type=int, default=400_000, help="nodes per bound for --search")
     args = parser.parse_args()
-    search_table(args.limit) if args.search else table()
+    search_table(args.limit) if args.search else shapes_table() if args.shapes else table()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
   sample: each aligned block of ``len(values)`` samples uses every value once (within 1 at every
   prefix), each value chosen as the least used one with the sample's other labels and cell.
 - :class:`Splits`: train/validation/test, sample by sample, by the largest deficit summed over the
-  whole plan, each attribute value, each primary label x attribute value and each label cell.
+  whole plan, each attribute value, each primary label x attribute value and each label cell; a small cross
+  product takes a split searched once per shape instead (:mod:`facesynth.split_order`).
 
 Everything depends only on earlier samples, so a plan's prefix never changes when it grows.
 """

@@ -10,7 +10,8 @@ Pure Python, no torch. Properties the tests check:
 - independent seeds: each candidate seed is a hash of (master seed, sample_id,
   candidate, attempt), so any sample can be regenerated alone;
 - splits are deterministic, sample by sample, balanced over the plan, every attribute
-  value and every primary label x attribute value.
+  value and every primary label x attribute value (searched per shape for small cross
+  products, see ``split_order``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .cross_order import CrossOrder, cross_order
 from .errors import PlanError
 from .files import atomic_write
 from .recipe import Recipe
+from .split_order import SplitTable, split_table
 
 SEED_BITS = 63
 MAX_SAMPLES = 1_000_000  # the plan is held in memory: about 0.7 GB at this size
@@ -174,6 +176,7 @@ class Plan:
         self.num_samples = num_samples
         self._samples: list[Sample] | None = None
         self.cross_order: CrossOrder | None = None  # set once the samples are built, for a cross product
+        self.split_table: SplitTable | None = None  # likewise, where the splits were searched
         self._shared: dict[tuple, Any] = {}  # equal dicts and strings, stored once
 
     # Cell order -----------------------------------------------------------------------
@@ -207,6 +210,8 @@ class Plan:
     def _build(self) -> Iterator[Sample]:
         r = self.recipe
         splits = Splits(r.splits, r.primary)
+        names_of_splits = list(r.splits)
+        table = self.split_table = self._split_table()
         free = {name: FreeValues(len(attr.values)) for name, attr in r.attributes.items()}
         names = {name: list(attr.values) for name, attr in r.attributes.items()}
         ids = {name: {v: i for i, v in enumerate(values)} for name, values in names.items()}
@@ -221,7 +226,16 @@ class Plan:
                     value = free[name].take(fixed, key)
                     fixed[name] = value
                     labels[name] = names[name][value]
-            yield self._sample(index, labels, splits.take(labels))
+            split = names_of_splits[table[index]] if table else splits.take(labels)
+            yield self._sample(index, labels, split)
+
+    def _split_table(self) -> SplitTable | None:
+        """The searched split of a small cross product that every attribute belongs to (see ``split_order``)."""
+        r = self.recipe
+        if r.balance.cross is None or set(r.balance.cross) != set(r.attributes):
+            return None
+        axes = sorted(r.balance.cross, key=lambda a: a != r.primary)  # as _cells lays them out
+        return split_table(tuple(len(r.attributes[a].values) for a in axes), tuple(r.splits.values()))
 
     def _sample(self, index: int, labels: dict[str, str], split: str) -> Sample:
         r = self.recipe
@@ -308,7 +322,7 @@ def balance_report(plan: Plan) -> dict[str, Any]:
     order = plan.cross_order
     best = bool(order and order.best_possible and worst_pair and worst_pair[0] == order.pair_bound)
     return {"attributes": equal, "axis": max((v for k, v in found.items() if len(k) == 1), default=0),
-            "pair": worst_pair, "best": best, "splits": per_split}
+            "pair": worst_pair, "best": best, "splits": per_split, "searched": plan.split_table is not None}
 
 
 def format_balance(report: dict[str, Any]) -> str:
@@ -322,7 +336,8 @@ def format_balance(report: dict[str, Any]) -> str:
     pairs = any(v["pair"] is not None for v in report["splits"].values())
     return line + "; within each split over every prefix, each value" + (" / primary x value" if pairs else "") + \
         " within " + ", ".join(f"{v['value']}" + (f" / {v['pair']}" if pairs else "") + f" ({k})"
-                               for k, v in report["splits"].items())
+                               for k, v in report["splits"].items()) + \
+        (" (splits searched for this shape)" if report.get("searched") else "")
 
 
 def format_counts(plan: Plan, by: str | None = "gender") -> str:
