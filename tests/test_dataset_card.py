@@ -64,6 +64,32 @@ def test_the_card_states_the_split_balance_measured_on_the_rows(demo_dataset):
     assert worst["pair"] > 0  # 24 rows over three splits cannot be split exactly
 
 
+def test_the_card_names_the_searched_split_and_its_bound_holds_on_the_rows(demo_dataset):
+    """emotions' shape takes the split searched per shape (format 8 on): the card says so with its bounds, which
+    hold over every prefix of each split's rows as load_dataset returns them; older folders and other shapes
+    keep the deficit rule's text."""
+    from facesynth.card_summary import split_search
+    from facesynth.recipe import load_recipe
+
+    text = (demo_dataset / "README.md").read_text()
+    assert ("each row takes the split searched for this recipe's shape, which keeps, in every split and at every "
+            "prefix of its rows, each attribute value within 2 of the attribute's other values and each emotion "
+            "with each attribute value within 2 of the others, and gives each label cell exactly its share of "
+            "every split every 10 rounds of the cells.") in text
+    recipe = load_recipe("emotions")
+    for name, split in datasets.load_dataset(str(demo_dataset)).items():
+        rows = sorted(zip(split["sample_id"], split["emotion"], split["gender"], split["ethnicity"]))
+        for j, attribute in enumerate(["emotion", "gender", "ethnicity"], start=1):
+            every = range(split.features[attribute].num_classes)  # class labels
+            counts = Counter()
+            for row in rows:
+                counts[row[j]] += 1
+                assert max(counts.values()) - min(counts[v] for v in every) <= 2, (name, attribute)
+    assert split_search(recipe, {"format": 7}) is None  # made before the search: the deficit rule
+    assert split_search(load_recipe("agfd"), {"format": 8}) is None
+    assert split_search(recipe, {"format": 8}) == {"value": 2, "pair": 2, "rounds": 10}
+
+
 def test_sample_grid_has_one_row_per_label(demo_dataset):
     grid = Image.open(demo_dataset / "assets" / "samples.png")
     assert grid.height == 4 * 128  # happy, sad, angry, surprised

@@ -13,8 +13,11 @@ import pyarrow.parquet as pq
 
 from .builder import read_manifest, shard_paths
 from .errors import OutputError
+from .plan import recipe_split_table
 from .recipe import Recipe, parse_recipe
 from .writer import Manifest, arrow_bytes
+
+SEARCHED_SPLITS = 8  # the manifest format from which a small cross product's splits are searched
 
 
 class RunningStats:
@@ -114,3 +117,12 @@ def split_balance(summary: Summary) -> dict[str, float]:
                 share = n * size / summary.total
                 worst[kind] = max(worst[kind], abs(counts.get((split, *group), 0) - share))
     return worst
+
+
+def split_search(recipe: Recipe, manifest: Manifest) -> dict[str, int] | None:
+    """The bounds the plan's searched split keeps for this recipe's shape (``facesynth.split_order``), or None
+    where the folder's splits came from the deficit rule (any other shape, or a folder older than format 8)."""
+    table = recipe_split_table(recipe) if manifest.get("format", 0) >= SEARCHED_SPLITS else None
+    if table is None:
+        return None
+    return {"value": table.bounds[0], "pair": table.bounds[1], "rounds": table.rounds}

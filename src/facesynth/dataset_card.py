@@ -21,7 +21,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image, ImageDraw
 
 from .builder import read_manifest, shard_paths
-from .card_summary import Summary, split_balance, summarize
+from .card_summary import Summary, split_balance, split_search, summarize
 from .confusion import font as picture_font
 from .errors import OutputError
 from .escape import Markup, environment
@@ -303,6 +303,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         summary=summary,
         splits=[s for s in recipe.splits if summary.split_sizes.get(s)],
         split_balance=split_balance(summary),
+        split_search=split_search(recipe, manifest),
         by=by,
         by_values=by_values,
         clip_stats={v: summary.clip[v].as_dict() for v in recipe.attributes[recipe.primary].values},

@@ -211,7 +211,7 @@ class Plan:
         r = self.recipe
         splits = Splits(r.splits, r.primary)
         names_of_splits = list(r.splits)
-        table = self.split_table = self._split_table()
+        table = self.split_table = recipe_split_table(r)
         free = {name: FreeValues(len(attr.values)) for name, attr in r.attributes.items()}
         names = {name: list(attr.values) for name, attr in r.attributes.items()}
         ids = {name: {v: i for i, v in enumerate(values)} for name, values in names.items()}
@@ -228,14 +228,6 @@ class Plan:
                     labels[name] = names[name][value]
             split = names_of_splits[table[index]] if table else splits.take(labels)
             yield self._sample(index, labels, split)
-
-    def _split_table(self) -> SplitTable | None:
-        """The searched split of a small cross product that every attribute belongs to (see ``split_order``)."""
-        r = self.recipe
-        if r.balance.cross is None or set(r.balance.cross) != set(r.attributes):
-            return None
-        axes = sorted(r.balance.cross, key=lambda a: a != r.primary)  # as _cells lays them out
-        return split_table(tuple(len(r.attributes[a].values) for a in axes), tuple(r.splits.values()))
 
     def _sample(self, index: int, labels: dict[str, str], split: str) -> Sample:
         r = self.recipe
@@ -292,6 +284,15 @@ class Plan:
         with atomic_write(path) as f:
             for s in self.samples:
                 f.write(json.dumps(s.to_json(), sort_keys=True, allow_nan=False) + "\n")
+
+
+def recipe_split_table(recipe: Recipe) -> SplitTable | None:
+    """The searched split of a small cross product that every attribute belongs to (see ``split_order``), or
+    None where the plan takes :class:`~facesynth.balance.Splits`."""
+    if recipe.balance.cross is None or set(recipe.balance.cross) != set(recipe.attributes):
+        return None
+    axes = sorted(recipe.balance.cross, key=lambda a: a != recipe.primary)  # as Plan._cells lays them out
+    return split_table(tuple(len(recipe.attributes[a].values) for a in axes), tuple(recipe.splits.values()))
 
 
 def balance_report(plan: Plan) -> dict[str, Any]:

@@ -37,10 +37,12 @@ LADDER = ((1, 1, 1), (1, 1, 2), (2, 2, 2), (2, 2, 3), (2, 3, 3), (3, 3, 3), (3, 
 
 @dataclass(frozen=True)
 class SplitTable:
-    """The split index of each row of one period; ``bounds`` = (value, pair, slack) it keeps."""
+    """The split index of each row of one period (``rounds`` rounds of the cells); ``bounds`` = (value, pair,
+    slack) it keeps."""
 
     splits: tuple[int, ...]
     bounds: tuple[int, int, int]
+    rounds: int
 
     def __getitem__(self, index: int) -> int:
         return self.splits[index % len(self.splits)]
@@ -176,4 +178,4 @@ def split_table(sizes: tuple[int, ...], ratios: tuple[float, ...]) -> SplitTable
     rule = np.array([int(deficit.take({str(j): str(v) for j, v in enumerate(c)})) for c in twice.tolist()])
     if worst(twice, sizes, np.array(found * 2), len(ratios)) > worst(twice, sizes, rule, len(ratios)):
         return None
-    return SplitTable(tuple(found), bounds)
+    return SplitTable(tuple(found), bounds, rounds)
