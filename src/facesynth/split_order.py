@@ -49,7 +49,8 @@ class SplitTable:
 
 
 def period(sizes: Sequence[int], ratios: Sequence[float]) -> int | None:
-    """The fewest rounds after which every split's share of every value and primary (axis 0) x value is whole."""
+    """The fewest rounds after which every split's share of every value, primary (axis 0) x value and cell is
+    whole, or None beyond MAX_ROUNDS."""
     size = math.prod(sizes)
     parts = [*sizes, *(sizes[0] * k for k in sizes[1:]), size]
     for rounds in range(1, MAX_ROUNDS + 1):
