@@ -32,11 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facesynth.balance import Splits
 from facesynth.cross_order import cross_order
 from facesynth.plan import Plan, balance_report
 from facesynth.recipe import load_recipe
-from facesynth.split_order import period, search_splits, split_table, worst
+from facesynth.split_order import deficit_splits, period, search_splits, split_table, worst
 
 RATIOS = (0.8, 0.1, 0.1)
 REPEAT = 10  # rounds after which 8/1/1 of every count is whole
@@ -101,20 +100,17 @@ SHAPES = [(4, 2, 7), (4, 2), (7, 2), (2, 2), (3, 3), (3, 2, 2), (5, 2, 3), (3, 3
 
 
 def shapes_table() -> None:
-    ratios = RATIOS
     print("| shape | cells | deficit rule | table: bounds (value, pair, slack) | table | search seconds |\n"
           "|---|---:|---|---|---|---:|")
     for sizes in SHAPES:
         start = time.perf_counter()
-        table = split_table(sizes, ratios)
+        table = split_table(sizes, RATIOS)
         seconds = time.perf_counter() - start
-        rounds = period(sizes, ratios) or REPEAT
-        rows = 2 * rounds * math.prod(sizes)
+        rows = 2 * (period(sizes, RATIOS) or REPEAT) * math.prod(sizes)
         cells = cross_order(sizes).cells(np.arange(rows))
-        rule = Splits({str(s): r for s, r in enumerate(ratios)}, "0")
-        deficit = np.array([int(rule.take({str(j): str(v) for j, v in enumerate(c)})) for c in cells.tolist()])
-        before = "%d / %d" % worst(cells, sizes, deficit, len(ratios))
-        after = "-" if table is None else "%d / %d" % worst(cells, sizes, np.array([table[t] for t in range(rows)]), 3)
+        before = "%d / %d" % worst(cells, sizes, deficit_splits(cells, RATIOS), len(RATIOS))
+        after = "-" if table is None else "%d / %d" % worst(cells, sizes, np.array([table[t] for t in range(rows)]),
+                                                            len(RATIOS))
         print(f"| {' x '.join(map(str, sizes))} | {math.prod(sizes)} | {before} | "
               f"{'none' if table is None else table.bounds} | {after} | {seconds:.2f} |", flush=True)
 

@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from .balance import FreeValues, Splits
-from .cross_order import CrossOrder, cross_order
+from .cross_order import CrossOrder, cross_order, spreads
 from .errors import PlanError
 from .files import atomic_write
 from .recipe import Recipe
-from .split_order import SplitTable, split_table
+from .split_order import SplitTable, split_spread, split_table
 
 SEED_BITS = 63
 MAX_SAMPLES = 1_000_000  # the plan is held in memory: about 0.7 GB at this size
@@ -300,8 +300,6 @@ def balance_report(plan: Plan) -> dict[str, Any]:
     attribute whose values share equally (cross axes and free attributes) and each pair of them, and per split,
     over every prefix of that split's rows (so at every size of the plan), for each such attribute and for the
     primary label x each of them: ``splits[name] = {"value": worst, "pair": worst}``."""
-    from .cross_order import prefix_spread, spreads
-
     r = plan.recipe
     fixed = set() if r.balance.cross is not None else {a for s in r.strata for a, _ in s.labels}  # proportional
     equal = [a for a in r.attributes if a not in fixed]
@@ -315,10 +313,7 @@ def balance_report(plan: Plan) -> dict[str, Any]:
     p = equal.index(r.primary) if r.primary in equal else None
     per_split: dict[str, dict[str, int | None]] = {}  # pair: None where no pair with the primary shares equally
     for k, name in enumerate(names):
-        rows = cells[split_of == k]
-        value = max((prefix_spread(rows[:, j], sizes[j]) for j in range(len(equal))), default=0)
-        pair = max((prefix_spread(rows[:, p] * sizes[j] + rows[:, j], sizes[p] * sizes[j])
-                    for j in range(len(equal)) if p is not None and j != p), default=None)
+        value, pair = split_spread(cells[split_of == k], sizes, p)
         per_split[name] = {"value": value, "pair": pair}
     order = plan.cross_order
     best = bool(order and order.best_possible and worst_pair and worst_pair[0] == order.pair_bound)

@@ -143,15 +143,25 @@ def search_splits(cells: Sequence[Sequence[int]], sizes: Sequence[int], ratios: 
     return chosen if len(chosen) == n else None
 
 
+def split_spread(rows: np.ndarray, sizes: Sequence[int], primary: int | None = 0) -> tuple[int, int | None]:
+    """The worst value spread, and primary x value spread (None without a primary), over every prefix of
+    ``rows`` (one split's rows, value indices per axis)."""
+    value = max((prefix_spread(rows[:, j], k) for j, k in enumerate(sizes)), default=0)
+    pair = max((prefix_spread(rows[:, primary] * k + rows[:, j], sizes[primary] * k)
+                for j, k in enumerate(sizes) if primary is not None and j != primary), default=None)
+    return value, pair
+
+
 def worst(cells: np.ndarray, sizes: Sequence[int], split_of: np.ndarray, width: int) -> tuple[int, int]:
     """The worst value spread and primary (axis 0) x value spread over every prefix of every split's rows."""
-    value = pair = 0
-    for s in range(width):
-        rows = cells[split_of == s]
-        value = max([value, *(prefix_spread(rows[:, j], k) for j, k in enumerate(sizes))])
-        pair = max([pair, *(prefix_spread(rows[:, 0] * k + rows[:, j], sizes[0] * k)
-                            for j, k in enumerate(sizes) if j)])
-    return value, pair
+    found = [split_spread(cells[split_of == s], sizes) for s in range(width)]
+    return max(v for v, _ in found), max((p for _, p in found if p is not None), default=0)
+
+
+def deficit_splits(cells: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
+    """The split index :class:`facesynth.balance.Splits` gives each row of ``cells`` (the primary is axis 0)."""
+    rule = Splits({str(s): r for s, r in enumerate(ratios)}, "0")
+    return np.array([int(rule.take({str(j): str(v) for j, v in enumerate(c)})) for c in cells.tolist()], np.int64)
 
 
 @functools.lru_cache(maxsize=64)
@@ -175,8 +185,7 @@ def split_table(sizes: tuple[int, ...], ratios: tuple[float, ...]) -> SplitTable
     else:
         return None
     twice = np.concatenate([cells, cells])
-    deficit = Splits({str(s): r for s, r in enumerate(ratios)}, "0")
-    rule = np.array([int(deficit.take({str(j): str(v) for j, v in enumerate(c)})) for c in twice.tolist()])
-    if worst(twice, sizes, np.array(found * 2), len(ratios)) > worst(twice, sizes, rule, len(ratios)):
+    if worst(twice, sizes, np.array(found * 2), len(ratios)) > worst(twice, sizes, deficit_splits(twice, ratios),
+                                                                      len(ratios)):
         return None
     return SplitTable(tuple(found), bounds, rounds)
