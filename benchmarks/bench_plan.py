@@ -28,7 +28,7 @@ from collections import Counter
 import numpy as np
 
 from facesynth.balance import CrossOrder, spreads
-from facesynth.cross_order import search_order
+from facesynth.order_search import search_order
 from facesynth.plan import Plan, balance_report
 from facesynth.recipe import parse_recipe
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facesynth.cross_order import CrossOrder, prefix_spread, search_order
+from facesynth.cross_order import CrossOrder, prefix_spread
+from facesynth.order_search import search_order
 
 
 def _walk(codes, width):
@@ -69,8 +70,11 @@ KNOWN = [
     ([6, 6, 6], 2, False),         # 3 before
     ([4, 6, 2], 1, True),          # 3 before; searched
     ([2, 2, 3, 3], 2, True),       # 3 before; a bound of 1 is impossible
-    ([3, 3, 3, 3], 2, False),      # 3 before; searched, and 2 is the best (bench_plan.py --best)
+    ([3, 3, 3, 3], 2, True),       # 3 before; searched, and 1 is impossible
     ([2, 2, 2, 2, 2], 3, True),    # 4 before; searched, and 2 is impossible
+    ([2, 2, 2, 2, 2, 2], 3, True),  # 4 before; 2 is impossible
+    ([3, 3, 3, 3, 3], 2, True),    # 3 before (243 cells, above the old search's 128); 1 is impossible
+    ([8, 4, 5], 2, False),         # 3 before (160 cells)
     ([11, 7, 6, 4], 2, False),     # 77 before
     ([12, 9, 11], 3, False),       # 12 before
 ]
@@ -94,6 +98,60 @@ def test_the_search_settles_what_it_claims():
     assert len({tuple(r) for r in found.tolist()}) == 32
     assert all(_walk(found[:, j].tolist(), 2) <= 1 for j in range(5))
     assert max(_walk((found[:, i] * 2 + found[:, j]).tolist(), 4) for i, j in itertools.combinations(range(5), 2)) == 3
+
+
+def _reference_search(sizes, bound):
+    """The plain exhaustive search the fast one must agree with: every order of the cells, row by row, with no
+    symmetry cut, each axis within 1 and each pair within ``bound`` at every prefix. True when one exists."""
+    cells = list(itertools.product(*[range(k) for k in sizes]))
+    pairs = list(itertools.combinations(range(len(sizes)), 2))
+
+    def extend(order, left):
+        if not left:
+            return True
+        t = len(order)
+        for cell in left:
+            if any(cell[j] in {row[j] for row in order[k * (t // k):]} for j, k in enumerate(sizes)):
+                continue  # this axis's aligned block already holds the value
+            rows = order + [cell]
+            if all(_spread_now(rows, i, j, sizes) <= bound for i, j in pairs) and extend(rows, left - {cell}):
+                return True
+        return False
+
+    return extend([], set(cells))
+
+
+def _spread_now(rows, i, j, sizes):
+    counts = Counter(r[i] * sizes[j] + r[j] for r in rows)
+    width = sizes[i] * sizes[j]
+    return max(counts.values()) - (min(counts.values()) if len(counts) == width else 0)
+
+
+@pytest.mark.parametrize("sizes,bound,exists", [
+    ([2, 2, 2], 1, False), ([2, 2, 2], 2, True), ([2, 2, 3], 1, True), ([2, 3, 2], 1, True),
+    ([2, 2, 2, 2], 1, False), ([2, 2, 2, 2], 2, True), ([3, 3, 2], 1, False), ([2, 4, 2], 1, True)])
+def test_the_search_agrees_with_a_plain_exhaustive_search(sizes, bound, exists):
+    """Taking each axis's values in order of first use cuts only relabellings: what the search settles, the plain
+    search over every order of the cells settles the same way, and what it finds keeps the bound."""
+    found = search_order(sizes, bound, 1_000_000)
+    assert found is not None
+    assert (found is not False) == _reference_search(sizes, bound) == exists
+    if found is not False:
+        assert len({tuple(r) for r in found.tolist()}) == math.prod(sizes)
+        assert all(_walk(found[:, j].tolist(), k) <= 1 for j, k in enumerate(sizes))
+        assert max(_walk((found[:, i] * sizes[j] + found[:, j]).tolist(), sizes[i] * sizes[j])
+                   for i, j in itertools.combinations(range(len(sizes)), 2)) <= bound
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=_shapes(300), bound=st.integers(1, 3), by_count=st.booleans())
+def test_an_order_the_search_returns_keeps_what_it_was_asked(sizes, bound, by_count):
+    found = search_order(sizes, bound, 20_000, by_count)
+    if isinstance(found, np.ndarray):
+        assert sorted(map(tuple, found.tolist())) == sorted(itertools.product(*[range(k) for k in sizes]))
+        assert all(_walk(found[:, j].tolist(), k) <= 1 for j, k in enumerate(sizes))
+        assert all(_walk((found[:, i] * sizes[j] + found[:, j]).tolist(), sizes[i] * sizes[j]) <= bound
+                   for i, j in itertools.combinations(range(len(sizes)), 2))
 
 
 def test_the_order_depends_only_on_the_shape():

@@ -14,10 +14,11 @@ unshifted, every pair is within 1 by the Chinese remainder theorem). Any other a
 a family of structured ones (``sum m * (block // p)``, plain or per segment of ``lcm(B, k)`` rows), that keeps
 its pairs with the earlier axes closest to equal over the first rows, measured exactly with
 :func:`prefix_spread`. A round of at most ``SEARCH_CELLS`` cells is then searched depth-first
-(:func:`search_order`) for an order with a smaller pair bound, under the same two guarantees; where every
-smaller bound is settled as impossible, the order is the best possible (``best_possible``). Nothing else
-guarantees a pair bound; ``facesynth.plan.balance_report`` measures the one a plan reaches, and
-``benchmarks/bench_plan.py --shapes`` over random shapes.
+(:func:`facesynth.order_search.search_order`) for an order with a smaller pair bound, under the same two
+guarantees: bounds from 1 up are ruled out while the search settles them, then orders are looked for from the
+construction's bound down. Where every bound below the one kept is ruled out, the order is the best possible
+(``best_possible``). Nothing else guarantees a pair bound; ``facesynth.plan.balance_report`` measures the one a
+plan reaches, and ``benchmarks/bench_plan.py --shapes`` over random shapes.
 """
 
 from __future__ import annotations
@@ -29,14 +30,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .order_search import counted_search
+
 SCREEN_ROWS = 1_024  # every candidate shift is measured on this many rows,
 FINAL_ROWS = 16_384  # the best few on this many
 KEEP = 8
 PERIODS = 10  # single shifts: the first divisors of B as periods (in blocks), every multiplier
 PAIRED_PERIODS = 6  # two shifts: the first divisors, multipliers +-1 and +-2
 
-SEARCH_CELLS = 128  # a round this small is also searched for a better order,
-SEARCH_NODES = 5_000  # with this many nodes for each bound below the construction's
+SEARCH_CELLS = 2_048  # a round this small is also searched for a better order (facesynth.order_search):
+PROOF_NODES = 20_000  # first each bound from 1 up, with this many nodes, until one is not ruled out;
+FIND_NODES = 300_000  # then from the construction's bound down, this many for each way of ordering values,
+TOTAL_NODES = 1_000_000  # and at most this many in all (about a second)
 
 Rule = tuple[str, tuple[int, ...], tuple[int, ...]]  # ("seg" or "lin", periods in blocks, multipliers)
 
@@ -73,50 +78,6 @@ def spreads(cells: np.ndarray, sizes: Sequence[int]) -> dict[tuple[int, ...], in
     for i, j in itertools.combinations(range(len(sizes)), 2):
         out[(i, j)] = prefix_spread(cells[:, i] * sizes[j] + cells[:, j], sizes[i] * sizes[j])
     return out
-
-
-def search_order(sizes: Sequence[int], bound: int, limit: int) -> np.ndarray | bool | None:
-    """A round of the cells (each once, every axis within 1 at every prefix) that keeps every pair within
-    ``bound`` at every prefix, as an ``(cells, axes)`` array, by depth-first search over the cells each prefix
-    allows; False when there is none, None when ``limit`` nodes did not settle it."""
-    m, size = len(sizes), math.prod(sizes)
-    cells = np.array(np.meshgrid(*[np.arange(k) for k in sizes], indexing="ij")).reshape(m, size).T
-    pairs = list(itertools.combinations(range(m), 2))
-    codes = [cells[:, i] * sizes[j] + cells[:, j] for i, j in pairs]
-    axes = [np.zeros(k, np.int64) for k in sizes]
-    counts = [np.zeros(sizes[i] * sizes[j], np.int64) for i, j in pairs]
-    used = np.zeros(size, bool)
-
-    def allowed() -> list[int]:
-        ok = ~used
-        for j in range(m):
-            ok &= axes[j][cells[:, j]] == axes[j].min()
-        for code, c in zip(codes, counts):
-            ok &= c[code] - c.min() < bound
-        return np.flatnonzero(ok)[::-1].tolist()
-
-    def step(cell: int, by: int) -> None:
-        for j in range(m):
-            axes[j][cells[cell, j]] += by
-        for code, c in zip(codes, counts):
-            c[code[cell]] += by
-        used[cell] = by > 0
-
-    order: list[int] = []
-    stack = [allowed()]
-    for _ in range(limit):
-        if len(order) == size:
-            return cells[order]
-        if not stack[-1]:
-            stack.pop()
-            if not order:
-                return False
-            step(order.pop(), -1)
-            continue
-        order.append(stack[-1].pop())
-        step(order[-1], 1)
-        stack.append(allowed())
-    return cells[order] if len(order) == size else None
 
 
 def axis_order(sizes: Sequence[int]) -> list[int]:
@@ -173,16 +134,40 @@ class CrossOrder:
             self._search()
 
     def _search(self) -> None:
+        """Look for a round with a smaller pair bound than the construction's: rule out bounds from 1 up while the
+        search settles them, then look for orders from the construction's bound down; the order is the best
+        possible when every bound below the one kept is ruled out."""
         found = spreads(self.cells(np.arange(self.size)), self.sizes)
         self.pair_bound = max(v for key, v in found.items() if len(key) == 2)
-        settled = True  # every bound below the one tried is impossible
+        lower, left = 0, TOTAL_NODES  # every bound up to lower is ruled out
+
+        def attempt(bound: int, nodes: int, by_count: bool) -> np.ndarray | bool | None:
+            nonlocal left
+            nodes = min(nodes, left)
+            if nodes <= 0:
+                return None
+            result, spent = counted_search(self.sizes, bound, nodes, by_count)
+            left -= spent
+            return result
+
         for bound in range(1, self.pair_bound):
-            found = search_order(self.sizes, bound, SEARCH_NODES)
-            if isinstance(found, np.ndarray):
-                self.table, self.pair_bound = found, bound
+            result = attempt(bound, PROOF_NODES, False)
+            if result is False:
+                lower = bound
+                continue
+            if isinstance(result, np.ndarray):
+                self.table, self.pair_bound = result, bound
+            break
+        bound = self.pair_bound - 1
+        while bound > lower:
+            results = [attempt(bound, FIND_NODES, by_count) for by_count in (False, True)]
+            table = next((r for r in results if isinstance(r, np.ndarray)), None)
+            if table is None:
+                lower = bound if False in results else lower
                 break
-            settled = settled and found is False
-        self.best_possible = settled or self.pair_bound == 1
+            self.table, self.pair_bound = table, bound
+            bound -= 1
+        self.best_possible = self.pair_bound <= lower + 1
 
     def __getitem__(self, index: int) -> tuple[int, ...]:
         return tuple(int(v) for v in self.cells(np.array([index % self.size]))[0])
