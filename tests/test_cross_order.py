@@ -73,6 +73,7 @@ KNOWN = [
     ([3, 3, 3, 3], 2, True),       # 3 before; searched, and 1 is impossible
     ([2, 2, 2, 2, 2], 3, True),    # 4 before; searched, and 2 is impossible
     ([2, 2, 2, 2, 2, 2], 3, True),  # 4 before; 2 is impossible
+    ([2, 2, 2, 2, 2, 2, 2], 3, True),  # 4 before (the old search settled nothing below 4); 2 is impossible
     ([3, 3, 3, 3, 3], 2, True),    # 3 before (243 cells, above the old search's 128); 1 is impossible
     ([8, 4, 5], 2, False),         # 3 before (160 cells)
     ([11, 7, 6, 4], 2, False),     # 77 before
