@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .balance import FreeValues, Splits
+from .balance import FreeLabels, Splits
 from .cross_order import CrossOrder, cross_order, spreads
 from .errors import PlanError
 from .files import atomic_write
@@ -39,6 +39,7 @@ from .split_order import SplitTable, split_spread, split_table
 SEED_BITS = 63
 MAX_SAMPLES = 1_000_000  # the plan is held in memory: about 0.7 GB at this size
 MAX_CANDIDATES = 64
+CELL_CHUNK = 4_096  # a cross product's cells are laid out this many at a time
 
 
 def cell_key(labels: dict[str, str]) -> str:
@@ -180,19 +181,21 @@ class Plan:
         self._shared: dict[tuple, Any] = {}  # equal dicts and strings, stored once
 
     # Cell order -----------------------------------------------------------------------
-    def _cells(self) -> list[dict[str, str]]:
-        """The label cell of each sample index, in plan order."""
+    def _cells(self, ids: dict[str, dict[str, int]]) -> Iterator[dict[str, int]]:
+        """The label cell of each sample index, in plan order, as value indices: endless for a cross product
+        (the free attributes' blocks read ahead of the plan's size), the strata's total otherwise."""
         r = self.recipe
         if r.balance.cross is not None:
             axes = sorted(r.balance.cross, key=lambda a: a != r.primary)
-            grids = [list(r.attributes[a].values) for a in axes]
-            order = self.cross_order = cross_order(tuple(len(g) for g in grids))
-            cells = order.cells(np.arange(self.num_samples))
-            return [{a: grids[j][v] for j, (a, v) in enumerate(zip(axes, row))} for row in cells.tolist()]
+            order = self.cross_order = cross_order(tuple(len(r.attributes[a].values) for a in axes))
+            for start in itertools.count(0, CELL_CHUNK):
+                for row in order.cells(np.arange(start, start + CELL_CHUNK)).tolist():
+                    yield dict(zip(axes, row))
         strata = [s for s in r.strata if s.count > 0]
         counts = [s.count for s in strata]
-        order = itertools.islice(deficit_order(counts, caps=counts), self.num_samples)
-        return [dict(strata[i].labels) for i in order]
+        cells = [{a: ids[a][v] for a, v in s.labels} for s in strata]
+        for i in deficit_order(counts, caps=counts):
+            yield cells[i]
 
     # Samples --------------------------------------------------------------------------
     @property
@@ -212,20 +215,11 @@ class Plan:
         splits = Splits(r.splits, r.primary)
         names_of_splits = list(r.splits)
         table = self.split_table = recipe_split_table(r)
-        free = {name: FreeValues(len(attr.values)) for name, attr in r.attributes.items()}
         names = {name: list(attr.values) for name, attr in r.attributes.items()}
         ids = {name: {v: i for i, v in enumerate(values)} for name, values in names.items()}
-        for index, cell in enumerate(self._cells()):
-            key = tuple(sorted(cell.items()))
-            fixed = {a: ids[a][v] for a, v in cell.items()}
-            labels = {}
-            for name in r.attributes:
-                if name in cell:
-                    labels[name] = cell[name]
-                else:  # a free attribute: within 1 of equal at every prefix, least used with the other labels
-                    value = free[name].take(fixed, key)
-                    fixed[name] = value
-                    labels[name] = names[name][value]
+        rows = FreeLabels({name: len(values) for name, values in names.items()}, self._cells(ids))
+        for index in range(self.num_samples):
+            labels = {name: names[name][value] for name, value in rows[index].items()}
             split = names_of_splits[table[index]] if table else splits.take(labels)
             yield self._sample(index, labels, split)
 

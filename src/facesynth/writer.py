@@ -36,7 +36,8 @@ MANIFEST = "manifest.json"
 # that collate with torch's default collate, see schema.COLLATE_SAFE_FORMAT; 7: the cross-product order's
 # shifts chosen from a structured family by the pair balance they measure, see cross_order; 8: the splits of
 # a small cross product searched per shape, see split_order; 9: rounds of up to 2,048 cells searched for a
-# smaller pair bound, taking each axis's values in order of first use, see order_search).
+# smaller pair bound, taking each axis's values in order of first use, see order_search, and free attributes
+# assigned a block at a time at the least total cost, see balance.FreeValues).
 FORMAT_VERSION = 9
 MAX_SHARD_BYTES = 500 * 10**6  # like push_to_hub's default max_shard_size
 ROW_GROUP_ROWS = 100
