@@ -191,6 +191,7 @@ class Plan:
             for start in itertools.count(0, CELL_CHUNK):
                 for row in order.cells(np.arange(start, start + CELL_CHUNK)).tolist():
                     yield dict(zip(axes, row))
+            return
         strata = [s for s in r.strata if s.count > 0]
         counts = [s.count for s in strata]
         cells = [{a: ids[a][v] for a, v in s.labels} for s in strata]
