@@ -129,9 +129,10 @@ class FreeLabels:
     def __getitem__(self, index: int) -> dict[str, int]:
         if not self._read(index + 1):
             raise IndexError(index)
-        for name in self.order:
-            self._ensure(name, index)
         row = self.rows[index]
+        if len(row) < len(self.order):  # some attribute is free in this row
+            for name in self.order:
+                self._ensure(name, index)
         return {name: row[name] for name in self.order}
 
     def _read(self, upto: int) -> bool:
