@@ -122,7 +122,6 @@ class FreeLabels:
         self.source = cells
         self.rows: list[dict[str, int]] = []  # the cell's values, then free values as they are assigned
         self.cells: list[dict[str, int]] = []  # each row's cell
-        self.keys: list[tuple] = []  # and its key
         self.free_rows: dict[str, list[int]] = {name: [] for name in sizes}  # the rows each attribute is free in
         self.done = dict.fromkeys(sizes, 0)  # how many of those rows have their value
 
@@ -146,7 +145,6 @@ class FreeLabels:
                     self.free_rows[name].append(len(self.rows))
             self.rows.append(dict(cell))
             self.cells.append(cell)
-            self.keys.append(tuple(sorted(cell.items())))
         return True
 
     def _ensure(self, name: str, row: int) -> None:
@@ -161,7 +159,8 @@ class FreeLabels:
             for t in block:
                 for other in before:
                     self._ensure(other, t)
-            items = [({**self.cells[t], **{a: self.rows[t][a] for a in before}}, self.keys[t]) for t in block]
+            items = [({**self.cells[t], **{a: self.rows[t][a] for a in before}}, tuple(sorted(self.cells[t].items())))
+                     for t in block]
             for t, value in zip(block, free.assign(items)):
                 self.rows[t][name] = value
             self.done[name] = start + len(block)
