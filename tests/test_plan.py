@@ -1,3 +1,4 @@
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -374,6 +375,40 @@ def test_no_split_rule_keeps_every_value_within_one_in_every_split_of_emotions_a
             per_cell = Counter(s.cell for s in plan.samples[start:start + 560] if s.split == split)
             assert set(per_cell.values()) == {round(ratio * 10)} and len(per_cell) == 56
     assert worst == [2, 2]
+
+
+def test_with_the_order_chosen_too_the_first_round_of_emotions_keeps_every_split_within_one():
+    """The README's other half of that bound: it is the plan's order, not the cells, that rules out 1 in the first
+    round. ``bench_splits.joint_search``, choosing each row's cell and split together, finds a first round of
+    ``emotions`` that keeps the plan's own guarantees (every cell once, every axis and pair within 1) with every
+    value and primary x value within 1 in every split, checked here by a plain walk."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_splits.py"
+    spec = importlib.util.spec_from_file_location("bench_splits", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sizes = [4, 2, 7]
+    found, deepest = bench.joint_search(sizes, bench.RATIOS, (1, 1, 1, 2), 10, 56, 10_000)
+    assert isinstance(found, list) and deepest == 56
+    cells = [c for c, _ in found]
+    assert sorted(cells) == sorted(itertools.product(*(range(k) for k in sizes)))
+    for j, k in enumerate(sizes):
+        assert _walk_spread([c[j] for c in cells], range(k)) <= 1
+        for i in range(j):
+            assert _walk_spread([(c[i], c[j]) for c in cells], itertools.product(range(sizes[i]), range(k))) <= 1
+    for split in range(3):
+        rows = [c for c, s in found if s == split]
+        assert rows[:4] == cells[4 * split:4 * split + 4]  # each emotion's first rows take the splits in turn
+        for j, k in enumerate(sizes):
+            assert _walk_spread([c[j] for c in rows], range(k)) <= 1
+            if j:
+                assert _walk_spread([(c[0], c[j]) for c in rows], itertools.product(range(4), range(k))) <= 1
+    taken = [0, 0, 0]
+    for t, (_, split) in enumerate(found):  # after the first rows: a split grows to at most 2 rows over its
+        taken[split] += 1  # share, and one left out of a row is never more than 2 rows under its share
+        assert t < 12 or taken[split] <= bench.RATIOS[split] * (t + 1) + 2 + 1e-9
+        assert t < 12 or all(taken[x] >= r * (t + 1) - 2 - 1e-9 for x, r in enumerate(bench.RATIOS) if x != split)
 
 
 def _walk_spread(codes, every):
