@@ -33,9 +33,8 @@ whether such rows exist (found), provably do not (impossible) or were not settle
 
 from __future__ import annotations
 
-import itertools
-
 import argparse
+import itertools
 import math
 import time
 from pathlib import Path
