@@ -347,12 +347,7 @@ def test_no_split_rule_keeps_every_value_within_one_in_every_split_of_emotions_a
     """What the README says of the splits' bound: with the plan's order of ``emotions``, the exhaustive search in
     ``benchmarks/bench_splits.py`` rules out every value within 1 in every split (split sizes within 1 or 5 rows
     of their shares), and the plan's searched splits keep 2, checked here by a plain walk over three periods."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_splits.py"
-    spec = importlib.util.spec_from_file_location("bench_splits", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_splits()
     cells, sizes, primary = bench.emotions_rows()
     for slack in (1, 5):
         assert bench.search(cells, sizes, primary, (1, bench.ANY, slack), 100_000, repeat=False) is False
@@ -382,12 +377,7 @@ def test_with_the_order_chosen_too_the_first_round_of_emotions_keeps_every_split
     round. ``bench_splits.joint_search``, choosing each row's cell and split together, finds a first round of
     ``emotions`` that keeps the plan's own guarantees (every cell once, every axis and pair within 1) with every
     value and primary x value within 1 in every split, checked here by a plain walk."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_splits.py"
-    spec = importlib.util.spec_from_file_location("bench_splits", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_splits()
     sizes = [4, 2, 7]
     found, deepest = bench.joint_search(sizes, bench.RATIOS, (1, 1, 1, 2), 10, 56, 10_000)
     assert isinstance(found, list) and deepest == 56
@@ -409,6 +399,17 @@ def test_with_the_order_chosen_too_the_first_round_of_emotions_keeps_every_split
         taken[split] += 1  # share, and one left out of a row is never more than 2 rows under its share
         assert t < 12 or taken[split] <= bench.RATIOS[split] * (t + 1) + 2 + 1e-9
         assert t < 12 or all(taken[x] >= r * (t + 1) - 2 - 1e-9 for x, r in enumerate(bench.RATIOS) if x != split)
+
+
+def _bench_splits():
+    """``benchmarks/bench_splits.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_splits.py"
+    spec = importlib.util.spec_from_file_location("bench_splits", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
 
 
 def _walk_spread(codes, every):
