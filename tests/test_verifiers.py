@@ -71,8 +71,8 @@ BAD = [
                                  "(emotion, gender, ethnicity)"),
     (["--verify", "emotion"], "Error: --verify: 'emotion' is not ATTRIBUTE=MODEL (or ATTRIBUTE=zero-shot:MODEL)"),
     (["--verify", "emotion={clf}"], "Error: --verify emotion: no class of the model maps to 'angry', 'surprised' "
-                                    "(classes: happy, Sad, anger, surprise, neutral); map one with labels: "
-                                    "{{CLASS: angry}}"),
+                                    "(classes: happy, Sad, anger, surprise, neutral); map one with --verify "
+                                    "emotion={clf},CLASS=angry"),
     (["--verify", "emotion={clf},joy=happy," + LABELS],
      "Error: --verify emotion: labels: the model has no class 'joy' (happy, Sad, anger, surprise, neutral)"),
     (["--verify", "emotion={clf},anger=furious"],
@@ -325,3 +325,69 @@ def test_a_zero_shot_verifier_records_and_reproduces(tmp_path):
     assert str(tmp_path) not in public  # local folders are published by name only
     card = (out / "README.md").read_text()
     assert re.search(r"Verifier: <code>.*clip</code> \(zero-shot CLIP", card)
+
+
+# Local verifiers are pinned by content ---------------------------------------------------------
+def _swap_classes(folder):
+    """Edit the classifier's config.json: its first two class names swap places (the weights stay)."""
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    names = config["id2label"]
+    names["0"], names["1"] = names["1"], names["0"]
+    config["label2id"] = {v: int(k) for k, v in names.items()}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.slow
+def test_a_changed_local_verifier_is_refused_on_resume_grow_and_reproduce_naming_the_file(
+        classifier, tmp_path, monkeypatch, capsys):
+    """Grow after editing the verifier's config.json: one line naming the file, nothing changed; the same through a
+    link that now points elsewhere; reproduce from another working directory finds the folder by its recorded
+    path, says the changed file differs, and says "no such folder" (never a Hub lookup) once it is gone."""
+    from facesynth.errors import ModelError
+    from facesynth.reproduce import reproduce
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(classifier, work / "vit")
+    (work / "link").symlink_to(work / "vit")
+    monkeypatch.chdir(work)
+    base = ["generate", "emotions", "--model", "tiny", "--out", "out", "-q", "--rows-per-shard", "4",
+            "--verify", f"emotion=./link,{LABELS}"]
+    assert invoke([*base, "-n", "8"]) == 0
+    before = shard_bytes(work / "out")
+    assert invoke([*base[:-1], f"emotion=link,{LABELS}", "-n", "8"]) == 0  # ./link and link are one folder
+    shutil.copytree(classifier, work / "other")
+    _swap_classes(work / "other")
+    (work / "link").unlink()
+    (work / "link").symlink_to(work / "other")  # the link now points at another classifier
+    capsys.readouterr()
+    for size in ("8", "12"):  # resume and grow
+        assert invoke([*base, "-n", size]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "config.json differs" in err and "verify.emotion" in err, err
+        assert "num_samples" not in err
+    assert shard_bytes(work / "out") == before
+    (work / "link").unlink()
+    (work / "link").symlink_to(work / "vit")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the recorded path resolves from anywhere
+    assert reproduce(work / "out", "emotions-0000001").identical
+    _swap_classes(work / "vit")
+    with pytest.raises(ModelError, match=r"changed since the dataset was made: config.json differs"):
+        reproduce(work / "out", "emotions-0000001")
+    shutil.rmtree(work / "vit")
+    with pytest.raises(ModelError, match=r"verifiers \(emotion\): no such folder '.*/work/vit'"):
+        reproduce(work / "out", "emotions-0000001")
+
+
+def test_a_local_verifier_that_is_not_there_is_no_such_folder_never_a_hub_id(tmp_path, capsys):
+    capsys.readouterr()
+    for name in ("./gone", "../gone", "a/b/gone", "~/gone-facesynth"):
+        code = invoke(["generate", "emotions", "--model", "tiny", "-n", "8", "--out", str(tmp_path / "o"), "-q",
+                       "--verify", f"emotion={name}"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err == f"Error: --verify emotion: no such folder '{name}'", err
+    assert not (tmp_path / "o").exists()

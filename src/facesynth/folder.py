@@ -283,7 +283,15 @@ def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: 
     elif changed == ["num_samples"]:
         why = f"{old['num_samples']} samples and is not finished; finish it before growing it"
     else:
-        why = f"different {', '.join(changed) or 'parameters'}"
+        from .pins import changed_inputs
+
+        # a grow changes num_samples alone: name what else differs, not the size the user meant to change
+        named = [k for k in changed if k != "num_samples"] or changed
+        why = f"different {', '.join(named)}"
+        if "inputs" in named:
+            why = (f"other local model files ({changed_inputs(old.get('inputs'), new.get('inputs'))}); put back the "
+                   "files it was made with" + (f", or it differs in {', '.join(k for k in named if k != 'inputs')} "
+                                               "too" if len(named) > 1 else ""))
     raise OutputError(f"--out: '{out}' holds a dataset made with {why}; use another folder, "
                       "or --overwrite to replace it")
 

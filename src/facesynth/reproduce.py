@@ -23,6 +23,7 @@ from PIL import Image
 
 from .builder import read_manifest, shard_paths
 from .errors import OutputError
+from .pins import recorded as recorded_input
 from .plan import Plan
 from .recipe import parse_recipe
 from .schema import read_provenance, verified_columns
@@ -107,11 +108,15 @@ class Reproducer:
             torch.set_num_threads(runtime["threads"])  # CPU kernels round by thread count
         revision = model.get("commit") or model.get("revision")
         adapters = adapters_of(self.manifest)  # the same bytes as when the folder was made, before the model loads
-        pipe, _ = load_pipeline(model.get("path") or model["name"], revision=revision, dtype=torch_dtype, device=dev,
-                                config=model.get("config"))
+        inputs = (self.manifest.get("parameters") or {}).get("inputs")
+        clip = self.manifest["clip_model"]
+        local = {role: recorded_input(path, inputs, role, f"manifest.json: {role}") for role, path in
+                 (("model", model.get("path")), ("model_config", model.get("config")), ("clip_model", clip.get("path")))}
+        pipe, _ = load_pipeline(local["model"] or model["name"], revision=revision, dtype=torch_dtype, device=dev,
+                                config=local["model_config"])
         apply_adapters(pipe, adapters, model["name"])  # the same adapters, fused the same way
-        scorer = ClipScorer.load(self.manifest["clip_model"]["name"], device=dev, dtype=torch_dtype,
-                                 revision=self.manifest["clip_model"].get("commit"))
+        scorer = ClipScorer.load(local["clip_model"] or clip["name"], device=dev, dtype=torch_dtype,
+                                 revision=clip.get("commit"))
         generation = self.manifest.get("generation", {})
         plan = self.manifest["plan"]
         self.samples = {s.sample_id: s for s in Plan(self.recipe, plan["num_samples"], plan["seed"],

@@ -15,7 +15,6 @@ on the device. So anyone can check a row again from its image and ``face_box``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -56,6 +55,8 @@ def parse_option(text: str, recipe: Recipe) -> tuple[str, Verify]:
                         f"({', '.join(recipe.attributes)})")
     fields: dict[str, Any] = {"zero_shot": model.removeprefix(ZERO_SHOT)} if model.startswith(ZERO_SHOT) else {
         "model": model}
+    if fields.get("zero_shot") == "":
+        raise PlanError(f"--verify: '{text}' names no model after 'zero-shot:' (ATTRIBUTE=zero-shot:CLIP_MODEL)")
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key or not value:
@@ -79,8 +80,12 @@ def parse_option(text: str, recipe: Recipe) -> tuple[str, Verify]:
 def specs(recipe: Recipe, options: Sequence[str] = ()) -> dict[str, Verify]:
     """The recipe's verifiers, with ``--verify`` options replacing an attribute's, in the recipe's order."""
     chosen = dict(recipe.verify)
+    given: set[str] = set()
     for text in options:
         attr, spec = parse_option(text, recipe)
+        if attr in given:
+            raise PlanError(f"--verify: '{attr}' is given twice; give one verifier per attribute")
+        given.add(attr)
         chosen[attr] = spec
     return {a: chosen[a] for a in recipe.attributes if a in chosen}
 
@@ -113,22 +118,38 @@ class Preprocess:
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> "Preprocess":
-        """From a ``preprocessor_config.json`` (read as data: no processor class, no torchvision needed)."""
-        size = dict(config.get("size") or {})
-        if isinstance(config.get("size"), int):
-            size = {"shortest_edge": config["size"]}
+        """From a ``preprocessor_config.json`` (read as data: no processor class, no torchvision needed); every
+        size is a whole number of pixels above 0, and mean and std have 3 finite entries, std none 0."""
+        if not isinstance(config, dict):
+            raise ModelError("preprocessor_config.json: not a JSON object")
+        size = config.get("size") or {}
+        if _is_size(size):
+            size = {"shortest_edge": size}
+        if not isinstance(size, dict):
+            raise ModelError(f"preprocessor_config.json: size: {size!r:.60} is not a size")
         crop = config.get("crop_size") if config.get("do_center_crop") else None
-        if isinstance(crop, int):
+        if _is_size(crop):
             crop = {"height": crop, "width": crop}
         normalise = config.get("do_normalize", True)
-        mean = list(config.get("image_mean") or [0.5] * 3) if normalise else [0.0] * 3
-        std = list(config.get("image_std") or [0.5] * 3) if normalise else [1.0] * 3
+        mean = _triple(config.get("image_mean"), "image_mean", 0.5) if normalise else [0.0] * 3
+        std = _triple(config.get("image_std"), "image_std", 0.5) if normalise else [1.0] * 3
+        if any(v == 0 for v in std):
+            raise ModelError(f"preprocessor_config.json: image_std: {std} holds 0 (a division by zero)")
         if "height" in size and "width" in size:
-            return cls(mean, std, size=(int(size["height"]), int(size["width"])))
-        short = size.get("shortest_edge")
-        if short is None:
-            raise ModelError(f"preprocessor_config.json gives no input size ({size})")
-        return cls(mean, std, shortest=int(short), crop=(int(crop["height"]), int(crop["width"])) if crop else None)
+            return cls(mean, std, size=(_pixels(size, "height", "size"), _pixels(size, "width", "size")))
+        if size.get("shortest_edge") is None:
+            raise ModelError(f"preprocessor_config.json: size: gives no input size ({size})")
+        if crop is not None and not isinstance(crop, dict):
+            raise ModelError(f"preprocessor_config.json: crop_size: {crop!r:.60} is not a size")
+        return cls(mean, std, shortest=_pixels(size, "shortest_edge", "size"),
+                   crop=(_pixels(crop, "height", "crop_size"), _pixels(crop, "width", "crop_size")) if crop else None)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The (height, width) the model is given for a square image."""
+        if self.size is not None:
+            return self.size
+        return self.crop if self.crop is not None else (self.shortest, self.shortest)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """One image (3, H, W) in [0, 1] as the model's normalised (3, h, w) input, in fp32."""
@@ -148,6 +169,30 @@ class Preprocess:
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return ((x - mean) / std)[0]
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _pixels(mapping: dict[str, Any], key: str, where: str) -> int:
+    value = mapping.get(key)
+    if not _is_size(value) or not 0 < value <= 8192:
+        raise ModelError(f"preprocessor_config.json: {where}.{key}: {value!r:.40} is not a size in pixels "
+                         "(a whole number from 1 to 8192)")
+    return value
+
+
+def _triple(value: Any, key: str, default: float) -> list[float]:
+    import math
+
+    if value is None:
+        return [default] * 3
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise ModelError(f"preprocessor_config.json: {key}: {value!r:.60} is not 3 finite numbers (one per RGB "
+                         "channel)")
+    return [float(v) for v in value]
 
 
 # Verifiers ----------------------------------------------------------------------------------
@@ -176,9 +221,11 @@ class Verifier:
 
     def record(self, mode: str, margin: float) -> dict[str, Any]:
         """What the manifest keeps about this verifier."""
-        local = Path(self.name).is_dir()  # a folder is named by its name; its path stays local (publish drops it)
-        return {"attribute": self.attribute, "kind": self.kind, "model": Path(self.name).resolve().name if local
-                else self.name, **({"path": str(Path(self.name).resolve())} if local else {}),
+        from .pins import local_record
+
+        path = local_record(self.name)  # a folder is named by its name; its path stays local (publish drops it)
+        return {"attribute": self.attribute, "kind": self.kind, "model": Path(path["path"]).name if path
+                else self.name, **path,
                 "commit": self.commit, "labels": self.labels, "mode": mode,
                 "min_probability": self.spec.min_probability, "margin": margin,
                 "claimed_accuracy": self.spec.claimed_accuracy}
@@ -247,16 +294,19 @@ def failed(verifiers: Sequence[Verifier], result: dict[str, tuple[int, float]], 
 
 # Loading ------------------------------------------------------------------------------------
 def _fetch(name: str, revision: str | None, where: str) -> tuple[Path, str | None]:
-    """A local folder as it is, or a Hub snapshot pinned to its commit (json, txt and safetensors files only)."""
-    if Path(name).is_dir():
-        return Path(name), None
+    """A local folder as it is (a path that is not there is one line, never a Hub id), or a Hub snapshot pinned
+    to its commit (json, txt and safetensors files only)."""
+    from .pins import local_path, looks_local
+
+    if looks_local(name):
+        return local_path(name, where, folder=True), None
     from .snapshots import fetch
 
     return fetch(name, revision, where, ["*.json", "*.txt", "*.safetensors"])
 
 
 def class_map(attribute: str, values: list[str], captions: dict[str, str], id2label: dict[int, str],
-              given: dict[str, str], where: str) -> dict[str, str]:
+              given: dict[str, str], where: str, model: str = "MODEL") -> dict[str, str]:
     """Every class name of the model -> a value (given, or matched by name) or ``other``."""
     names = [id2label[i] for i in range(len(id2label))]
     loose = {normalise(n): n for n in names}
@@ -273,42 +323,93 @@ def class_map(attribute: str, values: list[str], captions: dict[str, str], id2la
         out.setdefault(cls, by_name.get(normalise(cls), OTHER))
     missing = [v for v in values if v not in out.values()]
     if missing:
+        hint = (f"map one with --verify {attribute}={model},CLASS={missing[0]}" if where.startswith("--verify")
+                else f"map one with labels: {{CLASS: {missing[0]}}}")
         raise ModelError(f"{where}: no class of the model maps to {', '.join(repr(v) for v in missing)} "
-                         f"(classes: {', '.join(names)}); map one with labels: {{CLASS: {missing[0]}}}")
+                         f"(classes: {', '.join(names)}); {hint}")
     return {cls: out[cls] for cls in names}
+
+
+def _read_config(folder: Path, name: str, where: str) -> dict[str, Any]:
+    from .files import load_json
+
+    try:
+        config = load_json(folder / "config.json")
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise ModelError(f"{where}: '{name}' has no readable config.json; it is not a transformers model") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{where}: '{name}': config.json is not a JSON object")
+    if config.get("auto_map"):
+        raise ModelError(f"{where}: '{name}' needs its own code (config.json has auto_map); facesynth never runs "
+                         "a model's own code (trust_remote_code)")
+    return config
+
+
+def _check_classifier(config: dict[str, Any], folder: Path, name: str, where: str) -> None:
+    """An image classifier transformers knows, with safetensors weights; one line naming what it is otherwise."""
+    import transformers
+
+    arch = config.get("architectures") or []
+    if not isinstance(arch, list) or not arch or not all(isinstance(a, str) and a.endswith("ForImageClassification")
+                                                         for a in arch):
+        shown = ", ".join(map(str, arch)) if isinstance(arch, list) else str(arch)
+        raise ModelError(f"{where}: '{name}' is not an image classifier (architectures: {shown or 'none'}); give an "
+                         "image-classification model or zero_shot: a CLIP")
+    unknown = [a for a in arch if not hasattr(transformers, a)]
+    if unknown:
+        raise ModelError(f"{where}: '{name}' is a {unknown[0]}, which transformers does not ship (a model with its "
+                         "own code?); facesynth never runs a model's own code")
+    if not any(folder.glob("*.safetensors")):
+        raise ModelError(f"{where}: '{name}' has no safetensors weights; facesynth loads no pickled "
+                         "weights (convert it with `safetensors`' convert script)")
+
+
+def _probe(model, preprocess: Preprocess, name: str, where: str, device, dtype) -> None:
+    """One forward pass on a blank image at the processor's size: a processor that does not fit the model is one
+    line now, before any image is made."""
+    try:
+        with torch.inference_mode():
+            x = preprocess(torch.zeros(3, *preprocess.shape, device=device))[None].to(dtype)
+            logits = model(pixel_values=x).logits
+    except Exception as exc:  # noqa: BLE001 - a processor that does not fit the model: one line
+        raise ModelError(f"{where}: '{name}': its preprocessor_config.json does not fit the model "
+                         f"({first_line(exc)})") from None
+    if logits.shape[-1] != len(model.config.id2label):
+        raise ModelError(f"{where}: '{name}' gives {logits.shape[-1]} scores for {len(model.config.id2label)} "
+                         "classes in its config.json")
 
 
 def load_verifier(attribute: str, spec: Verify, recipe: Recipe, reranker: str, device: torch.device,
                   dtype: torch.dtype, commit: str | None = None, where: str | None = None) -> Verifier:
     """Load one verifier (``commit`` pins a Hub model, as a resumed run or ``reproduce`` does)."""
+    from .pins import looks_local, same_source
+
     where = where or f"verify.{attribute}"
     attr = recipe.attributes[attribute]
     values = list(attr.values)
     if spec.zero_shot is not None:
         from .scoring import ClipScorer
 
-        if spec.zero_shot == reranker:
+        if not spec.zero_shot.strip():
+            raise ModelError(f"{where}: zero_shot: names no model")
+        if same_source(spec.zero_shot, reranker):
             raise ModelError(f"{where}: the zero-shot verifier must be another model than the reranking CLIP "
                              f"('{reranker}'), or it only repeats its own choice")
+        if looks_local(spec.zero_shot):
+            folder, _ = _fetch(spec.zero_shot, None, where)
+            arch = _read_config(folder, spec.zero_shot, where).get("architectures") or []
+            if isinstance(arch, list) and arch and not any("CLIP" in str(a) or "Siglip" in str(a) for a in arch):
+                raise ModelError(f"{where}: '{spec.zero_shot}' is not a CLIP-family model (architectures: "
+                                 f"{', '.join(map(str, arch))}); zero-shot needs one; give a classifier as "
+                                 f"{attribute}=MODEL instead")
         scorer = ClipScorer.load(spec.zero_shot, device=device, dtype=dtype, revision=commit or spec.revision,
                                  option=where)
         texts = [attr.label_prompt.format(attr.caption(v)) for v in values]
         return Verifier(attribute, spec, values, spec.zero_shot, scorer.info.commit, "zero-shot", scorer=scorer,
                         texts=texts, device=device, dtype=dtype)
     folder, pinned = _fetch(spec.model, commit or spec.revision, where)
-    config_path = folder / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ModelError(f"{where}: '{spec.model}' has no readable config.json; it is not a transformers "
-                         "model") from None
-    arch = config.get("architectures") or []
-    if not arch or not all(a.endswith("ForImageClassification") for a in arch):
-        raise ModelError(f"{where}: '{spec.model}' is not an image classifier (architectures: "
-                         f"{', '.join(arch) or 'none'}); give an image-classification model or zero_shot: a CLIP")
-    if not any(folder.glob("*.safetensors")):
-        raise ModelError(f"{where}: '{spec.model}' has no safetensors weights; facesynth loads no pickled "
-                         "weights (convert it with `safetensors`' convert script)")
+    config = _read_config(folder, spec.model, where)
+    _check_classifier(config, folder, spec.model, where)
     from transformers import AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
@@ -316,30 +417,55 @@ def load_verifier(attribute: str, spec: Verify, recipe: Recipe, reranker: str, d
     try:
         model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True, local_files_only=True,
                                                                 trust_remote_code=False, dtype=dtype)
-        processor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+        from .files import load_json
+
+        processor = load_json(folder / "preprocessor_config.json")
     except (OSError, ValueError) as exc:
         raise ModelError(f"{where}: cannot load '{spec.model}' ({first_line(exc)}); it needs its weights and "
                          "preprocessor_config.json") from None
     finally:
         hf_logging.enable_progress_bar()
+    try:
+        preprocess = Preprocess.of(processor)
+    except ModelError as exc:
+        raise ModelError(f"{where}: '{spec.model}': {exc}") from None
+    model = model.to(device).eval()
+    _probe(model, preprocess, spec.model, where, device, dtype)
     captions = {v: attr.caption(v) for v in values}
-    labels = class_map(attribute, values, captions, model.config.id2label, spec.labels, where)
-    return Verifier(attribute, spec, values, spec.model, pinned, "classifier", labels, model.to(device).eval(),
-                    Preprocess.of(processor), device=device, dtype=dtype)
+    labels = class_map(attribute, values, captions, model.config.id2label, spec.labels, where, spec.model)
+    return Verifier(attribute, spec, values, spec.model, pinned, "classifier", labels, model, preprocess,
+                    device=device, dtype=dtype)
 
 
-def from_manifest(manifest, recipe: Recipe, device, dtype, origins: dict[str, str] | None = None) -> list[Verifier]:
-    """The verifiers a folder's parameters name, at the commits its manifest recorded (none without ``verify``)."""
+def from_manifest(manifest, recipe: Recipe, device, dtype) -> list[Verifier]:
+    """The verifiers a folder was made with (none without ``verify``): a Hub model at the commit its manifest
+    recorded, a local folder where it was, checked to hold the same files (:mod:`facesynth.pins`)."""
+    from .pins import check_pin, local_path
+
     params = manifest.get("parameters") or {}
-    chosen = {a: Verify.model_validate(spec) for a, spec in (params.get("verify") or {}).items()}
+    records = {r["attribute"]: r for r in manifest.get("verifiers") or []}
+    inputs = params.get("inputs") or {}
+    chosen = {}
+    for a, data in (params.get("verify") or {}).items():
+        spec = Verify.model_validate(data)
+        record = records.get(a) or {}
+        if record.get("path"):
+            where = f"manifest.json: verifiers ({a})"
+            path = local_path(record["path"], where, folder=True)
+            check_pin(path, inputs.get(f"verify.{a}"), where)
+            spec = spec.model_copy(update={"zero_shot" if spec.zero_shot is not None else "model": str(path)})
+        chosen[a] = spec
     if not chosen:
         return []
-    return load_verifiers(chosen, recipe, params["clip_model"], device, dtype, manifest.get("verifiers") or (),
-                          origins)
+    clip = manifest.get("clip_model") or {}
+    return load_verifiers(chosen, recipe, clip.get("path") or clip.get("name") or params["clip_model"], device,
+                          dtype, list(records.values()))
 
 
 def _where(name: str) -> str:
-    return str(Path(name).resolve()) if Path(name).is_dir() else name
+    from .pins import looks_local
+
+    return str(Path(name).expanduser().resolve()) if looks_local(name) else name
 
 
 def load_verifiers(chosen: dict[str, Verify], recipe: Recipe, reranker: str, device, dtype,

@@ -144,23 +144,59 @@ def _check_preset_family(preset: str | None, model: str, revision: str | None) -
                         "model")
 
 
+def verify_origins(cfg: GenerateConfig, recipe: Recipe) -> dict[str, str]:
+    """Where each attribute's verifier was given, for error lines: ``--verify ATTR`` or ``RECIPE: verify.ATTR``."""
+    given = {t.partition("=")[0] for t in cfg.verify}
+    return {a: f"--verify {a}" if a in given else f"{cfg.recipe}: verify.{a}" for a in recipe.attributes}
+
+
+def local_inputs(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model: str,
+                 verify: dict[str, Any]) -> dict[str, Any]:
+    """Every local model input of the run pinned by content (:mod:`facesynth.pins`), by role: ``model``,
+    ``model_config``, ``clip_model``, ``verify.ATTR``. A path that is not there is one line, never a Hub id."""
+    from ..pins import local_path, looks_local, pin
+
+    origins = verify_origins(cfg, recipe)
+    roles = {"model": (model, "--model", None), "model_config": (cfg.model_config, "--model-config", True),
+             "clip_model": (clip_model, "--clip-model", True)}
+    roles.update({f"verify.{a}": (spec.model or spec.zero_shot, origins.get(a, f"verify.{a}"), True)
+                  for a, spec in verify.items()})
+    out = {}
+    for role, (name, where, folder) in roles.items():
+        if name and not is_tiny(name) and looks_local(name):
+            out[role] = pin(local_path(name, where, folder))
+    return out
+
+
+def _named(name: str | None) -> str | None:
+    """A local path as its file or folder name (its content is pinned in ``inputs``); a Hub id as it is."""
+    from ..pins import looks_local
+
+    return Path(name).expanduser().resolve().name if name and not is_tiny(name) and looks_local(name) else name
+
+
 def run_parameters(cfg: GenerateConfig, recipe: Recipe, plan: Plan, model: str, clip_model: str,
                    overrides: dict[str, Any], per_shard: int, quality: QualityOptions,
-                   verify: dict[str, Any] | None = None, adapters: list[Adapter] = ()) -> dict[str, Any]:
-    """What decides the dataset's content; resuming requires it unchanged (a run without verifiers or adapters
-    has the keys it had before they existed)."""
-    checked = {"verify": {a: spec.model_dump() for a, spec in verify.items()}, "verify_mode": cfg.verify_mode,
-               "crop_margin": cfg.crop_margin} if verify else {}
+                   verify: dict[str, Any] | None = None, adapters: list[Adapter] = (),
+                   inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What decides the dataset's content; resuming requires it unchanged (a run without verifiers, adapters or
+    local inputs has the keys it had before they existed). Local paths are named by their file or folder name
+    and pinned by content (``inputs``), so ``./x`` and ``x`` are one input and a changed file is a changed one."""
+    checked = {"verify": {a: {**spec.model_dump(), "model": _named(spec.model), "zero_shot": _named(spec.zero_shot)}
+                          for a, spec in verify.items()},
+               "verify_mode": cfg.verify_mode, "crop_margin": cfg.crop_margin} if verify else {}
     if adapters:
         checked["loras"] = [a.parameter() for a in adapters]
+    if inputs:
+        checked["inputs"] = inputs
     return {**checked,
         "recipe": recipe.fingerprint(),
         "num_samples": plan.num_samples,
         "seed": plan.seed,
         "candidates": cfg.candidates,
-        "model": model,
+        "model": _named(model),
         "revision": cfg.revision,
-        "clip_model": clip_model,
+        "clip_model": _named(clip_model),
         "rerank": cfg.rerank,
         "min_label_confidence": cfg.min_label_confidence,
         "max_attempts": cfg.max_attempts,

@@ -204,7 +204,11 @@ UNUSED = {"safety_checker": None, "feature_extractor": None, "image_encoder": No
 def _load_real(model: str, revision: str | None, dtype: torch.dtype, config: str | None = None):
     from diffusers import AutoPipelineForText2Image
 
-    path = Path(model)
+    from ..pins import looks_local
+
+    path = Path(model).expanduser()
+    if looks_local(model) and not path.exists():
+        raise ModelError(f"--model: no such file or folder '{model}'")
     common = {"torch_dtype": dtype, "use_safetensors": True}
     if config is not None and not Path(config).is_dir():
         raise ModelError(f"--model-config: '{config}' is not a folder of diffusers configs")

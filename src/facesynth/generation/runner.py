@@ -36,9 +36,10 @@ from ..verdicts import Verdict
 from ..writer import FORMAT_VERSION, GENERATOR, Manifest, rows_per_shard
 from .adapters import Adapter, apply as apply_adapters, check as check_adapters, chosen as chosen_adapters
 from .adapters import fetch as fetch_adapters
-from .config import (DEFAULT_DEDUPE, GenerateConfig, GenerateResult, fingerprint, library_versions, models,
-                     quality_options, run_parameters, settings_overrides, verifier_specs)
+from .config import (DEFAULT_DEDUPE, GenerateConfig, GenerateResult, fingerprint, library_versions, local_inputs,
+                     models, quality_options, run_parameters, settings_overrides, verifier_specs, verify_origins)
 from .engine import Engine, EngineOptions
+from ..pins import local_record
 from .review_pass import open_round, review_cells, rewrite
 from .sink import ShardSink
 
@@ -77,7 +78,9 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         raise PlanError(f"keep: the recipe keeps {keep} candidates past prune_at, which must be below --candidates "
                         f"({cfg.candidates})")
     per_shard = cfg.rows_per_shard or rows_per_shard(max(s["width"] for s in sizes), max(s["height"] for s in sizes))
-    params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality, verify, adapters)
+    inputs = local_inputs(cfg, recipe, model, clip_model, verify)
+    params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality, verify, adapters,
+                            inputs)
     tasks = layout(plan, per_shard)
     groups = batch_groups(tasks, per_shard, min(per_shard, GROUP_CALLS * max(1, cfg.batch_size // cfg.candidates)))
     source, text = resolve(cfg.recipe)
@@ -232,11 +235,10 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     dtype = resolve_dtype(cfg.dtype, device)
     recorded = manifest.get("model") or {}
     pinned = recorded.get("commit") if recorded.get("kind") == "hub" else None  # resume at the same commit
-    from ..verifiers import from_manifest
+    from ..verifiers import load_verifiers
 
-    given = {t.partition("=")[0] for t in cfg.verify}
-    origins = {a: f"--verify {a}" if a in given else f"{cfg.recipe}: verify.{a}" for a in recipe.attributes}
-    verifiers = from_manifest(manifest, recipe, device, dtype, origins)  # before the generator: bad ones fail fast
+    verifiers = load_verifiers(verifier_specs(cfg, recipe), recipe, clip_model, device, dtype,  # before the
+                               manifest.get("verifiers") or (), verify_origins(cfg, recipe))  # generator: fail fast
     fetch_adapters(adapters, manifest.get("loras") or ())  # each Hub adapter at the commit a resumed run recorded
     pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device,
                                config=cfg.model_config, progress=not cfg.quiet)
@@ -246,7 +248,7 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     optimize_pipeline(pipe, compile=cfg.compile, channels_last=cfg.channels_last)
     scorer = ClipScorer.load(clip_model, device=device, dtype=dtype)
     manifest.data["model"] = {k: v for k, v in asdict(info).items() if k != "preset_settings"}
-    manifest.data["clip_model"] = asdict(scorer.info)
+    manifest.data["clip_model"] = {**asdict(scorer.info), **local_record(clip_model)}
     manifest.data["runtime"] = {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
                                 "batch_size": cfg.batch_size, "compile": cfg.compile, "threads": _threads(device),
                                 "channels_last": cfg.channels_last}
