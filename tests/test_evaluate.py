@@ -369,7 +369,7 @@ def test_values_with_no_rows_and_single_rows_are_reported_not_guessed(coloured):
     result = evaluate(coloured, progress=False)
     cells = result["diversity"]["cells"]
     assert len(cells) == 24 and all(d["rows"] == 1 and d["closest"] is None for d in cells.values())
-    assert all(math.isclose(d["vendi"], 1.0) for d in cells.values())
+    assert all(d["vendi"] is None for d in cells.values())  # one row has nothing to be diverse from
 
 
 @pytest.mark.slow
@@ -403,3 +403,138 @@ def test_the_same_data_gives_the_same_evaluation_bytes(coloured, tmp_path):
                                                                 *(coloured / "assets/evaluation").iterdir()]}
     evaluate(coloured, real, progress=False)
     assert {p: (coloured / p).read_bytes() for p in first} == first
+
+
+# Real photos as they come: unlabelled rows, unreadable and oversized images -------------------------------
+def classlabel_real(path, labels, images=None):
+    """A Parquet real set with a ClassLabel column where -1 is datasets' "no label"."""
+    import datasets
+
+    images = images or [solid(COLOURS[EMOTIONS[max(y, 0) % 4]], i, size=(40, 40)) for i, y in enumerate(labels)]
+    ds = datasets.Dataset.from_dict({"image": images, "label": labels, "box": [{"x": 1}] * len(labels)},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "label": datasets.ClassLabel(names=EMOTIONS),
+                                                                "box": {"x": datasets.Value("int32")}}))
+    (path / "data").mkdir(parents=True)
+    ds.to_parquet(str(path / "data" / "test-00000-of-00001.parquet"))
+    return path
+
+
+def test_unlabelled_real_rows_are_left_out_and_counted_not_taken_for_the_last_class(coloured, tmp_path):
+    from facesynth.evaluate import evaluate
+    from facesynth.real import RealSpec
+
+    labels = [0, 1, 2, 3] * 3 + [-1] * 10
+    real = classlabel_real(tmp_path / "real", labels)
+    result = evaluate(coloured, RealSpec(str(real), "label"), progress=False)["real"]
+    assert result["rows_read"] == 22 and result["rows_used"] == 12 and result["rows_unlabelled"] == 10
+    assert result["counts"] == {"happy": 3, "sad": 3, "angry": 3, "surprised": 3}
+    assert "10 rows without a label were left out" in (coloured / "README.md").read_text()
+
+
+def _bad_files(folder):
+    """An image folder whose happy/ holds an empty file, a truncated PNG and a text file besides good images."""
+    real = real_folder(folder, per_value=3)
+    happy = folder / "test" / "happy"
+    (happy / "empty.png").write_bytes(b"")
+    (happy / "cut.png").write_bytes((happy / "0.png").read_bytes()[:60])
+    (happy / "notes.png").write_text("not an image")
+    return real
+
+
+def test_unreadable_real_images_stop_in_one_line_or_are_skipped_counted_and_named(coloured, tmp_path, capsys):
+    real = _bad_files(tmp_path / "real")
+    capsys.readouterr()
+    args = ["evaluate", str(coloured), "--real", str(real), "--label-column", "label", "-q"]
+    assert invoke(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"Error: --real: image '.*/(empty|cut|notes)\.png': .*; --skip-bad-images leaves such images "
+                        r"out", err), err
+    assert not (coloured / "evaluation.json").exists()
+    assert invoke([*args, "--skip-bad-images"]) == 0
+    result = evaluation(coloured)["real"]
+    assert result["images_skipped"] == 3 and result["rows_used"] == 12
+    whys = {s["image"]: s["why"] for s in result["skipped"]}
+    assert whys["empty.png"] == "an empty file (0 bytes)"
+    assert whys["cut.png"].startswith("truncated or damaged") and whys["notes.png"] == "not an image Pillow can read"
+    assert "3 unreadable images were left out" in (coloured / "README.md").read_text()
+
+
+def test_real_images_are_decoded_one_at_a_time_reduced_and_bounded_by_pixels(coloured, tmp_path, monkeypatch):
+    """Large images reach CLIP reduced to at most REDUCED_SIDE on their shorter side; one over MAX_PIXELS (a
+    decompression bomb) is refused by name before it is decoded."""
+    from facesynth import images as images_module
+    from facesynth.evaluate import evaluate
+    from facesynth.real import RealDataError, RealSpec
+    from facesynth.scoring import ClipScorer
+
+    monkeypatch.setattr(images_module, "REDUCED_SIDE", 32)
+    real = real_folder(tmp_path / "real", per_value=2)
+    solid(COLOURS["sad"], 7, size=(300, 200)).save(real / "test" / "sad" / "big.png")
+    seen = []
+    embed = ClipScorer.pil_embeddings
+    monkeypatch.setattr(ClipScorer, "pil_embeddings", lambda self, ims: seen.extend(im.size for im in ims) or
+                        embed(self, ims))
+    evaluate(coloured, RealSpec(str(real), "label"), progress=False)
+    assert sorted(set(seen[8:])) == [(48, 40), (50, 34)]  # 300x200 reduced by 6; the others as they are
+    monkeypatch.setattr(images_module, "MAX_PIXELS", 300 * 200 - 1)
+    with pytest.raises(RealDataError, match=r"image '.*big\.png': 300x200 is 0 M pixels, over the 0 M-pixel limit"):
+        evaluate(coloured, RealSpec(str(real), "label"), progress=False)
+
+
+BAD_REAL = [
+    (["--real", "{labelled}", "--label-column", "label", "--image-column", "box"],
+     "Error: --image-column: 'box' is not an image column (it holds struct values)"),
+    (["--real", "{labelled}", "--label-column", "label", "--image-column", "label"],
+     "Error: --image-column: 'label' is not an image column (it holds class labels)"),
+    (["--real", "{labelled}", "--label-column", "image"],
+     "Error: --label-column: 'image' holds images, not labels; give the column of class names or ids"),
+    (["--real", "{labelled}", "--label-column", "label", "--seed", "-1"], "Error: Invalid value for '--seed'"),
+    (["--real", "./no-such-real", "--label-column", "label"], "Error: --real: no such folder './no-such-real'"),
+    (["--real", "{dataset}", "--label-column", "emotion"],
+     "Error: --real: '{dataset}' is the dataset itself: synthetic images, not real photos; give "
+     "--allow-synthetic-real if that is what you mean to compare with"),
+    (["--real", "{other}", "--label-column", "emotion"],
+     "Error: --real: '{other}' is a facesynth dataset: synthetic images, not real photos; give "
+     "--allow-synthetic-real if that is what you mean to compare with"),
+    (["--split", "train"], "Error: --split applies only with --real"),
+]
+
+
+@pytest.mark.parametrize("args,line", BAD_REAL, ids=[b[1][7:40] for b in BAD_REAL])
+def test_bad_real_columns_paths_and_folders_are_one_line(coloured, demo_dataset, tmp_path, capsys, args, line):
+    labelled = classlabel_real(tmp_path / "labelled", [0, 1, 2, 3])
+    names = {"labelled": labelled, "dataset": coloured, "other": demo_dataset}
+    capsys.readouterr()
+    assert invoke(["evaluate", str(coloured), *[a.format(**names) for a in args]]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(line.format(**names)), err
+    assert not (coloured / "evaluation.json").exists()
+
+
+def test_a_real_set_of_one_value_and_one_split_says_what_its_figures_mean(coloured, tmp_path, caplog):
+    from facesynth.evaluate import evaluate
+    from facesynth.real import RealSpec
+
+    real = parquet_real(tmp_path / "real", ["happy"] * 4)
+    (real / "data" / "test-00000-of-00001.parquet").rename(real / "data" / "train-00000-of-00001.parquet")
+    result = evaluate(coloured, RealSpec(str(real), "emotion"), progress=False)
+    assert result["real"]["split"] == "train" and result["settings"]["real"]["split"] == "train"
+    assert "has no test split; using its only split, 'train'" in caplog.text
+    assert result["real"]["tstr"]["note"].startswith("the real set holds only happy: this accuracy is the recall")
+    assert "only happy" in result["real"]["trts"]["skipped"]
+
+
+def test_a_damaged_evaluation_leaves_the_card_without_the_section_and_validate_says_so_once(coloured):
+    from facesynth.dataset_card import write_card
+    from facesynth.evaluate import evaluate
+    from facesynth.validate import validate
+
+    evaluate(coloured, progress=False)
+    data = evaluation(coloured)
+    data["separability"] = [1, 2]
+    (coloured / "evaluation.json").write_text(json.dumps(data))
+    write_card(coloured)
+    assert "### Separability" not in (coloured / "README.md").read_text()
+    assert [str(p) for p in validate(coloured, images=False).problems if "evaluation.json" in str(p)] == [
+        "evaluation.json: changed since facesynth evaluate wrote it; run `facesynth evaluate DIR`"]

@@ -35,6 +35,7 @@ EVALUATION = "evaluation.json"
 ASSETS = "assets/evaluation"
 FORMAT = 1
 MIN_REVERSE = 5  # real rows per value needed to train on the real set (the reverse direction)
+SKIPPED_NAMED = 20  # unreadable real images named in evaluation.json (all are counted)
 
 
 @dataclass
@@ -115,6 +116,7 @@ def evaluate(root: str | Path, real: RealSpec | None = None, folds: int = 5, see
     }
     if real is not None:
         result["real"] = against_real(root, manifest, emb, values, real, clip_model, device, seed, progress)
+        result["settings"]["real"] = real.to_json()  # with the split it resolved to
     write_evaluation(root, result, recipe, locked, card)
     return {**result, "seconds": round(time.perf_counter() - start, 3)}  # not in the file: same data, same bytes
 
@@ -125,7 +127,7 @@ def against_real(root: Path, manifest: Manifest, emb: Embeddings, values: dict[s
     from .generation.loading import resolve_device
     from .scoring import ClipScorer
 
-    split, record, total = open_real(spec)  # bad input is found before the CLIP loads
+    split, record, total = open_real(spec, root)  # bad input is found before the CLIP loads
     made_with = manifest.get("clip_model") or {}
     name = clip_model or made_with.get("name")
     scorer = ClipScorer.load(name, device=resolve_device(device),
@@ -133,13 +135,20 @@ def against_real(root: Path, manifest: Manifest, emb: Embeddings, values: dict[s
     check_same_clip(scorer, stored_rows(root, manifest, CHECK_ROWS), made_with.get("name"))
     attribute = spec.attribute
     names = values[attribute]
-    x_real, y_real, read = embed(split, spec, scorer, names, attribute, total, progress)
+    found = embed(split, spec, scorer, names, attribute, total, progress)
+    x_real, y_real = found.x, found.y
     y_syn = emb.labels[attribute]
     counts = np.bincount(y_real, minlength=len(names))
     present = [i for i in range(len(names)) if counts[i]]
     reverse = (metrics.transfer(x_real, y_real, emb.x, y_syn, names, seed)
                if len(present) > 1 and counts[present].min() >= MIN_REVERSE else
-               {"skipped": f"the real set needs at least {MIN_REVERSE} rows of each value it has"})
+               {"skipped": f"the real set needs at least {MIN_REVERSE} rows of each value it has"
+                           + (f", and two values at least (it has only {names[present[0]]})" if len(present) == 1
+                              else "")})
+    tstr = metrics.transfer(emb.x, y_syn, x_real, y_real, names, seed)
+    if len(present) == 1:  # accuracy on one value is that value's recall alone: say so, not a bare figure
+        tstr["note"] = (f"the real set holds only {names[present[0]]}: this accuracy is the recall of that value "
+                        "alone, not how well the values are told apart")
     distance = {}
     for i, value in enumerate(names):
         a, b = emb.x[y_syn == i], x_real[y_real == i]
@@ -147,9 +156,12 @@ def against_real(root: Path, manifest: Manifest, emb: Embeddings, values: dict[s
             distance[value] = {"synthetic_rows": len(a), "real_rows": len(b), "fid": metrics.rounded(metrics.fid(a, b)),
                                "kid": metrics.rounded(metrics.kid(a, b, seed))}
     return {
-        **record, "rows_read": read, "rows_used": int(len(y_real)), "attribute": attribute,
-        "label_column": spec.label_column, "counts": {names[i]: int(counts[i]) for i in present},
-        "tstr": metrics.transfer(emb.x, y_syn, x_real, y_real, names, seed),
+        **record, "rows_read": found.read, "rows_used": int(len(y_real)), "rows_unlabelled": found.unlabelled,
+        "images_skipped": len(found.skipped),
+        "skipped": [{"image": name, "why": why} for name, why in found.skipped[:SKIPPED_NAMED]],
+        "attribute": attribute, "label_column": spec.label_column,
+        "counts": {names[i]: int(counts[i]) for i in present},
+        "tstr": tstr,
         "trts": reverse,
         "distance": {"all": {"fid": metrics.rounded(metrics.fid(emb.x, x_real)) if len(x_real) >= 2 else None,
                              "kid": metrics.rounded(metrics.kid(emb.x, x_real, seed)) if len(x_real) >= 2 else None},
@@ -236,6 +248,14 @@ def load_evaluation(root: Path) -> dict[str, Any] | None:
         raise OutputError(f"'{path}': not readable JSON ({exc}); run `facesynth evaluate {root}`") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise OutputError(f"'{path}': not an evaluation this facesynth version reads; run `facesynth evaluate {root}`")
+    listed = (Manifest.load(Path(root)) or Manifest({})).get("files") or {}
+    if EVALUATION in listed and listed[EVALUATION] != sha256_file(path):
+        raise OutputError(f"'{path}': changed since facesynth evaluate wrote it; run `facesynth evaluate {root}`")
+    shapes = {"data": dict, "settings": dict, "embedding": dict, "diversity": dict, "separability": dict}
+    wrong = [k for k, kind in shapes.items() if not isinstance(data.get(k), kind)]
+    if wrong or not all(isinstance(data["diversity"].get(k), dict) for k in ("cells", "attributes")):
+        raise OutputError(f"'{path}': not a complete evaluation ({', '.join(wrong) or 'diversity'} is not what "
+                          f"facesynth writes); run `facesynth evaluate {root}`")
     return data
 
 

@@ -66,6 +66,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         if closest:
             line += f"; closest pair {closest['closest']['similarity']:.3f} ({', '.join(closest['closest']['ids'])})"
         lines.append(line)
+    elif div["cells"]:
+        lines.append("diversity: every label cell holds one row, so diversity within a cell is not measured (it "
+                     "needs two rows or more)")
     lines.append("separability (logistic regression on CLIP embeddings, out-of-fold):")
     for a, s in result["separability"].items():
         lines.append(f"  {a:12s} " + (s["skipped"] if "skipped" in s else
@@ -74,8 +77,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if real:
         def acc(r):
             return r["skipped"] if "skipped" in r else f"{r['accuracy']:.3f} (chance {r['chance']:.3f})"
-        lines.append(f"real: {real['name']} split {real['split']}, {real['rows_used']} rows as {real['attribute']}")
+        left = [f"{n} {what}" for n, what in ((real.get("rows_unlabelled"), "without a label"),
+                                               (real.get("images_skipped"), "unreadable images")) if n]
+        lines.append(f"real: {real['name']} split {real['split']}, {real['rows_used']} rows as {real['attribute']}"
+                     + (f" ({', '.join(left)} left out)" if left else ""))
         lines.append(f"  train on synthetic, test on real: {acc(real['tstr'])}")
+        if real["tstr"].get("note"):
+            lines.append(f"  note: {real['tstr']['note']}")
         lines.append(f"  train on real, test on synthetic: {acc(real['trts'])}")
         d = real["distance"]["all"]
         if d["fid"] is not None:

@@ -71,7 +71,7 @@ def diversity(x: np.ndarray, ids: list[str]) -> dict[str, Any]:
     pair = closest_pair(x)
     return {
         "rows": len(x),
-        "vendi": rounded(vendi(x)),
+        "vendi": rounded(vendi(x)) if len(x) >= 2 else None,  # one row has nothing to be diverse from
         "mean_distance": rounded(mean_distance(x)),
         "closest": None if pair is None else {"similarity": rounded(pair[0]), "ids": [ids[pair[1]], ids[pair[2]]]},
     }
