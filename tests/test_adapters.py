@@ -285,3 +285,16 @@ def test_a_gated_adapter_or_model_without_a_token_is_one_line(tmp_path, capsys, 
         assert invoke(["generate", "emotions", "-n", "4", "--out", str(out), "--clip-model", "tiny", *args]) == 2
         assert capsys.readouterr().err.strip() == line
         assert not out.exists()
+
+
+def test_an_adapter_with_huge_weights_stops_in_one_line_before_anything_is_written(tmp_path, capsys):
+    """Finite weights (1e8 x a random LoRA) that overflow the UNet: every candidate is NaN, so the run stops."""
+    path = tiny_lora(tmp_path / "huge", scale=1e8)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "4", "--out", str(out), "-q", "--lora",
+                   str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: the model made NaN or infinite images for all 12 candidates of a batch (")
+    assert "an adapter with huge weights" in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -383,3 +383,41 @@ def test_quality_report_groups_cells_by_primary_label(demo_dataset):
         assert q["rows"] == sum(c["rows"] for c in mine) and q["checked"] == sum(c["checked"] for c in mine)
         weighted = sum(c["label_confidence"] * c["rows"] for c in mine) / q["rows"]
         assert q["label_confidence"] == pytest.approx(weighted, abs=1e-9)
+
+
+# Non-finite candidates -------------------------------------------------------------------------
+@pytest.fixture
+def first_candidate_nan(monkeypatch):
+    """Fault injection: the first candidate of every sample decodes to NaN, as a broken adapter makes it."""
+    from facesynth.generation.engine import Engine
+
+    decode = Engine.decode
+
+    def nan_first(self, latents):
+        images = decode(self, latents)
+        images[:: self.options.candidates] = float("nan")
+        return images
+
+    monkeypatch.setattr(Engine, "decode", nan_first)
+
+
+def test_a_non_finite_candidate_is_rejected_and_counted_never_kept(first_candidate_nan, tmp_path):
+    out = tmp_path / "out"
+    generate(GenerateConfig(recipe="emotions", out=out, num_samples=6, model="tiny", quiet=True, rows_per_shard=3))
+    kept = _rows(out, ["candidate_index", "clip_score", "candidate_scores"])
+    assert all(r["candidate_index"] != 0 and np.isfinite(r["clip_score"]) for r in kept)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["quality"]["total"]["by_reason"]["non_finite"] == 6
+    assert "6 candidates came out NaN or infinite (non_finite) and were never kept" in (out / "README.md").read_text()
+
+
+def test_a_batch_with_no_finite_candidate_stops_in_one_line_and_leaves_no_folder(monkeypatch, tmp_path, capsys):
+    from facesynth.generation.engine import Engine
+
+    decode = Engine.decode
+    monkeypatch.setattr(Engine, "decode", lambda self, latents: decode(self, latents) * float("inf"))
+    out = tmp_path / "out"
+    code = CliRunner().invoke(main, ["generate", "emotions", "--model", "tiny", "-n", "4", "--out", str(out), "-q"])
+    assert code.exit_code == 2
+    assert code.output.startswith("Error: the model made NaN or infinite images for all 12 candidates of a batch ")
+    assert len(code.output.strip().splitlines()) == 1 and not out.exists()

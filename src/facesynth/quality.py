@@ -32,6 +32,7 @@ from .plan import cell_key
 logger = logging.getLogger(__name__)
 
 REASONS = ("unsafe", "duplicate", "no_face", "multiple_faces", "review")  # review: rejected by a person
+NON_FINITE = "non_finite"  # NaN or infinity in a candidate's image, embedding or scores (listed where it happened)
 VERIFY_REASON = "verify:"  # + the attribute: a verifier disputed the candidate (see facesynth.verifiers)
 FACES_EXTRA = "pip install 'facesynth[faces]'"
 DETECT_SIDE = 320  # faces are looked for at this shorter side (they must be large anyway)
@@ -286,7 +287,7 @@ def _rates(s: dict[str, Any]) -> dict[str, Any]:
     return {
         "rows": s["rows"], "checked": checked, "rejected": rejected, "refills": s["refills"],
         "by_reason": {**{r: s["rejected"].get(r, 0) for r in REASONS},
-                      **{r: n for r, n in sorted(s["rejected"].items()) if r.startswith(VERIFY_REASON)}},
+                      **{r: n for r, n in sorted(s["rejected"].items()) if r not in REASONS}},
         "rejection_rate": rejected / checked if checked else 0.0,
         "label_confidence": s["label_confidence_sum"] / s["rows"] if s["rows"] else None,
     }

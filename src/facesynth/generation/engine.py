@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ..plan import Sample, cell_key
-from ..quality import SAFE_TEXTS, UNSAFE_TEXTS, Gates, QualityOptions, QuotaError, Tally
+from ..errors import ModelError
+from ..quality import NON_FINITE, SAFE_TEXTS, UNSAFE_TEXTS, Gates, QualityOptions, QuotaError, Tally
 from ..recipe import Recipe
 from ..scoring import ClipScorer
 from ..verifiers import Verifier, failed, verify
@@ -34,6 +35,10 @@ from .steps import StepHook
 logger = logging.getLogger(__name__)
 
 RERANK_MODES = ("caption", "prompt")
+
+
+class NonFiniteError(ModelError):
+    """Every candidate of a batch came out NaN or infinite: no refill can help."""
 
 
 @dataclass
@@ -91,11 +96,14 @@ class Scored:
     indices: list[int] = field(default_factory=list)  # each entry's candidate index (pruning keeps a subset)
     total: int = 0  # candidates started (N); entries above are the ones that ran to the end
     verified: list[dict[str, tuple[int, float]]] | None = None  # per entry, when verified with the whole image
+    finite: np.ndarray | None = None  # per entry: no NaN or infinity in its image, embedding or scores
 
     def __post_init__(self):
         if not self.indices:
             self.indices = list(range(len(self.seeds)))
         self.total = self.total or len(self.seeds)
+        if self.finite is None:
+            self.finite = np.ones(len(self.seeds), dtype=bool)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -232,7 +240,10 @@ class Engine:
         attempt = first_attempt
         while todo:
             retry = []
-            for scored in self.candidates(todo, attempt):
+            round_ = self.candidates(todo, attempt)
+            if not any(scored.finite.any() for scored in round_):
+                raise NonFiniteError(self._non_finite(round_))
+            for scored in round_:
                 sid = scored.sample.sample_id
                 win = self._choose(scored, best, tallies[sid])
                 kept = best.get(sid)
@@ -259,6 +270,12 @@ class Engine:
     def _choose(self, scored: "Scored", chosen: dict[str, Winner], tally: Tally) -> Winner | None:
         """The best-scoring candidate that passes the gates (and, with ``verify_mode`` gate, its verifiers), or None."""
         gating = bool(self.verifiers) and self.options.verify_mode == "gate"
+        broken = int((~scored.finite).sum())
+        if broken:
+            tally.checked += broken
+            tally.rejected[NON_FINITE] += broken
+            if broken == len(scored.finite):
+                return None
         if not self.gates.active and not gating:
             tally.checked += 1
             return self.pick(scored, scored.best, verified=self.verified(scored, scored.best, None))
@@ -267,7 +284,7 @@ class Engine:
         if self.gates.index is not None:
             pending = [w.embedding for sid, w in chosen.items()
                        if sid != scored.sample.sample_id and cell_key(w.sample.labels) == cell]
-        for k in sorted(range(len(scored.seeds)), key=lambda k: (-scored.scores[k], k)):
+        for k in sorted(np.flatnonzero(scored.finite), key=lambda k: (-scored.scores[k], k)):
             tally.checked += 1
             unsafe = None if scored.unsafe is None else scored.unsafe[k]
             reason, box = self.gates.check(scored.pixels[k], scored.embeddings[k], unsafe, cell, pending)
@@ -289,6 +306,14 @@ class Engine:
         with self.timings.stage("verify"):
             return verify(self.verifiers, scored.pixels[k:k + 1], [box], [scored.sample.labels],
                           self.options.crop_margin)[0]
+
+    def _non_finite(self, scored: Sequence["Scored"]) -> str:
+        images = sum(len(s.finite) for s in scored)
+        half = getattr(self.pipe, "dtype", None) == torch.float16
+        return (f"the model made NaN or infinite images for all {images} candidates of a batch ("
+                f"{', '.join(s.sample.sample_id for s in scored[:3])}{', ...' if len(scored) > 3 else ''}), so no row "
+                "can be kept: an adapter with huge weights or a broken checkpoint"
+                f"{', or fp16 overflow (try --dtype bf16 or fp32)' if half else ''}; finished shards are kept")
 
     def _exhausted(self, sample: Sample, tally: Tally) -> str:
         reasons = ", ".join(f"{r} {n}" for r, n in tally.rejected.most_common())
@@ -342,10 +367,15 @@ class Engine:
             unsafe = None
             if self.quality.safety:
                 unsafe = self.unsafe(img_emb).view(len(samples), m).cpu().numpy()
+            # NaN or infinity anywhere (pixels, embedding, score): a rejected candidate, never a row
+            finite = (torch.isfinite(images.flatten(1)).all(1) & torch.isfinite(img_emb).all(1)
+                      & torch.isfinite(scores.flatten()) & torch.isfinite(confidence.flatten())).view(len(samples), m)
+            scores = torch.where(finite, scores, torch.full_like(scores, -torch.inf))
             best = scores.argmax(dim=1).cpu()  # the first maximum wins ties
-            pixels = to_uint8(images).reshape(len(samples), m, *images.shape[2:], 3)
+            pixels = to_uint8(torch.nan_to_num(images)).reshape(len(samples), m, *images.shape[2:], 3)
             scores_cpu, conf_cpu = scores.cpu().numpy(), confidence.cpu().numpy()
             emb_cpu = img_emb.cpu().numpy().reshape(len(samples), m, -1)
+            finite_cpu = finite.cpu().numpy()
         verified = None
         if self.verifiers and not self.crop_faces:  # every candidate at once; with --faces, each crop when checked
             with self.timings.stage("verify"):
@@ -355,7 +385,8 @@ class Engine:
         batch = [s.sample_id for s in samples]
         return [Scored(sample, [seeds[i][j] for j in kept[i]], pixels[i], scores_cpu[i], conf_cpu[i], emb_cpu[i],
                        None if unsafe is None else unsafe[i], int(best[i]), attempt, settings, batch, used,
-                       indices=kept[i], total=n, verified=None if verified is None else verified[i])
+                       indices=kept[i], total=n, verified=None if verified is None else verified[i],
+                       finite=finite_cpu[i])
                 for i, sample in enumerate(samples)]
 
     def unsafe(self, img_emb: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from .adapters import Adapter, apply as apply_adapters, check as check_adapters,
 from .adapters import fetch as fetch_adapters
 from .config import (DEFAULT_DEDUPE, GenerateConfig, GenerateResult, fingerprint, library_versions, local_inputs,
                      models, quality_options, run_parameters, settings_overrides, verifier_specs, verify_origins)
-from .engine import Engine, EngineOptions
+from .engine import Engine, EngineOptions, NonFiniteError
 from ..pins import local_record
 from .review_pass import open_round, review_cells, rewrite
 from .sink import ShardSink
@@ -127,6 +127,7 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     my_groups = worker.share(groups)
     mine = [t for group in my_groups for t in group]
     calls = call_contexts(groups)
+    fresh = not (out / worker.manifest_file).exists()
     manifest, replaced = open_folder(out, header, {t.name: t.ids for t in tasks}, worker, [t.name for t in mine],
                                      overwrite=cfg.overwrite, repair=cfg.repair, version=cfg.dataset_version,
                                      calls=calls)
@@ -152,8 +153,13 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     written = {t.name for t in todo} | set(redo)
     if engine is not None:
         start = time.perf_counter()
-        sink_seconds = _run(engine, my_groups, calls, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm,
-                            redo)
+        try:
+            sink_seconds = _run(engine, my_groups, calls, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm,
+                                redo)
+        except NonFiniteError:
+            if fresh and not manifest.shards:  # nothing was made: a new folder is left as if never started
+                (out / worker.manifest_file).unlink(missing_ok=True)
+            raise
         built = [t.name for t in todo]
         again = open_round(out, manifest, cells, worker, cfg.dataset_version, limit, built) if built else {}
         if again:  # a rebuilt shard (repair, grow) holds rows the snapshot rejects: one more pass makes them again

@@ -138,7 +138,8 @@ class StepHook:
         texts = engine.scorer.text_embeddings([engine.rerank_text(s) for s in self.samples])
         scores = engine.scorer.similarity(emb, texts.repeat_interleave(self.n, 0)).view(len(self.samples), self.n)
         scores = scores.float().cpu().numpy()
-        failed = np.zeros(scores.shape, dtype=bool)
+        failed = ~np.isfinite(scores)  # a preview with NaN or infinity ranks after every finite one
+        scores = np.where(failed, -np.inf, scores)
         if engine.gates.active:  # a preview that fails a gate ranks after every one that passes
             from .engine import to_uint8
 
@@ -149,7 +150,7 @@ class StepHook:
                     k = g * self.n + j
                     reason, _ = engine.gates.check(pixels[k], emb_cpu[k], None if unsafe is None else unsafe[k],
                                                    cell_key(sample.labels))
-                    failed[g, j] = reason is not None
+                    failed[g, j] |= reason is not None
         chosen = [sorted(sorted(range(self.n), key=lambda j: (failed[g, j], -scores[g, j], j))[:self.keep])
                   for g in range(len(self.samples))]
         self.seconds += time.perf_counter() - start
