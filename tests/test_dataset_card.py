@@ -394,3 +394,28 @@ def test_the_cards_sizes_are_measured_per_config_and_split(demo_dataset, tmp_pat
         shard.pop("arrow_bytes")
     record.save(old)
     assert configs_and_infos(summarize(old)) == configs_and_infos(summarize(demo_dataset))
+
+
+def test_control_and_bidi_characters_land_in_the_card_as_visible_escapes(demo_dataset, tmp_path):
+    """A NUL and a right-to-left override in a recipe's description, a reviewer's reason and the folder name: the
+    card holds none of them raw (git and grep see text), shows each as its escape, and its snippets still load
+    the folder by its real name."""
+    import ast
+    import re
+    import subprocess
+
+    from facesynth.verdicts import clean_reason
+
+    rlo, nul = "\u202e", "\x00"
+    root = _hostile_folder(demo_dataset, tmp_path, name=f"faces{rlo}gpj.exe", reason=clean_reason(f"bad{rlo}eye"),
+                           description=f"made{nul}by{rlo}me\x1b[2J")
+    raw = (root / "README.md").read_bytes()
+    text = raw.decode()
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", text)
+    assert "made\\\\x00by\\\\u202eme\\\\x1b\\[2J" in text and "bad\\\\u202eeye" in text
+    snippet = re.search(r"```python\n(.*?)```", text, re.S)[1]
+    calls = [n for n in ast.walk(ast.parse(snippet)) if isinstance(n, ast.Call) and getattr(n.func, "id", "") ==
+             "load_dataset"]
+    assert calls[0].args[0].value == root.name  # the escape is Python's: the string is the folder's real name
+    assert subprocess.run(["grep", "-c", "facesynth", str(root / "README.md")], capture_output=True,
+                          text=True).stdout.strip().isdigit()  # grep reads it as text, not "binary file matches"

@@ -557,3 +557,33 @@ def test_a_push_sends_the_evaluation_and_its_pictures(folder, api, capsys):
     (folder / "evaluation.json").write_text("{}")  # altered after evaluate: validate, and so push, refuse it
     code, out, err = push([str(folder), "--repo-id", REPO, "--dry-run"], capsys)
     assert code != 0 and "evaluation.json" in err
+
+
+def test_local_paths_in_the_recipe_text_are_published_as_names(tmp_path, monkeypatch, api, hub, capsys):
+    """A recipe naming its verifier by an absolute path and its adapter by a path that climbs: the published
+    recipe names both by their file or folder name, and keeps the rest of its text, comments included."""
+    from conftest import PAIR, tiny_classifier, tiny_lora
+
+    private = tmp_path / "home" / "someone" / "private"
+    verifier = tiny_classifier(private / "vit")
+    tiny_lora(private / "adapters", name="face.safetensors")
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    climbing = "../../home/someone/private/adapters/face.safetensors"
+    recipe = (PAIR + f"verify:\n  emotion: {{model: {verifier}, labels: {{Sad: sad, anger: other, "
+              f"surprise: other, neutral: other}}}}\nloras: ['{climbing}@0.5']  # my adapter\n")
+    (work / "r.yaml").write_text(recipe)
+    generate(GenerateConfig(recipe="r.yaml", out=work / "out", num_samples=4, model="tiny", quiet=True,
+                            verify_mode="record"))
+    assert str(verifier) in json.loads((work / "out" / "manifest.json").read_text())["recipe"]["yaml"]
+    code, _, err = push([str(work / "out"), "--repo-id", REPO], capsys)
+    assert code == 0, err
+    sent = operations(api)
+    published = sent["manifest.json"].decode()
+    assert "/home/" not in published and str(tmp_path) not in published and "../" not in published
+    text = json.loads(published)["recipe"]["yaml"]
+    assert "{model: vit, labels:" in text and "loras: ['face.safetensors@0.5']  # my adapter" in text
+    from facesynth.recipe import parse_recipe
+
+    assert parse_recipe(text).verify["emotion"].model == "vit"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .errors import FacesynthError
+from .errors import FacesynthError, visible
 from .recipe import PRESETS, SCHEDULER_NAMES
 
 EXIT_USAGE = 2
@@ -70,7 +70,7 @@ class FacesynthGroup(click.Group):
         except click.exceptions.Abort:  # click's form of KeyboardInterrupt (Ctrl-C, SIGINT)
             self._fail(KeyboardInterrupt())
         except click.UsageError as exc:  # one line, then click's pointer to the help
-            click.echo(f"Error: {_message(exc)[0]}", err=True)
+            click.echo(f"Error: {visible(_message(exc)[0])}", err=True)
             if exc.ctx is not None:
                 click.echo(f"Try '{exc.ctx.command_path} {exc.ctx.help_option_names[0]}' for help.", err=True)
             sys.exit(EXIT_USAGE)
@@ -87,7 +87,7 @@ class FacesynthGroup(click.Group):
     @staticmethod
     def _fail(exc: BaseException) -> None:
         message, code = _message(exc)
-        click.echo(f"Error: {message}", err=True)
+        click.echo(f"Error: {visible(message)}", err=True)  # a folder name's escape codes stay text
         sys.exit(code)
 
 

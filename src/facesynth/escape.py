@@ -20,7 +20,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from .errors import shorten
+from .errors import _INVISIBLE, shorten
 
 CELL_LIMIT = 120  # characters of a value in the card (a table cell, a name); more is shortened
 TEXT_LIMIT = 2000  # characters of a paragraph (a recipe's description)
@@ -47,7 +47,7 @@ def py(value: Any) -> Markup:
     text = json.dumps(str(value), ensure_ascii=False)
     for char in "<>&`":
         text = text.replace(char, f"\\u{ord(char):04x}")
-    return Markup(text)
+    return Markup(_INVISIBLE.sub(lambda m: f"\\u{ord(m[0]):04x}", text))  # C1, bidi and zero-width: escaped too
 
 
 def code(value: Any, limit: int = CELL_LIMIT) -> Markup:

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .builder import read_manifest, shard_paths
-from .errors import FacesynthError, OutputError, shorten
+from .errors import FacesynthError, OutputError, shorten, visible
 from .recipe import parse_recipe
 from .schema import verified_attributes, verified_columns
 from .verdicts import Verdict, VerdictError, append_verdicts, clean_reason, image_digest, review_state
@@ -249,6 +249,8 @@ class Gallery:
                 row[key] = _finite(value)
             elif isinstance(value, list):
                 row[key] = [_finite(v) if isinstance(v, float) else v for v in value]
+            elif isinstance(value, str):
+                row[key] = visible(value)  # a prompt's bidi or control characters are shown, never obeyed
         return {**self.summary(i, rows), "columns": row, "shard": where.shard}
 
     # Images -------------------------------------------------------------------------------
@@ -313,7 +315,7 @@ class Gallery:
 
     def config(self) -> dict[str, Any]:
         """What the page needs to draw its filters."""
-        return {"name": self.recipe.name, "root": self.root.name, "primary": self.primary,
+        return {"name": self.recipe.name, "root": visible(self.root.name), "primary": self.primary,
                 "attributes": self.attributes, "splits": self.splits, "sorts": self.sorts, "rows": len(self),
                 "verified": self.verified,
                 "version": self.snapshot.manifest.get("version"), "page": PAGE, "max_rows": MAX_ROWS}

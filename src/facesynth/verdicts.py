@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError, shorten
+from .errors import OutputError, shorten, visible
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def clean_reason(reason: Any) -> str:
         return ""
     if not isinstance(reason, str):
         raise VerdictError(f"reason: must be text (got {type(reason).__name__})")
-    return " ".join(reason.split())[:MAX_REASON]
+    return visible(" ".join(reason.split()))[:MAX_REASON]  # no control or bidi character reaches a page or card
 
 
 def append_verdicts(root: str | Path, entries: Iterable[Verdict]) -> list[Verdict]:
