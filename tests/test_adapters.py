@@ -157,8 +157,10 @@ def bad_adapters(tmp_path, lora):
     several.mkdir()
     for name in ("a.safetensors", "b.safetensors"):
         shutil.copy(lora, several / name)
+    half = tmp_path / "half.safetensors"  # down (lora_A) weights without their up (lora_B) halves
+    save_file({"unet.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.zeros(4, 32)}, half)
     return {"pickled": pickled, "only_pickle": only_pickle, "full": full, "garbage": garbage, "several": several,
-            "missing": tmp_path / "nothing.safetensors"}
+            "missing": tmp_path / "nothing.safetensors", "half": half}
 
 
 BAD = [
@@ -169,7 +171,12 @@ BAD = [
                "checkpoint goes to --model"),
     ("{garbage}", "Error: --lora {garbage}: not a readable safetensors file ("),
     ("{several}", "Error: --lora {several}: holds 2 adapters (a.safetensors, b.safetensors); name one of them"),
-    ("{missing}@x", "Error: --lora {missing}@x: '{missing}@x': the weight after '@' must be a number"),
+    ("{missing}@x", "Error: --lora {missing}@x: no such file or folder"),  # an '@' in a name: no weight given
+    ("my@face.safetensors", "Error: --lora my@face.safetensors: no such file or folder"),
+    ("../gone/face.safetensors", "Error: --lora ../gone/face.safetensors: no such file or folder"),
+    ("{half}", "Error: --lora {half}: 1 of its LoRA layers lack their other half (each needs a down or lora_A and an "
+               "up or lora_B weight), e.g. unet.down_blocks.0.attentions.0.proj_in.lora_*.weight; the file is "
+               "incomplete"),
     ("{missing}@nan", "Error: --lora {missing}@nan: weight: must be a finite number (not NaN or infinity)"),
     ("{missing}@9", "Error: --lora {missing}@9: weight: Input should be less than or equal to 8"),
     ("org/face.bin", "Error: --lora org/face.bin: only .safetensors adapters are loaded, never pickle files"),
@@ -298,3 +305,14 @@ def test_an_adapter_with_huge_weights_stops_in_one_line_before_anything_is_writt
     assert err.startswith("Error: the model made NaN or infinite images for all 12 candidates of a batch (")
     assert "an adapter with huge weights" in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_an_adapter_named_in_capitals_or_with_an_at_sign_loads(tmp_path):
+    from facesynth.generation.adapters import check, chosen
+    from facesynth.recipe import load_recipe
+
+    lora = tiny_lora(tmp_path / "a", name="Face@Detail.SAFETENSORS")
+    [adapter] = check(chosen([str(lora), f"{lora}@0.5"][:1], load_recipe("emotions"), "emotions"))
+    assert adapter.kind == "file" and adapter.name == "Face@Detail.SAFETENSORS" and adapter.weight == 1.0
+    [weighted] = check(chosen([f"{lora}@0.5"], load_recipe("emotions"), "emotions"))
+    assert weighted.weight == 0.5 and weighted.sha256 == adapter.sha256

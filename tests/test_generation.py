@@ -414,6 +414,35 @@ def test_a_few_step_preset_runs_no_unconditional_branch_and_says_the_negative_pr
     assert guided.timings["unet_images"] == 2 * result.timings["unet_images"]
 
 
+@pytest.mark.parametrize("args, line", [
+    (["--preset", "turbo", "--prune-at", "0.5", "--keep", "1"],
+     "Error: --prune-at: pruning at 0.5 of 1 step(s) would never run (it needs a whole step before the last); leave "
+     "it out, or run more --steps"),
+    (["--preset", "turbo", "--cfg-until", "0.5"],
+     "Error: --cfg-until: guidance is 0, at most 1, so no unconditional branch runs for it to stop; leave it out"),
+    (["--guidance", "1", "--cfg-until", "0.5"],
+     "Error: --cfg-until: guidance is 1, at most 1, so no unconditional branch runs for it to stop; leave it out"),
+    (["--steps", "2", "--cfg-until", "0.9"],
+     "Error: --cfg-until: stopping guidance at 0.9 of 2 step(s) would never happen; leave it out, or run more --steps"),
+])
+def test_a_speed_up_that_would_never_run_is_refused_not_recorded(tmp_path, capsys, args, line):
+    from conftest import invoke
+
+    capsys.readouterr()
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "4", "--out", str(tmp_path / "x"), *args]) == 2
+    assert capsys.readouterr().err.strip() == line
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_tiny_model_line_names_the_steps_a_preset_runs(tmp_path, capsys):
+    from conftest import invoke
+
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "2", "--out", str(tmp_path / "x"), "--preset",
+                   "turbo"]) == 0
+    assert ("--model tiny: a random-weight test model, run at 64x64 with 1 step (--preset turbo) (the recipe asks "
+            "for 512x512 with 25 steps)") in capsys.readouterr().out
+
+
 def test_an_unknown_preset_is_one_line(tmp_path, capsys):
     from conftest import invoke
 

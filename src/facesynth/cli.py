@@ -359,20 +359,25 @@ def _tiny_preset_line(config) -> str | None:
     from .recipe import load_recipe
     from .tiny import TINY_SETTINGS, is_tiny
 
+    from .recipe import PRESETS
+
     recipe = load_recipe(config.recipe)
     if not is_tiny(config.model or recipe.model):
         return None
-    changed = {k: v for k, v in TINY_SETTINGS.items() if getattr(config, k) is None and recipe.settings.get(k) != v}
+    preset = {k: v for k, v in PRESETS.get(config.preset or "", {}).items() if k in TINY_SETTINGS}
+    effective = {**TINY_SETTINGS, **preset}  # what the run used: the preset's steps beat the tiny model's
+    changed = {k: v for k, v in effective.items() if getattr(config, k) is None and recipe.settings.get(k) != v}
     if not changed:
         return None
     def show(settings):
         parts = [f"{settings['width']}x{settings['height']}" if "width" in changed or "height" in changed else "",
-                 f"{settings['steps']} steps" if "steps" in changed else ""]
+                 f"{settings['steps']} step{'s' * (settings['steps'] != 1)}" if "steps" in changed else ""]
         return " with ".join(p for p in parts if p)
 
+    by = f" (--preset {config.preset})" if preset else ""
     return (f"--model {config.model or recipe.model}: a random-weight test model, run at "
-            f"{show({**recipe.settings, **changed})} (the recipe asks for {show(recipe.settings)}); its images are "
-            "noise, not faces.")
+            f"{show({**recipe.settings, **changed})}{by} (the recipe asks for {show(recipe.settings)}); its images "
+            "are noise, not faces.")
 
 
 @main.command("merge")

@@ -242,12 +242,11 @@ class Lora(BaseModel):
         """``SOURCE[@WEIGHT]`` as a plain string, as ``--lora`` takes it."""
         if isinstance(value, str):
             source, at, weight = value.rpartition("@")
-            if not at:
-                return {"source": value}
             try:
-                return {"source": source, "weight": float(weight)}
-            except ValueError:
-                raise ValueError(f"'{value}': the weight after '@' must be a number") from None
+                number = float(weight) if at and source else None
+            except ValueError:  # an '@' inside the name (`my@lora.safetensors`): no weight was given
+                number = None
+            return {"source": value} if number is None else {"source": source, "weight": number}
         return value
 
 

@@ -82,15 +82,20 @@ def check(specs: Sequence[tuple[Lora, str]]) -> list[Adapter]:
 
 
 def _is_local(source: str) -> bool:
-    """A path that exists or looks like one; ``owner/name[/file]`` otherwise names a Hub repo."""
-    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")):
+    """A path: absolute, starting with ``.`` or ``~``, with a ``..`` part or a backslash, something that exists,
+    or a weights file one folder down at most; ``owner/name[/path/in/repo.safetensors]`` otherwise names a Hub
+    repo."""
+    if source.startswith(("/", ".", "~")) or "\\" in source or ".." in source.split("/"):
         return True
-    return source.count("/") < 2 and source.endswith(PICKLE + (".safetensors",))
+    if Path(source).expanduser().exists():
+        return True
+    return source.count("/") < 2 and source.lower().endswith(PICKLE + (".safetensors",))
 
 
 def _local(spec: Lora, where: str) -> Adapter:
     path = Path(spec.source).expanduser()
-    if path.suffix in PICKLE or (path.is_file() and path.suffix != ".safetensors"):
+    suffix = path.suffix.lower()  # .SAFETENSORS is safetensors too
+    if suffix in PICKLE or (path.is_file() and suffix != ".safetensors"):
         raise ModelError(f"{where}: only .safetensors adapters are loaded, never pickle files")
     if not path.exists():
         raise ModelError(f"{where}: no such file or folder")
@@ -105,14 +110,14 @@ def _hub(spec: Lora, where: str) -> Adapter:
     if len(parts) < 2 or not all(parts):
         raise PlanError(f"{where}: not a local file or folder, nor a Hub repo (owner/name[/file.safetensors])")
     file = "/".join(parts[2:]) or None
-    if file is not None and not file.endswith(".safetensors"):
+    if file is not None and not file.lower().endswith(".safetensors"):
         raise ModelError(f"{where}: only .safetensors adapters are loaded, never pickle files")
     return Adapter("/".join(parts[:2]), "hub", spec.weight, where, file=file, revision=spec.revision)
 
 
 def _pick(folder: Path, names: list[str], where: str) -> Path:
     """The one safetensors file of a folder (or snapshot), preferring diffusers' own name."""
-    weights = sorted(n for n in names if n.endswith(".safetensors"))
+    weights = sorted(n for n in names if n.lower().endswith(".safetensors"))
     if DEFAULT_FILE in weights:
         return folder / DEFAULT_FILE
     if len(weights) == 1:
@@ -133,6 +138,18 @@ def _check_header(path: Path, where: str) -> None:
     if not any("lora" in k.lower() for k in keys):
         raise ModelError(f"{where}: holds no LoRA weights (none of its {len(keys)} tensors is named lora_*); "
                          "a full checkpoint goes to --model")
+    import re
+
+    pairs = {}  # each low-rank pair is a down (A) and an up (B) weight of one layer
+    for key in keys:
+        found = re.search(r"(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)", key)
+        if found:
+            half = "down" if found[1] in ("lora_A", "lora_down", "lora.down") else "up"
+            pairs.setdefault(key[:found.start()] + "#" + key[found.end():], set()).add(half)
+    broken = sorted(k.replace("#", "lora_*") for k, halves in pairs.items() if len(halves) < 2)
+    if broken:
+        raise ModelError(f"{where}: {len(broken)} of its LoRA layers lack their other half (each needs a down or "
+                         f"lora_A and an up or lora_B weight), e.g. {broken[0]}; the file is incomplete")
 
 
 def fetch(adapters: list[Adapter], recorded: Sequence[dict[str, Any]] = ()) -> list[Adapter]:

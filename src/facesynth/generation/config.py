@@ -128,6 +128,27 @@ def settings_overrides(cfg: GenerateConfig, model: str) -> dict[str, Any]:
     return out
 
 
+def check_speedups(cfg: GenerateConfig, sizes: list[dict[str, Any]]) -> None:
+    """A speed-up that would never take effect is refused, not recorded: pruning or stopping guidance at a
+    step the run never reaches (one step, say), or stopping guidance where none runs (guidance at most 1)."""
+    from ..recipe import switch_step
+
+    for settings in sizes:
+        steps = settings["steps"]
+        if settings.get("keep") is not None and switch_step(settings["prune_at"], steps) is None:
+            where = "--prune-at" if cfg.prune_at is not None else "prune_at"
+            raise PlanError(f"{where}: pruning at {settings['prune_at']:g} of {steps} step(s) would never run (it "
+                            "needs a whole step before the last); leave it out, or run more --steps")
+        if settings.get("cfg_until") is not None:
+            where = "--cfg-until" if cfg.cfg_until is not None else "cfg_until"
+            if settings["guidance"] <= 1:
+                raise PlanError(f"{where}: guidance is {settings['guidance']:g}, at most 1, so no unconditional "
+                                "branch runs for it to stop; leave it out")
+            if switch_step(settings["cfg_until"], steps) is None:
+                raise PlanError(f"{where}: stopping guidance at {settings['cfg_until']:g} of {steps} step(s) would "
+                                "never happen; leave it out, or run more --steps")
+
+
 def _check_preset_family(preset: str | None, model: str, revision: str | None) -> None:
     """A preset made for one family (SDXL-Lightning) is refused for another, before the model loads."""
     from ..recipe import PRESET_FAMILIES

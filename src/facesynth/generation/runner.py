@@ -36,8 +36,9 @@ from ..verdicts import Verdict
 from ..writer import FORMAT_VERSION, GENERATOR, Manifest, rows_per_shard
 from .adapters import Adapter, apply as apply_adapters, check as check_adapters, chosen as chosen_adapters
 from .adapters import fetch as fetch_adapters
-from .config import (DEFAULT_DEDUPE, GenerateConfig, GenerateResult, fingerprint, library_versions, local_inputs,
-                     models, quality_options, run_parameters, settings_overrides, verifier_specs, verify_origins)
+from .config import (DEFAULT_DEDUPE, GenerateConfig, GenerateResult, check_speedups, fingerprint, library_versions,
+                     local_inputs, models, quality_options, run_parameters, settings_overrides, verifier_specs,
+                     verify_origins)
 from .engine import Engine, EngineOptions, NonFiniteError
 from ..pins import local_record
 from .review_pass import open_round, review_cells, rewrite
@@ -73,6 +74,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     plan = Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     overrides = settings_overrides(cfg, model)
     sizes = [{**s.settings, **overrides} for s in plan.samples]
+    check_speedups(cfg, sizes)
     keep = max((k for k in (s.get("keep") for s in sizes) if k is not None), default=None)
     if keep is not None and keep >= cfg.candidates:  # a recipe's keep, checked against this run's candidates
         raise PlanError(f"keep: the recipe keeps {keep} candidates past prune_at, which must be below --candidates "
