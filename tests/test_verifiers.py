@@ -391,3 +391,72 @@ def test_a_local_verifier_that_is_not_there_is_no_such_folder_never_a_hub_id(tmp
         err = capsys.readouterr().err.strip()
         assert code == 2 and err == f"Error: --verify emotion: no such folder '{name}'", err
     assert not (tmp_path / "o").exists()
+
+
+def _variant(classifier, folder, processor=None, config=None):
+    """A copy of the classifier with keys of its preprocessor_config.json or config.json replaced."""
+    import json
+
+    shutil.copytree(classifier, folder)
+    for name, changes in (("preprocessor_config.json", processor), ("config.json", config)):
+        if changes:
+            data = json.loads((folder / name).read_text())
+            data.update(changes)
+            (folder / name).write_text(json.dumps(data))
+    return folder
+
+
+PROCESSORS = [
+    ({"size": {"height": 64, "width": 64}}, "its preprocessor_config.json does not fit the model ("),
+    ({"size": {"height": 0, "width": 32}}, "preprocessor_config.json: size.height: 0 is not a size in pixels"),
+    ({"size": {"height": -32, "width": 32}}, "preprocessor_config.json: size.height: -32 is not a size in pixels"),
+    ({"size": {"height": "abc", "width": 32}}, "preprocessor_config.json: size.height: 'abc' is not a size in pixels"),
+    ({"size": {"shortest_edge": 0}}, "preprocessor_config.json: size.shortest_edge: 0 is not a size in pixels"),
+    ({"image_mean": [0.5, 0.5]}, "preprocessor_config.json: image_mean: [0.5, 0.5] is not 3 finite numbers"),
+    ({"image_std": [0.5, 0, 0.5]}, "preprocessor_config.json: image_std: [0.5, 0.0, 0.5] holds 0"),
+]
+
+
+@pytest.mark.parametrize("changes, why", PROCESSORS, ids=[f"processor{i}" for i in range(len(PROCESSORS))])
+def test_a_verifier_processor_that_cannot_work_is_one_line_before_the_generator(
+        classifier, tmp_path, capsys, monkeypatch, changes, why):
+    from facesynth.generation import loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the generator was loaded"))
+    bad = _variant(classifier, tmp_path / "bad", processor=changes)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "8", "--out", str(out), "-q", "--verify",
+                   f"emotion={bad},{LABELS}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"Error: --verify emotion: '{bad}': {why}"), err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_verifiers_that_are_not_what_they_are_given_as_are_one_line(classifier, tmp_path, capsys, monkeypatch):
+    from facesynth.generation import loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the generator was loaded"))
+    custom = _variant(classifier, tmp_path / "custom", config={"auto_map": {"AutoModel": "x.MyModel"}})
+    cases = [
+        (f"emotion={custom},{LABELS}", f"--verify emotion: '{custom}' needs its own code (config.json has auto_map); "
+                                       "facesynth never runs a model's own code (trust_remote_code)"),
+        (f"emotion=zero-shot:{classifier}", f"--verify emotion: '{classifier}' is not a CLIP-family model "
+                                            "(architectures: ViTForImageClassification); zero-shot needs one; give a "
+                                            "classifier as emotion=MODEL instead"),
+        ("emotion=zero-shot:", "--verify: 'emotion=zero-shot:' names no model after 'zero-shot:' "
+                               "(ATTRIBUTE=zero-shot:CLIP_MODEL)"),
+        (f"emotion={classifier}/model.safetensors", f"--verify emotion: '{classifier}/model.safetensors' is a file; "
+                                                    "give the model's folder (its config.json and weights)"),
+    ]
+    for option, line in cases:
+        capsys.readouterr()
+        assert invoke(["generate", "emotions", "--model", "tiny", "-n", "8", "--out", str(tmp_path / "o"), "-q",
+                       "--verify", option]) == 2
+        assert capsys.readouterr().err.strip() == f"Error: {line}"
+    capsys.readouterr()
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "8", "--out", str(tmp_path / "o"), "-q",
+                   "--verify", f"emotion={classifier},{LABELS}", "--verify", "emotion=zero-shot:x/y"]) == 2
+    assert capsys.readouterr().err.strip() == ("Error: --verify: 'emotion' is given twice; give one verifier per "
+                                               "attribute")
+    assert not (tmp_path / "o").exists()
