@@ -131,7 +131,33 @@ BAD = [
     (GOOD.replace("      sad: frowning", "      default: frowning"),
      "x.yaml: attributes.emotion.values: 'default' is reserved for the dataset's all-rows config; "
      "name the value otherwise"),
+    (GOOD.replace("      sad: frowning\n", "      ? [a, b]\n      : frowning\n"),
+     "x.yaml: line 7: a list is used as a key; keys are text"),
+    (GOOD.replace("      sad: frowning\n", "      1: frowning\n"),
+     "x.yaml: line 7: the key 1 is a int, not text; write it in quotes"),
+    (GOOD.replace("      sad: frowning\n", "      no: frowning\n"),
+     "x.yaml: line 7: the key false is a bool, not text; write it in quotes"),
+    (GOOD.replace("description", "x").replace("negative_prompt:", "description: " + "[" * 100 + "]" * 100 +
+                                                  "\nnegative_prompt:"),
+     "x.yaml: line 13: nested more than 64 levels deep; a recipe needs a few"),
+    (GOOD.replace("      sad: frowning", "      sad: !!python/object/apply:os.system [ls]"),
+     "x.yaml: YAML syntax error: line 7, column 12: the tag !!python/object/apply:os.system is not plain YAML; a "
+     "recipe holds text, numbers, lists and mappings only"),
+    (GOOD + "---\nname: two\n", "x.yaml: YAML syntax error: line 18, column 1: a second YAML document ('---'); a "
+                                 "recipe is one document"),
+    ("x-a: &a [x]\nx-b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nx-c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, "
+     "*b]\n" + "x-d: [" + ", ".join(["*c"] * 300) + "]\n",
+     "x.yaml: line 4: more than 256 aliases (*name); write the values out"),
 ]
+
+
+def test_yaml_merge_keys_merge_and_a_key_written_out_wins():
+    text = ("x-gender: &gender\n  values: {male: man, female: woman}\n  description: merged\n"
+            + GOOD.replace("  gender:\n    values:\n      male:\n      female: {phrases: [woman], generation: "
+                           "{guidance: 9}}\n", "  gender:\n    <<: *gender\n    description: written out\n"))
+    recipe = parse_recipe(text, "x.yaml")
+    assert list(recipe.attributes["gender"].values) == ["male", "female"]
+    assert recipe.attributes["gender"].description == "written out"
 
 
 @pytest.mark.parametrize("text,message", BAD, ids=[m.split(": ", 1)[1][:40] for _, m in BAD])

@@ -379,18 +379,54 @@ def _expand_strata(rows: list[dict[str, Any]]) -> list[Stratum]:
 
 
 # Loading ----------------------------------------------------------------------------
+MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_DEPTH = 64  # nesting levels a recipe may use (it needs five or six)
+MAX_ALIASES = 256  # *alias references a recipe may use (each can stand for a whole subtree)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys instead of keeping the last."""
+    """A safe YAML loader that refuses duplicate keys instead of keeping the last, and keys that are not text;
+    merge keys (``<<: *base``) merge, and a key written out beats a merged one, as YAML says."""
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
             key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                if isinstance(key, (list, dict, set)):
+                    raise RecipeError(f"line {line}: a {type(key).__name__} is used as a key; keys are text")
+                shown = str(key).lower() if isinstance(key, bool) else repr(key)
+                raise RecipeError(f"line {line}: the key {shown:.60} is a {type(key).__name__}, not text; write it "
+                                  "in quotes")
             if key in seen:
-                mark = key_node.start_mark
-                raise RecipeError(f"line {mark.line + 1}: duplicate key '{key}'")
+                raise RecipeError(f"line {line}: duplicate key '{key}'")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_shape(text: str) -> None:
+    """Nesting and aliases within bounds, found by the scanner alone (it does not recurse), so a structure nested
+    thousands deep or a "billion laughs" of aliases is one line naming where, not a crash."""
+    depth, aliases = 0, 0
+    opens = (yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken, yaml.FlowSequenceStartToken,
+             yaml.FlowMappingStartToken)
+    closes = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, opens):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise RecipeError(f"line {token.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep; a "
+                                  "recipe needs a few")
+        elif isinstance(token, closes):
+            depth -= 1
+        elif isinstance(token, yaml.AliasToken):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise RecipeError(f"line {token.start_mark.line + 1}: more than {MAX_ALIASES} aliases (*name); "
+                                  "write the values out")
 
 
 def shipped_recipes() -> list[str]:
@@ -423,6 +459,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     """Parse YAML text into a validated Recipe; errors name ``source``."""
     try:
+        _check_shape(text)
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except RecipeError as exc:
         raise RecipeError(f"{source}: {exc}") from None
@@ -430,13 +467,25 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if problem.startswith("could not determine a constructor for the tag"):
+            tag = problem.rsplit(" ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
+            problem = f"the tag {tag} is not plain YAML; a recipe holds text, numbers, lists and mappings only"
+        elif problem == "but found another document":
+            problem = "a second YAML document ('---'); a recipe is one document"
         raise RecipeError(f"{source}: YAML syntax error: {where}{problem}") from None
+    except RecursionError:  # a recursive alias that something below walks without end
+        raise RecipeError(f"{source}: an alias refers to a mapping that holds it (a loop); write the values "
+                          "out") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: the recipe must be a YAML mapping of keys to values")
+    data = {k: v for k, v in data.items() if not k.startswith("x-")}  # x-...: a place for anchors (&base)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(f"{source}: {_first_error(exc)}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: an alias refers to a mapping that holds it (a loop); write the values "
+                          "out") from None
     problem = _cross_check(recipe)
     if problem:
         raise RecipeError(f"{source}: {problem}")
