@@ -221,6 +221,7 @@ def test_a_local_path_that_does_not_exist_is_not_taken_for_a_hub_id(path):
 
 
 def test_loading_while_a_writer_holds_the_folder_is_one_line_or_waits(demo_copy):
+    import os
     import threading
     import time
 
@@ -230,9 +231,9 @@ def test_loading_while_a_writer_holds_the_folder_is_one_line_or_waits(demo_copy)
     try:
         with pytest.raises(FolderBusy) as busy:
             load(str(demo_copy), split="train")
-        assert str(busy.value) == (f"'{demo_copy}': a facesynth process is writing it (.facesynth/lock is held); "
-                                   "load it when that finishes, or pass wait=True to wait for it")
-        with pytest.raises(FolderBusy, match="a facesynth process is writing it"):
+        assert str(busy.value) == (f"'{demo_copy}': a facesynth process (pid {os.getpid()}) is writing it; load "
+                                   "it when that finishes, or pass wait=True to wait for it")
+        with pytest.raises(FolderBusy, match=r"a facesynth process \(pid \d+\) is writing it"):
             Facesynth(data_dir=str(demo_copy))  # the builder class itself, as users import it
         start = time.monotonic()
         with pytest.raises(FolderBusy, match="after waiting 0.3 s"):
@@ -286,3 +287,29 @@ def test_a_folder_of_an_older_format_still_loads(demo_copy):
     old = load(str(demo_copy), split="train", emotion="happy")
     assert old.features["face_box"] == datasets.List(datasets.Value("int32")) and old.num_rows > 0
     assert all(isinstance(b, list) for b in old["batch"]) and old.features["keep"] == datasets.Value("int32")
+
+
+def test_a_grow_that_stopped_is_one_line_until_finished_or_loaded_partially(demo_copy):
+    """A grow cut off after its first new shard (as kill -9 would leave it, with no writer left): load says what
+    happened and what to do, partial=True loads the finished shards, and an unknown split is one line."""
+    from conftest import crash_at_shard
+
+    from facesynth.generation import GenerateConfig, generate
+
+    with crash_at_shard(2):
+        generate(GenerateConfig(recipe="emotions", out=demo_copy, num_samples=48, model="tiny", quiet=True,
+                                rows_per_shard=8, batch_size=12))
+    with pytest.raises(OutputError, match=r"not complete: growing from version 1.0.0 to 1.1.0 stopped after \d+ of "
+                                          r"\d+ shards; run the same generate command to finish it, or pass "
+                                          r"partial=True to load the finished shards"):
+        load(str(demo_copy), split="train")
+    with pytest.raises(OutputError, match="not complete"):
+        Facesynth(data_dir=str(demo_copy))
+    assert len(load(str(demo_copy), split="train", partial=True)) > 0
+    with pytest.raises(OutputError, match=r"split: 'validation' is not a split of '.*' \(train\)"):
+        load(str(demo_copy), split="validation", partial=True, emotion="happy")
+
+
+def test_an_unknown_split_is_one_line(demo_dataset):
+    with pytest.raises(OutputError, match=r"split: 'dev' is not a split of '.*' \(train, validation, test\)"):
+        load(str(demo_dataset), split="dev")

@@ -446,3 +446,43 @@ def test_requests_during_reloads_see_one_consistent_snapshot(demo_copy):
     srv.stop()
     assert len(answers) == 1200 and {code for code, _ in answers} == {200}
     assert {kind for _, kind in answers} == {"application/json"}
+
+
+def test_the_gallery_refuses_a_folder_being_written_and_keeps_its_rows_during_a_run(demo_copy):
+    import os
+
+    from facesynth.errors import OutputError
+    from facesynth.lock import FolderLock
+    from facesynth.review import Gallery
+    from facesynth.writer import Manifest
+
+    with FolderLock(demo_copy):
+        with pytest.raises(OutputError, match=rf"a facesynth process \(pid {os.getpid()}\) is writing it; review it"):
+            Gallery(demo_copy)
+    gallery = Gallery(demo_copy)
+    manifest = Manifest.load(demo_copy)
+    manifest.data["complete"] = False  # a grow started: its manifest has fewer shards so far
+    kept = dict(manifest.shards)
+    manifest.data["shards"] = {}
+    with FolderLock(demo_copy):
+        manifest.save(demo_copy)
+        assert not gallery.refresh() and len(gallery) == 24
+    assert not gallery.refresh() and len(gallery) == 24  # the run stopped half-way: still the old rows
+    manifest.data.update(complete=True, shards=kept)
+    manifest.save(demo_copy)
+    assert gallery.refresh() and len(gallery) == 24
+
+
+def test_overwrite_of_a_reviewed_folder_sets_the_review_log_aside(demo_copy, capsys):
+    """At the same size or smaller, with other parameters: the run goes ahead, the old verdicts (which judged
+    rows that no longer exist) go to .facesynth/replaced/, and push would not publish them."""
+    reject(demo_copy, ["emotions-0000001"], "blurry")
+    for n in ("24", "8"):
+        capsys.readouterr()
+        assert invoke(["generate", "emotions", "--model", "tiny", "-n", n, "--out", str(demo_copy), "-q",
+                       "--rows-per-shard", "8", "--seed", n, "--overwrite"]) == 0, capsys.readouterr().err
+        assert not (demo_copy / "verdicts.jsonl").exists()
+    aside = list((demo_copy / ".facesynth" / "replaced").glob("verdicts-*.jsonl"))
+    assert len(aside) == 1 and "blurry" in aside[0].read_text()
+    assert invoke(["push", str(demo_copy), "--repo-id", "me/x", "--dry-run"]) == 0
+    assert "verdicts.jsonl" not in capsys.readouterr().out

@@ -297,3 +297,27 @@ def test_a_float32_prune_at_gives_the_engine_validate_and_the_card_one_step(tmp_
     report = validate(out, images=False)
     assert report.ok, [str(p) for p in report.problems]
     assert "after 3 of 5 steps" in (out / "README.md").read_text()
+
+
+def test_validate_of_a_folder_being_written_is_one_line_naming_the_writer(demo_copy, capsys):
+    from conftest import invoke
+
+    from facesynth.lock import FolderLock
+
+    capsys.readouterr()
+    with FolderLock(demo_copy):
+        assert invoke(["validate", str(demo_copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"Error: '{demo_copy}': a facesynth process (pid {os.getpid()}) is writing it; validate it when "
+                   "that finishes")
+
+
+def test_a_killed_card_leaves_no_work_folder_behind_the_next_run(demo_copy, capsys):
+    """kill -9 of ``card`` leaves its lock file in .facesynth/ (the kernel drops the lock, not the file); the next
+    run that holds the folder removes it and the empty folder."""
+    from conftest import invoke
+
+    (demo_copy / ".facesynth").mkdir()
+    (demo_copy / ".facesynth" / "lock").write_text("12345\n")
+    assert invoke(["card", str(demo_copy)]) == 0
+    assert not (demo_copy / ".facesynth").exists()

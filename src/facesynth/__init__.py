@@ -11,7 +11,7 @@ def load(dir_or_repo: str, split: str | None = None, **options):
     """Load a facesynth dataset, optionally filtered by label names.
 
     ``facesynth.load("demo", emotion="happy", gender=["female"])``; see :func:`facesynth.builder.load` for
-    ``streaming``, ``revision``, ``columns`` and ``wait``.
+    ``streaming``, ``revision``, ``columns``, ``wait`` and ``partial``.
     """
     from .builder import load as _load
 

@@ -204,9 +204,11 @@ class Facesynth(datasets.ArrowBasedBuilder):
         """``default`` and one config per primary label of this dataset (set up in ``__init__``)."""
         return {config.name: config for config in self.BUILDER_CONFIGS}
 
-    def __init__(self, *args, data_dir: str | None = None, config_name: str | None = None, **kwargs):
+    def __init__(self, *args, data_dir: str | None = None, config_name: str | None = None, partial: bool = False,
+                 **kwargs):
         """``data_dir``: a dataset folder, or an fsspec URL of one (``hf://datasets/ORG/NAME@REV``), which is
-        read lazily: the manifest, then only the files and row groups that the config and filters need."""
+        read lazily: the manifest, then only the files and row groups that the config and filters need.
+        A folder whose last run stopped before it finished is refused unless ``partial``."""
         if not data_dir:
             raise OutputError("data_dir: give the dataset folder")
         self.remote = is_url(data_dir)
@@ -215,6 +217,7 @@ class Facesynth(datasets.ArrowBasedBuilder):
         if not self.remote:
             wait_for_writer(self.root, False)  # a folder being written would give partial splits
         self.manifest = remote_manifest(self.root) if self.remote else read_manifest(self.root)
+        check_complete(self.root, self.manifest, partial)
         self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
         filter_expression(self.recipe, kwargs.get("filters"))  # bad filters are one line before anything is read
         primary = self.recipe.primary
@@ -261,8 +264,6 @@ class Facesynth(datasets.ArrowBasedBuilder):
         return datasets.DatasetInfo(description=self.recipe.description, features=features)
 
     def _split_generators(self, dl_manager):
-        if not self.manifest.get("complete"):
-            logger.warning("%s is not complete yet; loading the shards finished so far", self.root)
         by_split: dict[str, list[str]] = {}
         wanted = (self.config.filters or {}).get(self.recipe.primary)
         wanted = {wanted} if isinstance(wanted, str) else set(wanted or [])
@@ -320,30 +321,50 @@ def _looks_local(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or Path(name).exists()
 
 
-def wait_for_writer(root: Path, wait: bool | float) -> None:
+def wait_for_writer(root: Path, wait: bool | float, then: str = "load it") -> None:
     """One line if a facesynth process is writing ``root`` (or, with ``wait``, wait up to that many seconds,
     ``True`` for as long as it takes): a split read then could hold only the shards finished so far."""
     import time
 
-    from .lock import LOCK_FILE, FolderBusy, folder_held
+    from .lock import FolderBusy, folder_held, holders
 
     deadline = None if wait is True else time.monotonic() + float(wait or 0)
     while folder_held(root):
         if deadline is not None and time.monotonic() >= deadline:
             waited = f" after waiting {float(wait):g} s" if wait else ""
-            raise FolderBusy(f"'{root}': a facesynth process is writing it ({LOCK_FILE} is held){waited}; load it "
-                             "when that finishes, or pass wait=True to wait for it")
+            pids = ", ".join(holders(root)) or "unknown"
+            hint = ", or pass wait=True to wait for it" if then == "load it" else ""
+            raise FolderBusy(f"'{root}': a facesynth process (pid {pids}) is writing it{waited}; {then} when that "
+                             f"finishes{hint}")
         time.sleep(0.2)
 
 
+def check_complete(root, manifest: Manifest, partial: bool) -> None:
+    """One line for a folder whose last run stopped before it finished (killed, or out of disk), unless
+    ``partial`` asks for the shards finished so far."""
+    if manifest.get("complete"):
+        return
+    done, planned = len(manifest.shards), len(manifest.get("layout") or [])
+    if partial and done:
+        logger.warning("%s is not complete (%d of %d shards); loading the shards finished so far", root, done,
+                       planned)
+        return
+    grow = (manifest.get("previous") or {}).get("version")
+    what = f"growing from version {grow} to {manifest.get('version')}" if grow else "its run"
+    raise OutputError(f"'{root}': not complete: {what} stopped after {done} of {planned} shards; run the same "
+                      "generate command to finish it" + (", or pass partial=True to load the finished shards" if done
+                                                         else ""))
+
+
 def load(dir_or_repo: str, split: str | None = None, streaming: bool = False, revision: str | None = None,
-         columns: list[str] | None = None, wait: bool | float = False, **filters):
+         columns: list[str] | None = None, wait: bool | float = False, partial: bool = False, **filters):
     """Load a local folder, an fsspec URL or a Hub dataset repo made by facesynth, filtered by label names.
 
     A Hub repo is read lazily over HTTP, as ``load_dataset`` reads Parquet: the manifest, then only
     the matching label's files and, within them, only the row groups the filters can match. A local
     folder that a facesynth process is writing is refused in one line, or waited for with ``wait``
-    (``True``, or seconds).
+    (``True``, or seconds). A folder whose last run stopped before it finished is refused in one line unless
+    ``partial=True`` asks for the shards finished so far.
     """
     if not isinstance(dir_or_repo, (str, Path)):
         raise OutputError(f"dir_or_repo: give a folder, a URL or a Hub id (ORG/NAME), not {type(dir_or_repo).__name__}")
@@ -361,11 +382,20 @@ def load(dir_or_repo: str, split: str | None = None, streaming: bool = False, re
     if local:
         wait_for_writer(Path(name), wait)
     root = name if local or is_url(name) else hub_url(name, revision)
-    builder = Facesynth(data_dir=str(root), filters=filters or None, columns=columns)
-    if streaming:
-        return builder.as_streaming_dataset(split=split)
-    builder.download_and_prepare()
-    return builder.as_dataset(split=split)
+    builder = Facesynth(data_dir=str(root), filters=filters or None, columns=columns, partial=bool(partial))
+    if split is not None:
+        held = sorted({r["split"] for r in builder.manifest.shards.values()}, key=list(builder.recipe.splits).index)
+        if split not in held:
+            raise OutputError(f"split: '{split}' is not a split of '{name}' ({', '.join(held) or 'none yet'})")
+    try:
+        if streaming:
+            return builder.as_streaming_dataset(split=split)
+        builder.download_and_prepare()
+        return builder.as_dataset(split=split)
+    except ValueError as exc:  # the split holds no row the filters match
+        if not str(exc).startswith("Unknown split"):
+            raise
+        raise OutputError(f"split: '{split}' holds no row with {filters} in '{name}'") from None
 
 
 __all__ = ["Facesynth", "FacesynthConfig", "content_fingerprint", "filter_expression", "load", "shard_paths"]

@@ -189,9 +189,19 @@ def remove_lock_files(root: Path) -> None:
         for path in [*work.glob("run-*.lock"), *(work / "workers").glob("*.lock")]:
             path.unlink(missing_ok=True)
         main.unlink(missing_ok=True)
+        for folder in (work / "workers", work):  # empty work folders, whoever made them (a killed run, say)
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def holders(root: Path) -> list[str]:
+    """The pids of the processes that hold the folder (as their lock files name them)."""
+    return FolderLock(root)._holders()
 
 
 def folder_held(root: Path) -> bool:

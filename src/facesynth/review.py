@@ -141,7 +141,11 @@ class Gallery:
         self.root = Path(root)
         if not self.root.is_dir():
             raise OutputError(f"'{self.root}': not a folder")
+        from .builder import check_complete, wait_for_writer
+
+        wait_for_writer(self.root, False, "review it")  # a grow in progress would show only what it kept so far
         manifest = read_manifest(self.root)
+        check_complete(self.root, manifest, partial=False)
         self.recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
         self.attributes = {a: list(attr.values) for a, attr in self.recipe.attributes.items()}
         self.primary = self.recipe.primary
@@ -170,12 +174,15 @@ class Gallery:
         return rows
 
     def refresh(self) -> bool:
-        """Reload if ``generate`` changed the folder since; returns whether it did."""
-        if self._stamp() == self.stamp:
+        """Reload if ``generate`` changed the folder since and has finished; returns whether it did. While a run
+        writes the folder (a grow, a review round) the gallery keeps showing the rows it had."""
+        from .lock import folder_held
+
+        if self._stamp() == self.stamp or folder_held(self.root):
             return False
         with self._write:
             stamp = self._stamp()
-            if stamp == self.stamp:
+            if stamp == self.stamp or not read_manifest(self.root).get("complete"):
                 return False
             self.snapshot, self.stamp = self._read(), stamp
         return True

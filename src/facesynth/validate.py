@@ -72,6 +72,9 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
              dtype: str | None = None, progress: bool = False) -> Report:
     """Check everything; return a report listing every problem found."""
     root = Path(root)
+    from .builder import wait_for_writer
+
+    wait_for_writer(root, False, "validate it")  # a folder being written is half-made by design: one line
     manifest = read_manifest(root, current=True)
     report = Report(root)
     recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])

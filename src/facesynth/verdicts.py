@@ -181,6 +181,19 @@ def current_rows(root: str | Path, shards: Iterable[str], sample_ids: Iterable[s
     return out
 
 
+def set_aside_verdicts(root: str | Path) -> Path | None:
+    """Move the review log out of the way of a dataset that replaces the rows it judged (``--overwrite``): to
+    ``.facesynth/replaced/verdicts-TIME.jsonl``, kept, never published, never read again; where it went."""
+    path = verdicts_path(root)
+    if not path.is_file():
+        return None
+    aside = Path(root) / ".facesynth" / "replaced" / f"verdicts-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jsonl"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, aside)
+    logger.warning("--overwrite: the review log of the replaced rows was moved to %s (kept, not published)", aside)
+    return aside
+
+
 def check_known(root: str | Path, verdicts: Iterable[Verdict], sample_ids: set[str] | dict) -> None:
     """Every verdict must name a sample of this dataset."""
     for v in verdicts:

@@ -32,7 +32,7 @@ from ..lock import WORK_DIR, FolderLock
 from ..plan import Plan
 from ..quality import QualityOptions, quality_report, shard_embeddings
 from ..recipe import Recipe, load_recipe, resolve
-from ..verdicts import Verdict
+from ..verdicts import Verdict, set_aside_verdicts
 from ..writer import FORMAT_VERSION, GENERATOR, Manifest, rows_per_shard
 from .adapters import Adapter, apply as apply_adapters, check as check_adapters, chosen as chosen_adapters
 from .adapters import fetch as fetch_adapters
@@ -135,7 +135,7 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
                                      calls=calls)
     remove_stale_temp_files(out)
     tmp_dir = out / worker.tmp_dir
-    cells = review_cells(out, tasks)
+    cells = None if cfg.overwrite else review_cells(out, tasks)  # --overwrite: the old rows' verdicts go aside
     limit = rounds.snapshot(out, manifest) if cells is not None else 0
     redo = open_round(out, manifest, cells, worker, cfg.dataset_version, limit, list(manifest.shards))
     todo = [t for t in mine if t.name not in manifest.shards]
@@ -146,6 +146,8 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
         engine.check([s for t in mine for s in t.samples])
     try:
         clear_listed(out, replaced)
+        if cfg.overwrite:
+            set_aside_verdicts(out)
         shutil.rmtree(tmp_dir, ignore_errors=True)
         tmp_dir.mkdir(parents=True)
         manifest.save(out)
