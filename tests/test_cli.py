@@ -188,3 +188,23 @@ def test_recipes_lists_each_shipped_recipe_with_its_description_in_one_column(ca
     assert [line.split()[0] for line in lines] == names and "emotions_flux" in names
     starts = {line.index(load_recipe(name).description[:20]) for line, name in zip(lines, names)}
     assert starts == {max(map(len, names)) + 2}  # every description starts in the same column
+
+
+def test_quiet_prints_nothing_but_errors_not_even_library_bars_or_warnings(tmp_path):
+    """-q with a zero-shot verifier in a local folder (transformers draws a loading bar for it) and every Python
+    warning turned on: stderr stays empty, stdout holds the result."""
+    import os
+    import subprocess
+    import sys
+
+    from test_evaluate import other_clip
+
+    clip = other_clip(tmp_path / "clip")
+    env = {**os.environ, "PYTHONWARNINGS": "always"}
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    env.pop("DIFFUSERS_VERBOSITY", None)
+    got = subprocess.run([sys.executable, "-m", "facesynth.cli", "generate", "emotions", "--model", "tiny", "-n", "4",
+                          "--out", str(tmp_path / "out"), "--verify-mode", "record", "--verify",
+                          f"emotion=zero-shot:{clip}", "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert got.returncode == 0 and got.stderr == "", got.stderr
+    assert "4 rows" in got.stdout

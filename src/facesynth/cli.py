@@ -103,6 +103,25 @@ def _setup_logging(verbose: int, debug: bool) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _quiet(value: bool) -> bool:
+    """``-q``: nothing but errors and the command's own result, from facesynth and the libraries under it."""
+    if value and not _State.debug:
+        import os
+        import warnings
+
+        warnings.filterwarnings("ignore")  # libraries' FutureWarnings and the like; errors still raise
+        for name, setting in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                              ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error")):
+            os.environ[name] = setting  # read by each library when it is imported (they load lazily)
+        logging.getLogger().setLevel(logging.ERROR)
+        for module, call in (("huggingface_hub.utils", "disable_progress_bars"), ("datasets", "disable_progress_bars"),
+                             ("transformers.utils.logging", "disable_progress_bar"),
+                             ("diffusers.utils.logging", "disable_progress_bar")):
+            if module in sys.modules:  # already imported: tell it now
+                getattr(sys.modules[module], call)()
+    return value
+
+
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:
         _State.debug = True
@@ -305,7 +324,8 @@ speed_options = _options(
 @click.option("--num-workers", type=int, help="Number of independent workers sharing --out.")
 @click.option("--compile", is_flag=True, help="torch.compile the UNet (pays off on long GPU runs).")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format for the UNet and VAE.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, is_eager=True, callback=lambda ctx, param, value: _quiet(value),
+              help="Print nothing but errors and the result: no progress bars, no library warnings.")
 def generate_cmd(recipe: str, out: Path, **options) -> None:
     """Generate a dataset folder (re-run the same command to resume).
 
@@ -411,7 +431,8 @@ def merge_cmd(directory: Path, num_workers: int | None, no_card: bool) -> None:
 @click.option("--no-images", is_flag=True, help="Skip decoding every image.")
 @click.option("--device", default="auto", show_default=True, help="Device for --reproduce.")
 @click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), help="Dtype for --reproduce (default: the dataset's).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, is_eager=True, callback=lambda ctx, param, value: _quiet(value),
+              help="Print nothing but errors and the result: no progress bars, no library warnings.")
 def validate_cmd(directory: Path, reproduce_k: int, seed: int, no_images: bool, device: str, dtype: str | None,
                  quiet: bool) -> None:
     """Check shards, schema, checksums, plan counts, ids, images and card; list every problem.
@@ -460,7 +481,8 @@ def validate_cmd(directory: Path, reproduce_k: int, seed: int, no_images: bool, 
               help="Folds, and KID subsets.")
 @click.option("--clip-model", help="A local copy of the CLIP the dataset was made with (default: the manifest's).")
 @click.option("--device", default="auto", show_default=True, help="Device for embedding --real images.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, is_eager=True, callback=lambda ctx, param, value: _quiet(value),
+              help="Print nothing but errors and the result: no progress bars, no library warnings.")
 def evaluate_cmd(directory: Path, real: str | None, label_column: str | None, image_column: str | None,
                  split: str | None, revision: str | None, attribute: str | None, mapping: tuple[str, ...],
                  ignore_label: tuple[str, ...], skip_bad_images: bool, allow_synthetic_real: bool, folds: int,
@@ -540,7 +562,8 @@ def review_cmd(directory: Path, port: int) -> None:
 @click.option("--seed", type=int, help="Master seed (default: the recipe's).")
 @device_options
 @speed_options
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, is_eager=True, callback=lambda ctx, param, value: _quiet(value),
+              help="Print nothing but errors and the result: no progress bars, no library warnings.")
 def benchmark_cmd(recipe: str, quiet: bool, **options) -> None:
     """Measure pruning on your model: exact best-of-N and the pruned run on the same plan.
 
