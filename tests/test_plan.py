@@ -453,3 +453,25 @@ def test_a_free_attribute_stays_within_one_at_every_prefix():
     for s in Plan(AGFD).samples[:3000]:
         counts[s.labels["ethnicity"]] += 1
         assert max(counts.values()) - min(counts.get(v, 0) for v in values) <= 1
+
+
+@pytest.mark.parametrize("n", [40, 60, 140])
+def test_small_splits_of_a_strata_recipe_hold_every_gender(n):
+    """agfd at 40 rows put all 6 validation rows on one gender and all 6 test rows on the other; now every split
+    holds both, and no split with a row per value lacks a gender or a category."""
+    from facesynth.plan import balance_report
+
+    plan = Plan(load_recipe("agfd"), n)
+    for split, rows in plan.by_split().items():
+        assert {s.labels["gender"] for s in rows} == {"male", "female"}, split
+    lacking = balance_report(plan)["lacking"]
+    assert not [x for x in lacking if x[1] in ("gender", "category")], lacking
+
+
+def test_plan_prints_the_worst_split_figure_over_every_attribute(capsys):
+    from conftest import invoke
+
+    assert invoke(["plan", "agfd", "-n", "40"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("splits over every prefix: each value of every attribute within ")
+    assert "rows of its split's share (worst: " in last

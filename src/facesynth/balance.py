@@ -183,13 +183,23 @@ class Splits:
         groups.append(tuple(labels.items()))  # the whole label cell
         width = len(self.names)
         rows = [self.counts.setdefault(g, [0] * (width + 1)) for g in groups]
-        seen = rows[1][width]
-        if seen < width:
-            i = seen  # train, validation, test in turn for a label's first rows
-        else:
-            total = sum(row[width] for row in rows) + len(rows)
-            deficit = [total * self.ratios[s] - sum(row[s] for row in rows) for s in range(width)]
-            i = max(range(width), key=lambda s: (deficit[s], -s))
+        values = groups[2:-1:2]  # the sample's value of each attribute besides the primary
+
+        def lacking(s: int) -> int:  # how many of them split s holds no row of yet
+            return sum(1 for g in values if self.counts[g][s] == 0)
+
+        plan = rows[0]
+        if rows[1][width] < width:  # a label's first rows take every split once, those lacking its values first
+            unvisited = [s for s in range(width) if rows[1][s] == 0]
+            i = max(unvisited, key=lambda s: (lacking(s), -s))
+        else:  # a split that is due (below its share of the plan) and lacks one of the sample's values takes it
+            due = {s: lacking(s) for s in range(width) if (plan[width] + 1) * self.ratios[s] - plan[s] > 0}
+            if due and max(due.values()) > 0:
+                i = max(due, key=lambda s: (due[s], plan[width] * self.ratios[s] - plan[s], -s))
+            else:
+                total = sum(row[width] for row in rows) + len(rows)
+                deficit = [total * self.ratios[s] - sum(row[s] for row in rows) for s in range(width)]
+                i = max(range(width), key=lambda s: (deficit[s], -s))
         for row in rows:
             row[i] += 1
             row[width] += 1

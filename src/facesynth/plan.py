@@ -313,11 +313,52 @@ def balance_report(plan: Plan) -> dict[str, Any]:
     order = plan.cross_order
     best = bool(order and order.best_possible and worst_pair and worst_pair[0] == order.pair_bound)
     return {"attributes": equal, "axis": max((v for k, v in found.items() if len(k) == 1), default=0),
-            "pair": worst_pair, "best": best, "splits": per_split, "searched": plan.split_table is not None}
+            "pair": worst_pair, "best": best, "splits": per_split, "searched": plan.split_table is not None,
+            **share_report(plan, split_of)}
+
+
+def share_report(plan: Plan, split_of: np.ndarray) -> dict[str, Any]:
+    """Over every attribute, proportional or equal: how far a value's rows in a split get from the split's share
+    of the value's rows so far, over every prefix (``share``: rows, and where), and the values a split lacks
+    although it holds as many rows as the attribute has values and the value has a row for every split
+    (``lacking``: (split, attribute, value), at the plan's size)."""
+    r = plan.recipe
+    names, ratios = list(r.splits), np.array(list(r.splits.values()))
+    worst, where, lacking = 0.0, None, []
+    sizes = np.bincount(split_of, minlength=len(names))
+    for a in r.attributes:
+        labels = np.array([s.labels[a] for s in plan.samples])
+        values = [v for v in r.attributes[a].values if (labels == v).any()]
+        for v in values:
+            rows = split_of[labels == v]
+            seen = np.arange(1, len(rows) + 1)
+            for k in range(len(names)):
+                gap = np.abs(np.cumsum(rows == k) - ratios[k] * seen).max()
+                if gap > worst + 1e-9:
+                    worst, where = float(gap), (names[k], a, v)
+                if len(rows) >= len(names) and sizes[k] >= len(values) and not (rows == k).any():
+                    lacking.append((names[k], a, v))
+    return {"share": (round(worst, 2), where), "lacking": lacking}
 
 
 def format_balance(report: dict[str, Any]) -> str:
-    """One line for ``facesynth plan``."""
+    """Two lines for ``facesynth plan``: the balance of equal attributes and pairs, then every attribute's split
+    figures."""
+    return _format_equal(report) + "\n" + _format_shares(report)
+
+
+def _format_shares(report: dict[str, Any]) -> str:
+    gap, (split, attr, value) = report["share"][0], report["share"][1] or ("-", "-", "-")
+    line = (f"splits over every prefix: each value of every attribute within {gap:g} rows of its split's share "
+            f"(worst: {attr} {value} in {split})")
+    if report["lacking"]:
+        shown = "; ".join(f"{s} lacks {a} {v}" for s, a, v in report["lacking"][:4])
+        return line + f"; a split with room for every value lacks one: {shown}" + (
+            f" (and {len(report['lacking']) - 4} more)" if len(report["lacking"]) > 4 else "")
+    return line + "; every split with a row per value holds every value"
+
+
+def _format_equal(report: dict[str, Any]) -> str:
     if not report["attributes"]:
         return "balance: every stratum exact; prefixes proportional to the strata counts"
     line = f"balance over every prefix: each of {', '.join(report['attributes'])} within {report['axis']} of equal"

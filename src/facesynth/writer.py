@@ -37,8 +37,10 @@ MANIFEST = "manifest.json"
 # shifts chosen from a structured family by the pair balance they measure, see cross_order; 8: the splits of
 # a small cross product searched per shape, see split_order; 9: rounds of up to 2,048 cells searched for a
 # smaller pair bound, taking each axis's values in order of first use, see order_search, and free attributes
-# assigned a block at a time at the least total cost, see balance.FreeValues).
-FORMAT_VERSION = 9
+# assigned a block at a time at the least total cost, see balance.FreeValues; 10: splits chosen by the deficit rule
+# cover values first, see balance.Splits: a label's first rows visit the splits lacking their values first, and a
+# split that is due takes a row whose value it lacks).
+FORMAT_VERSION = 10
 MAX_SHARD_BYTES = 500 * 10**6  # like push_to_hub's default max_shard_size
 ROW_GROUP_ROWS = 100
 
