@@ -104,3 +104,28 @@ def test_a_worker_with_other_parameters_is_refused_at_once_and_the_right_one_the
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
     result = generate(GenerateConfig(out=out, worker_index=1, num_workers=2, **DEMO))
     assert result.merged and shard_sums(out) == shard_sums(demo_dataset)
+
+
+def test_idle_workers_are_named_at_the_start_with_the_size_that_gives_every_worker_work(tmp_path, caplog):
+    import re
+
+    from facesynth.generation.runner import GROUP_CALLS
+    from facesynth.layout import batch_groups, layout
+    from facesynth.plan import Plan
+    from facesynth.recipe import load_recipe
+    from facesynth.writer import rows_per_shard
+
+    with caplog.at_level("WARNING"):
+        result = generate(GenerateConfig(recipe="emotions", out=tmp_path / "w", num_samples=32, model="tiny",
+                                         quiet=True, worker_index=1, num_workers=2))
+    assert result.rows == 0
+    found = re.search(r"worker 1 of 2: 32 rows make 1 group\(s\) of shards for 2 workers, so worker 1 will have "
+                      r"nothing to make \(this one among them\); every worker gets work from (\d+) rows", caplog.text)
+    assert found, caplog.text
+    size, recipe = int(found[1]), load_recipe("emotions")
+    per_shard = rows_per_shard(64, 64)  # the tiny model's images
+    limit = min(per_shard, GROUP_CALLS * 4)  # calls of 12 // 3 samples
+
+    def groups(n):
+        return len(batch_groups(layout(Plan(recipe, n), per_shard), per_shard, limit))
+    assert groups(size) >= 2 and groups(size - 1) < 2

@@ -84,7 +84,10 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality, verify, adapters,
                             inputs)
     tasks = layout(plan, per_shard)
-    groups = batch_groups(tasks, per_shard, min(per_shard, GROUP_CALLS * max(1, cfg.batch_size // cfg.candidates)))
+    limit = min(per_shard, GROUP_CALLS * max(1, cfg.batch_size // cfg.candidates))
+    groups = batch_groups(tasks, per_shard, limit)
+    if len(groups) < worker.count:
+        _say_idle(recipe, plan, per_shard, limit, len(groups), worker)
     source, text = resolve(cfg.recipe)
     header = {
         "generator": GENERATOR,
@@ -194,6 +197,28 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
             write_card(out)
     return GenerateResult(out, sum(len(t.samples) for t in mine), len(written), len(mine) - len(written), timings,
                           worker, merged, manifest.data["quality"]["total"], made_again, manifest.get("version"))
+
+
+def _say_idle(recipe: Recipe, plan: Plan, per_shard: int, limit: int, groups: int, worker) -> None:
+    """At the start, before any model loads: the plan's groups of shards are fewer than the workers, so some
+    have nothing to make; name this worker's share and the size at which every worker gets work."""
+    size, most = plan.num_samples, plan.capacity or 10**7
+    while size < most:  # sizes double, then halve back: plans are prefix-stable, so more rows never mean fewer groups
+        size = min(most, size * 2)
+        if len(batch_groups(layout(Plan(recipe, size, plan.seed, plan.num_candidates), per_shard), per_shard,
+                            limit)) >= worker.count:
+            break
+    low = plan.num_samples
+    while low + 1 < size:
+        mid = (low + size) // 2
+        enough = len(batch_groups(layout(Plan(recipe, mid, plan.seed, plan.num_candidates), per_shard), per_shard,
+                                  limit)) >= worker.count
+        low, size = (low, mid) if enough else (mid, size)
+    idle = f"worker {groups}" if groups == worker.count - 1 else f"workers {groups} to {worker.count - 1}"
+    mine = " (this one among them)" if worker.index >= groups else ""
+    logger.warning("worker %d of %d: %d rows make %d group(s) of shards for %d workers, so %s will have nothing to "
+                   "make%s; every worker gets work from %d rows (--num-samples %d)", worker.index, worker.count,
+                   plan.num_samples, groups, worker.count, idle, mine, size, size)
 
 
 def _refresh_evaluation(out: Path) -> None:
