@@ -419,3 +419,22 @@ def test_control_and_bidi_characters_land_in_the_card_as_visible_escapes(demo_da
     assert calls[0].args[0].value == root.name  # the escape is Python's: the string is the folder's real name
     assert subprocess.run(["grep", "-c", "facesynth", str(root / "README.md")], capture_output=True,
                           text=True).stdout.strip().isdigit()  # grep reads it as text, not "binary file matches"
+
+
+def test_the_card_declares_the_label_column_for_training_and_quotes_the_name_for_the_shell(demo_dataset, tmp_path):
+    """train-eval-index maps the primary label to the task's label column; the transformers example names the
+    label column, with a folder name quoted for the shell (or left for the reader when no quoting is safe)."""
+    import shlex
+
+    from huggingface_hub import DatasetCard
+
+    root = _hostile_folder(demo_dataset, tmp_path, name="faces $(touch pwned)")
+    card = DatasetCard((root / "README.md").read_text())
+    assert card.data.to_dict()["train-eval-index"] == [{
+        "config": "default", "task": "image-classification", "task_id": "multi_class_classification",
+        "splits": {"train_split": "train", "eval_split": "test"}, "col_mapping": {"image": "image", "emotion": "label"}}]
+    line = next(line for line in card.text.splitlines() if line.startswith("python run_image_classification.py"))
+    assert shlex.split(line)[:5] == ["python", "run_image_classification.py", "--dataset_name", "faces $(touch pwned)",
+                                     "--label_column_name"] and "emotion" in line
+    tick = _hostile_folder(demo_dataset, tmp_path, name="a```b")
+    assert "--dataset_name DATASET --label_column_name" in (tick / "README.md").read_text()

@@ -118,6 +118,17 @@ def _row_groups(files: list[Path], columns: list[str]):
             yield pf.read_row_group(i, columns=columns).to_pydict()
 
 
+def train_eval_index(recipe: Recipe, summary: Summary) -> list[dict[str, Any]] | None:
+    """The Hub's ``train-eval-index``: the task, its splits and which column is the label (the primary)."""
+    held = [s for s in recipe.splits if summary.split_sizes.get(s)]
+    evaluate = next((s for s in ("test", "validation") if s in held), None)
+    if "train" not in held or evaluate is None:
+        return None
+    return [{"config": "default", "task": "image-classification", "task_id": "multi_class_classification",
+             "splits": {"train_split": "train", "eval_split": evaluate},
+             "col_mapping": {"image": "image", recipe.primary: "label"}}]
+
+
 def size_category(n: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
         if n < limit:
@@ -277,6 +288,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         pretty_name=pretty,
         configs=configs,
         dataset_info=infos,
+        train_eval_index=train_eval_index(recipe, summary),
         **extra,
     )
     by = "gender" if "gender" in recipe.attributes else None

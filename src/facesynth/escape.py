@@ -50,6 +50,18 @@ def py(value: Any) -> Markup:
     return Markup(_INVISIBLE.sub(lambda m: f"\\u{ord(m[0]):04x}", text))  # C1, bidi and zero-width: escaped too
 
 
+def sh(value: Any) -> Markup:
+    """``value`` as one shell word inside a code block: as it is when plain, else single-quoted (no ``$``,
+    backtick or glob is then read by the shell); a value with a backtick or an unprintable character, which no
+    quoting keeps both safe and inside the code block, becomes ``DATASET`` for the reader to fill in."""
+    import shlex
+
+    text = str(value)
+    if "`" in text or not text.isprintable() or _INVISIBLE.search(text):
+        return Markup("DATASET")
+    return Markup(shlex.quote(text))
+
+
 def code(value: Any, limit: int = CELL_LIMIT) -> Markup:
     """``value`` as inline code: a ``<code>`` element around :func:`md` text, so no character in it can end it."""
     return Markup(f"<code>{md(value, limit)}</code>")
@@ -64,5 +76,5 @@ def _finalize(value: Any) -> Any:
 def environment() -> jinja2.Environment:
     """The card's Jinja environment: every printed string escaped by :func:`md` unless it is Markup."""
     env = jinja2.Environment(finalize=_finalize)
-    env.filters.update(md=md, py=py, code=code)
+    env.filters.update(md=md, py=py, code=code, sh=sh)
     return env
