@@ -2,6 +2,7 @@
 
     python benchmarks/bench_evaluate.py            # both parts
     python benchmarks/bench_evaluate.py --rows 30000 --skip-real
+    python benchmarks/bench_evaluate.py --oversized 6 --side 12000   # peak memory on huge real photos
 
 1. **Embeddings only, at scale**: the diversity and separability measures on a shipped recipe's plan of
    ``--rows`` rows (labels exactly as the plan balances them) with 512-d unit embeddings (CLIP ViT-B/32's
@@ -9,6 +10,8 @@
    column of a few MB. Prints seconds per stage and the peak memory the process reached.
 2. **With --real**, on the tiny preset: a generated dataset and an image folder of real photos, through
    the real ``evaluate`` (CLIP loading, streaming, embedding, TSTR, FID/KID, card).
+3. **--oversized N**: ``facesynth evaluate --real`` in a child process on a folder of N huge PNGs
+   (``--side`` pixels square, solid colours, so each file is small), with the child's peak RSS.
 """
 
 from __future__ import annotations
@@ -84,12 +87,43 @@ def with_real(samples: int, real_rows: int) -> None:
           f"{real:.2f} s ({real_rows / max(real - alone, 1e-9):.0f} real images/s beyond the rest)")
 
 
+def oversized(count: int, side: int) -> None:
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    values = list(load_recipe("emotions").attributes["emotion"].values)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "data"
+        subprocess.run([sys.executable, "-m", "facesynth.cli", "generate", "emotions", "--model", "tiny", "-n", "16",
+                        "--out", str(out), "-q"], check=True, capture_output=True)
+        for i in range(count):
+            folder = Path(tmp) / "real" / "test" / values[i % len(values)]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (side, side), (40 * i % 255, 90, 160)).save(folder / f"{i}.png")
+            size = (folder / f"{i}.png").stat().st_size
+        start = time.perf_counter()
+        got = subprocess.run([sys.executable, "-m", "facesynth.cli", "evaluate", str(out), "--real",
+                              str(Path(tmp) / "real"), "--label-column", "label", "-q"], capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"evaluate --real on {count} PNGs of {side}x{side} ({size / 1e3:.0f} kB each): exit {got.returncode}, "
+          f"{seconds:.1f} s, peak RSS of the child {peak:.0f} MB")
+    if got.returncode:
+        print("  " + got.stderr.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=30_000)
     parser.add_argument("--recipes", nargs="+", default=["emotions", "agfd"])
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--oversized", type=int, help="only: evaluate --real on this many huge PNGs")
+    parser.add_argument("--side", type=int, default=12000, help="their side in pixels (with --oversized)")
     args = parser.parse_args()
+    if args.oversized:
+        return oversized(args.oversized, args.side)
     for name in args.recipes:
         at_scale(name, args.rows)
     if not args.skip_real:
