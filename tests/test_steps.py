@@ -350,16 +350,15 @@ def test_a_recipe_keep_not_below_candidates_is_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_a_prune_step_that_rounds_to_the_end_prunes_nothing_and_validates(tmp_path):
-    """--prune-at 0.9 of 4 steps rounds to the last step: every candidate finishes, and validate agrees."""
-    from facesynth.validate import validate
-
+def test_a_prune_step_that_rounds_to_the_end_is_refused_not_recorded(tmp_path, capsys):
+    """--prune-at 0.9 of 4 steps rounds to the last step, where pruning would cut nothing: refused in one line
+    rather than recorded as pruning that never ran."""
     out = tmp_path / "late"
+    capsys.readouterr()
     assert _invoke(["generate", "emotions", "--model", "tiny", "-n", "4", "--out", str(out), "--quiet",
-                    "--prune-at", "0.9", "--keep", "1"]) == 0
-    rows = [r for f in sorted(out.rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    assert all(sum(s is not None for s in r["candidate_scores"]) == 3 for r in rows)
-    assert validate(out, images=False).problems == []
+                    "--prune-at", "0.9", "--keep", "1"]) == 2
+    assert capsys.readouterr().err.startswith("Error: --prune-at: pruning at 0.9 of 4 step(s) would never run")
+    assert not out.exists()
 
 
 def test_each_pipeline_runs_through_its_family_and_another_kind_is_one_line(tiny_pipe):
