@@ -104,7 +104,7 @@ def compare(args) -> dict:
     from facesynth.generation.loading import load_pipeline, resolve_device, resolve_dtype
     from facesynth.plan import Plan
     from facesynth.recipe import load_recipe
-    from facesynth.scoring import ClipScorer
+    from facesynth.checks.scoring import ClipScorer
     from facesynth.tiny import TINY_SETTINGS
 
     device = resolve_device(args.device)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facesynth import metrics
+from facesynth.evaluate import metrics as metrics
 from facesynth.evaluate import Embeddings, diversity_report
 from facesynth.plan import Plan
 from facesynth.recipe import load_recipe
@@ -66,7 +66,7 @@ def with_real(samples: int, real_rows: int) -> None:
 
     from facesynth.evaluate import evaluate
     from facesynth.generation import GenerateConfig, generate
-    from facesynth.real import RealSpec
+    from facesynth.evaluate.real import RealSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "data"

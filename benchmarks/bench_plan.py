@@ -27,8 +27,8 @@ from collections import Counter
 
 import numpy as np
 
-from facesynth.balance import CrossOrder, spreads
-from facesynth.order_search import search_order
+from facesynth.plan.balance import CrossOrder, spreads
+from facesynth.plan.order_search import search_order
 from facesynth.plan import Plan, balance_report
 from facesynth.recipe import parse_recipe
 
@@ -102,7 +102,7 @@ def shapes(count: int) -> None:
 
 
 def order_within(sizes: list[int], bound: int, limit: int) -> bool | None:
-    """Whether some order keeps every pair within ``bound`` (see ``facesynth.cross_order.search_order``)."""
+    """Whether some order keeps every pair within ``bound`` (see ``facesynth.plan.cross_order.search_order``)."""
     found = search_order(sizes, bound, limit)
     return found if found is None or found is False else True
 

@@ -65,7 +65,7 @@ def api_ms(url: str, query: str, repeat: int) -> float:
 
 
 def thumbnail_512_ms(repeat: int) -> float:
-    from facesynth.review import THUMB
+    from facesynth.review.gallery import THUMB
 
     rng = np.random.default_rng(0)
     smooth = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).resize((512, 512), Image.BICUBIC)
@@ -91,7 +91,7 @@ def main() -> None:
     make(args.folder)
     from playwright.sync_api import sync_playwright
 
-    from facesynth.review import ReviewServer
+    from facesynth.review.server import ReviewServer
 
     start = time.perf_counter()
     server = ReviewServer(args.folder, 0).start()

@@ -9,7 +9,7 @@ The first table is ``facesynth.plan.balance_report`` per split: the worst max-mi
 prefix of the split's rows (so at every size of the plan) for one attribute's values, and for the primary
 label x each other attribute's values.
 
-``--shapes``: for cross products of every attribute, ``facesynth.split_order.split_table`` (searched once per
+``--shapes``: for cross products of every attribute, ``facesynth.plan.split_order.split_table`` (searched once per
 shape) against the deficit rule it replaces, each as the worst value / primary x value spread over every
 prefix of every split, over two periods of rows.
 
@@ -41,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facesynth.cross_order import cross_order
+from facesynth.plan.cross_order import cross_order
 from facesynth.plan import Plan, balance_report
 from facesynth.recipe import load_recipe
-from facesynth.split_order import _Counts, deficit_splits, period, search_splits, split_table, worst
+from facesynth.plan.split_order import _Counts, deficit_splits, period, search_splits, split_table, worst
 
 RATIOS = (0.8, 0.1, 0.1)
 REPEAT = 10  # rounds after which 8/1/1 of every count is whole
@@ -73,7 +73,7 @@ def table() -> None:
 def search(cells: np.ndarray, sizes: list[int], primary: int, bounds: tuple[int, int, int], limit: int,
            repeat: bool = True):
     """The split index of every row (found), False (impossible) or None (not settled in ``limit`` nodes), by
-    ``facesynth.split_order.search_splits`` without the plan's demand on each label's first rows; see the
+    ``facesynth.plan.split_order.search_splits`` without the plan's demand on each label's first rows; see the
     module docstring. Without ``repeat`` the counts need not reach their shares at the end (a weaker demand,
     so "impossible" then also rules out every assignment of these rows that does not repeat)."""
     assert primary == 0, "search_splits takes the primary as the first axis"

@@ -40,8 +40,8 @@ def generate_args(out: Path, num_samples: int, rows_per_shard: int) -> list[str]
 
 def check_folder(out: Path) -> int:
     """Every recorded shard is whole and matches its checksum; data/ holds no partial file."""
-    from facesynth.folder import check_shards
-    from facesynth.writer import Manifest
+    from facesynth.folder.state import check_shards
+    from facesynth.folder.writer import Manifest
 
     manifest = Manifest.load(out)
     if manifest is None:
@@ -107,7 +107,7 @@ def kill_and_resume(out: Path, num_samples: int, rows_per_shard: int, kills: lis
 
 
 def _layout(num_samples: int, rows_per_shard: int):
-    from facesynth.layout import layout
+    from facesynth.plan.layout import layout
     from facesynth.plan import Plan
     from facesynth.recipe import load_recipe
 

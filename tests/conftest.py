@@ -50,7 +50,7 @@ def tiny_pipe():
 
 @pytest.fixture(scope="session")
 def tiny_scorer():
-    from facesynth.scoring import ClipScorer
+    from facesynth.checks.scoring import ClipScorer
 
     return ClipScorer.load("tiny")
 
@@ -190,7 +190,7 @@ def invoke(args):
 
 def reject(out, sample_ids, reason="", verdict="reject"):
     """Write a reviewer's verdict on the rows the folder holds now for these samples, as the gallery does."""
-    from facesynth.verdicts import Verdict, append_verdicts, image_digest
+    from facesynth.review.verdicts import Verdict, append_verdicts, image_digest
 
     found = {r["sample_id"]: r for r in rows(out, ["sample_id", "attempt", "image"]) if r["sample_id"] in sample_ids}
     return append_verdicts(out, [Verdict(sid, found[sid]["attempt"], image_digest(found[sid]["image"]["bytes"]),

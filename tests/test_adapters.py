@@ -85,7 +85,7 @@ def test_a_run_with_adapters_is_pinned_resumes_to_the_same_bytes_and_reproduces(
     manifest = json.loads((out / "manifest.json").read_text())
     plain_manifest = json.loads((plain / "manifest.json").read_text())
     assert "loras" not in plain_manifest["parameters"] and "loras" not in plain_manifest
-    from facesynth.writer import sha256_file
+    from facesynth.folder.writer import sha256_file
 
     assert manifest["parameters"]["loras"] == [
         {"name": "pytorch_lora_weights.safetensors", "sha256": sha256_file(lora), "weight": 0.8},
@@ -229,7 +229,7 @@ def test_a_hub_adapter_is_pinned_to_its_commit_and_loaded_there_again(tmp_path, 
 
     from conftest import cache_repo
     from facesynth.reproduce import Reproducer
-    from facesynth.writer import sha256_file
+    from facesynth.folder.writer import sha256_file
 
     cache = tmp_path / "hub"
     first = cache_repo(cache, "org/face-lora", "a" * 40, lambda folder: tiny_lora(folder, scale=3.0))

@@ -9,8 +9,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facesynth.balance import ASSIGN_MAX, min_cost_assignment
-from facesynth.cross_order import prefix_spread
+from facesynth.plan.balance import ASSIGN_MAX, min_cost_assignment
+from facesynth.plan.cross_order import prefix_spread
 from facesynth.plan import Plan, balance_report
 from facesynth.recipe import parse_recipe
 

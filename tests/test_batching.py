@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_engine
 from facesynth.generation.runner import GROUP_CALLS
-from facesynth.layout import batch_groups, layout
+from facesynth.plan.layout import batch_groups, layout
 from facesynth.plan import Plan
 from facesynth.recipe import load_recipe
 from facesynth.reproduce import reproduce

@@ -225,7 +225,7 @@ def test_loading_while_a_writer_holds_the_folder_is_one_line_or_waits(demo_copy)
     import threading
     import time
 
-    from facesynth.lock import FolderBusy, FolderLock
+    from facesynth.folder.lock import FolderBusy, FolderLock
 
     lock = FolderLock(demo_copy).acquire()
     try:

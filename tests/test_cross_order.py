@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facesynth.cross_order import CrossOrder, prefix_spread
-from facesynth.order_search import search_order
+from facesynth.plan.cross_order import CrossOrder, prefix_spread
+from facesynth.plan.order_search import search_order
 
 
 def _walk(codes, width):

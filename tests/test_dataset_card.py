@@ -68,7 +68,7 @@ def test_the_card_names_the_searched_split_and_its_bound_holds_on_the_rows(demo_
     """emotions' shape takes the split searched per shape (format 8 on): the card says so with its bounds, which
     hold over every prefix of each split's rows as load_dataset returns them; older folders and other shapes
     keep the deficit rule's text."""
-    from facesynth.card_summary import split_search
+    from facesynth.dataset_card.summary import split_search
     from facesynth.recipe import load_recipe
 
     text = (demo_dataset / "README.md").read_text()
@@ -130,7 +130,7 @@ def test_running_stats_match_two_pass_statistics():
     import random
     import statistics
 
-    from facesynth.card_summary import RunningStats
+    from facesynth.dataset_card.summary import RunningStats
 
     values = [random.Random(3).gauss(25, 4) for _ in range(1)] + [random.Random(i).uniform(0, 40) for i in range(999)]
     stats = RunningStats()
@@ -216,7 +216,7 @@ def _hostile_folder(demo_dataset, tmp_path, name="demo", reason="", description=
     import yaml
 
     from facesynth.dataset_card import write_card
-    from facesynth.writer import Manifest
+    from facesynth.folder.writer import Manifest
 
     root = tmp_path / name
     shutil.copytree(demo_dataset, root)
@@ -292,7 +292,7 @@ def test_any_text_that_reaches_the_card_leaves_its_structure_intact(demo_dataset
     from hypothesis import strategies as st
 
     from facesynth.dataset_card import build_card
-    from facesynth.writer import Manifest
+    from facesynth.folder.writer import Manifest
 
     texts = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60) | st.sampled_from([
         "<!-- facesynth:end -->", "<!--", "-->", "```", "\n## Usage\n", "|", "\\", "`", "<img src=x onerror=1>",
@@ -372,7 +372,7 @@ def test_the_cards_sizes_are_measured_per_config_and_split(demo_dataset, tmp_pat
     import yaml
 
     from facesynth.dataset_card import configs_and_infos, summarize
-    from facesynth.writer import Manifest
+    from facesynth.folder.writer import Manifest
 
     infos = {i["config_name"]: i for i in yaml.safe_load((demo_dataset / "README.md").read_text().split("---")[1])[
         "dataset_info"]}
@@ -404,7 +404,7 @@ def test_control_and_bidi_characters_land_in_the_card_as_visible_escapes(demo_da
     import re
     import subprocess
 
-    from facesynth.verdicts import clean_reason
+    from facesynth.review.verdicts import clean_reason
 
     rlo, nul = "\u202e", "\x00"
     root = _hostile_folder(demo_dataset, tmp_path, name=f"faces{rlo}gpj.exe", reason=clean_reason(f"bad{rlo}eye"),

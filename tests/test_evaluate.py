@@ -3,7 +3,6 @@ here, and the figures checked against scikit-learn computed independently on the
 
 import io
 import json
-import math
 import re
 import shutil
 
@@ -37,7 +36,7 @@ def png(image):
 
 @pytest.fixture(scope="module")
 def scorer():
-    from facesynth.scoring import ClipScorer
+    from facesynth.checks.scoring import ClipScorer
 
     return ClipScorer.load("tiny")
 
@@ -46,7 +45,7 @@ def repaint(root, scorer, image_of):
     """Give every row the image ``image_of(row_number, emotion)`` and the tiny CLIP's embedding of it, as generate
     stores them; the manifest's shard records and the card follow, so the folder stays valid."""
     from facesynth.dataset_card import write_card
-    from facesynth.writer import arrow_bytes, sha256_file
+    from facesynth.folder.writer import arrow_bytes, sha256_file
 
     manifest = json.loads((root / "manifest.json").read_text())
     number = 0
@@ -98,7 +97,7 @@ def stored(root):
 
 def test_a_separable_dataset_is_separable_and_the_folder_lists_what_evaluate_wrote(coloured, capsys):
     from facesynth.validate import validate
-    from facesynth.writer import sha256_file
+    from facesynth.folder.writer import sha256_file
 
     assert invoke(["evaluate", str(coloured), "-q"]) == 0
     out = capsys.readouterr().out
@@ -174,7 +173,7 @@ def test_the_card_section_shows_what_evaluation_json_holds(coloured, tmp_path):
     from huggingface_hub import DatasetCard
 
     from facesynth.evaluate import evaluate
-    from facesynth.real import RealSpec
+    from facesynth.evaluate.real import RealSpec
 
     result = evaluate(coloured, RealSpec(str(real_folder(tmp_path / "real")), "label"), progress=False)
     text = DatasetCard.load(coloured / "README.md").text
@@ -213,7 +212,7 @@ def test_validate_and_the_card_notice_an_evaluation_older_than_the_data(coloured
     from huggingface_hub import DatasetCard
 
     from facesynth.evaluate import evaluate
-    from facesynth.real import RealSpec
+    from facesynth.evaluate.real import RealSpec
     from facesynth.validate import validate
 
     real = real_folder(tmp_path / "real")
@@ -242,10 +241,10 @@ def test_an_altered_evaluation_is_reported(coloured):
 
 
 def test_real_images_are_read_and_embedded_in_batches(coloured, tmp_path, monkeypatch):
-    from facesynth import real as real_module
+    from facesynth.evaluate import real as real_module
     from facesynth.evaluate import evaluate
-    from facesynth.real import RealSpec
-    from facesynth.scoring import ClipScorer
+    from facesynth.evaluate.real import RealSpec
+    from facesynth.checks.scoring import ClipScorer
 
     monkeypatch.setattr(real_module, "BATCH", 5)
     sizes = []
@@ -276,7 +275,7 @@ def parquet_real(path, labels):
 
 def test_labels_map_by_name_by_option_or_are_ignored(coloured, tmp_path):
     from facesynth.evaluate import evaluate
-    from facesynth.real import RealSpec
+    from facesynth.evaluate.real import RealSpec
 
     real = parquet_real(tmp_path / "real", ["Happy", "SAD", "angry", "Surprised", "fear", "scared", "happy"] * 2)
     result = evaluate(coloured, RealSpec(str(real), "emotion", mapping={"scared": "surprised"}, ignore=["fear"]),
@@ -395,7 +394,7 @@ def test_a_hub_dataset_that_cannot_be_resolved_is_one_line(coloured, capsys):
 
 def test_the_same_data_gives_the_same_evaluation_bytes(coloured, tmp_path):
     from facesynth.evaluate import evaluate
-    from facesynth.real import RealSpec
+    from facesynth.evaluate.real import RealSpec
 
     real = RealSpec(str(real_folder(tmp_path / "real")), "label")
     evaluate(coloured, real, progress=False)
@@ -422,7 +421,7 @@ def classlabel_real(path, labels, images=None):
 
 def test_unlabelled_real_rows_are_left_out_and_counted_not_taken_for_the_last_class(coloured, tmp_path):
     from facesynth.evaluate import evaluate
-    from facesynth.real import RealSpec
+    from facesynth.evaluate.real import RealSpec
 
     labels = [0, 1, 2, 3] * 3 + [-1] * 10
     real = classlabel_real(tmp_path / "real", labels)
@@ -463,10 +462,10 @@ def test_unreadable_real_images_stop_in_one_line_or_are_skipped_counted_and_name
 def test_real_images_are_decoded_one_at_a_time_reduced_and_bounded_by_pixels(coloured, tmp_path, monkeypatch):
     """Large images reach CLIP reduced to at most REDUCED_SIDE on their shorter side; one over MAX_PIXELS (a
     decompression bomb) is refused by name before it is decoded."""
-    from facesynth import images as images_module
+    from facesynth.evaluate import images as images_module
     from facesynth.evaluate import evaluate
-    from facesynth.real import RealDataError, RealSpec
-    from facesynth.scoring import ClipScorer
+    from facesynth.evaluate.real import RealDataError, RealSpec
+    from facesynth.checks.scoring import ClipScorer
 
     monkeypatch.setattr(images_module, "REDUCED_SIDE", 32)
     real = real_folder(tmp_path / "real", per_value=2)
@@ -514,7 +513,7 @@ def test_bad_real_columns_paths_and_folders_are_one_line(coloured, demo_dataset,
 
 def test_a_real_set_of_one_value_and_one_split_says_what_its_figures_mean(coloured, tmp_path, caplog):
     from facesynth.evaluate import evaluate
-    from facesynth.real import RealSpec
+    from facesynth.evaluate.real import RealSpec
 
     real = parquet_real(tmp_path / "real", ["happy"] * 4)
     (real / "data" / "test-00000-of-00001.parquet").rename(real / "data" / "train-00000-of-00001.parquet")

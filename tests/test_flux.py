@@ -106,7 +106,7 @@ def test_pruning_on_flux_cuts_what_the_callback_cannot_reach_and_survivors_keep_
 
 
 def test_t5_carries_the_prompt_and_clip_only_the_pooled_embedding(flux_pipe):
-    from facesynth.generation.family import family_of
+    from facesynth.generation.families import family_of
 
     encoder = family_of(flux_pipe).encoder(flux_pipe)
     start = "portrait photo of a person, " * 4  # 112 characters: past CLIP's 77 (character-level) tokens

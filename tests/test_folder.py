@@ -17,11 +17,11 @@ from conftest import as_older_format
 
 from facesynth.builder import load
 from facesynth.errors import OutputError
-from facesynth.files import atomic_write, load_json
+from facesynth.folder.files import atomic_write, load_json
 from facesynth.generation import GenerateConfig, generate
-from facesynth.lock import FolderBusy, FolderLock
+from facesynth.folder.lock import FolderBusy, FolderLock
 from facesynth.validate import validate
-from facesynth.writer import FORMAT_VERSION
+from facesynth.folder.writer import FORMAT_VERSION
 
 TINY = dict(recipe="emotions", model="tiny", quiet=True)
 
@@ -166,7 +166,7 @@ def test_workers_starting_at_once_both_make_the_folders(tmp_path, monkeypatch):
 
 def test_a_killed_holder_never_leaves_a_stale_lock(tmp_path):
     root = tmp_path / "k"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from facesynth.lock import FolderLock;"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from facesynth.folder.lock import FolderLock;"
                                "FolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
                                str(root)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -260,7 +260,7 @@ def test_manifests_are_strict_json(demo_dataset, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == (f"Error: '{root / 'manifest.json'}': not a valid manifest "
                                        "(NaN is not valid JSON)\n")
-    from facesynth.files import write_json_atomic
+    from facesynth.folder.files import write_json_atomic
 
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         write_json_atomic(tmp_path / "x.json", {"guidance": float("nan")})
@@ -324,7 +324,7 @@ def test_files_facesynth_writes_follow_the_umask(tmp_path):
         modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
         assert set(modes.values()) == {0o644}, modes
         os.umask(0o077)
-        from facesynth.files import write_json_atomic
+        from facesynth.folder.files import write_json_atomic
 
         write_json_atomic(out / "private.json", {})
         assert stat.S_IMODE((out / "private.json").stat().st_mode) == 0o600

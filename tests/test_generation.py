@@ -16,7 +16,7 @@ from facesynth.generation import GenerateConfig, generate
 from facesynth.generation.loading import SCHEDULERS, load_pipeline, make_scheduler
 from facesynth.plan import Plan
 from facesynth.recipe import SCHEDULER_NAMES
-from facesynth.schema import features
+from facesynth.folder.schema import features
 
 
 def test_deterministic(tiny_pipe, tiny_scorer, emotions):
@@ -318,7 +318,7 @@ def test_the_clip_models_commit_is_recorded_and_reproduce_pins_it(tmp_path, monk
 
     from facesynth import tiny
     from facesynth.reproduce import reproduce
-    from facesynth.scoring import ClipScorer
+    from facesynth.checks.scoring import ClipScorer
 
     def save(folder):
         model, tokenizer, pre = tiny.build_clip()
@@ -345,7 +345,7 @@ def test_the_clip_models_commit_is_recorded_and_reproduce_pins_it(tmp_path, monk
 
 
 def test_vae_decode_applies_latents_mean_and_std_where_the_vae_has_them():
-    from facesynth.generation.family import family_of
+    from facesynth.generation.families import family_of
 
     pipe, _ = load_pipeline("tiny")
     latents = torch.randn(2, 4, 32, 32, generator=torch.Generator("cpu").manual_seed(0))

@@ -61,7 +61,7 @@ def test_real_checkpoint_passes_the_face_gate(tmp_path):
 @pytest.mark.skipif(not _model_available(), reason=f"needs {MODEL} in the local cache")
 def test_real_checkpoint_pruned_agrees_with_exact_best_of_n():
     """Pruning on the real model: half the UNet work or less, and a kept winner close to exact best-of-N."""
-    from facesynth.agreement import benchmark
+    from facesynth.generation.agreement import benchmark
     from facesynth.generation import GenerateConfig
 
     result = benchmark(GenerateConfig(recipe="emotions", out=".", num_samples=24, model=MODEL, steps=25,

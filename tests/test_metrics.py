@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from facesynth import metrics
+from facesynth.evaluate import metrics as metrics
 
 
 def unit_rows(n, d, seed=0):

@@ -297,7 +297,7 @@ def test_every_axis_and_cell_within_one_at_every_prefix(sizes):
 
     import numpy as np
 
-    from facesynth.balance import CrossOrder
+    from facesynth.plan.balance import CrossOrder
 
     order = CrossOrder(sizes)
     n = min(order.size, 6000)

@@ -3,7 +3,7 @@ import torch
 
 from compel import Compel
 
-from facesynth.generation.family import family_of
+from facesynth.generation.families import family_of
 from facesynth.generation.prompts import a1111_to_compel
 
 

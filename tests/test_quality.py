@@ -19,10 +19,10 @@ from PIL import Image
 from conftest import PAIR, TINY_THRESHOLD, crash_at_shard, make_engine, rows as _rows
 from conftest import shard_bytes as _shard_bytes
 from facesynth.cli import main
-from facesynth.folder import cell_key
+from facesynth.folder.state import cell_key
 from facesynth.generation import GenerateConfig, generate
 from facesynth.plan import Plan
-from facesynth.quality import (REASONS, DuplicateIndex, ExtraMissing, FaceDetector, QualityOptions, merge_boxes,
+from facesynth.checks.quality import (REASONS, DuplicateIndex, ExtraMissing, FaceDetector, QualityOptions, merge_boxes,
                                Tally, quality_report, require_cv2)
 from facesynth.recipe import parse_recipe
 
@@ -343,7 +343,7 @@ def test_validate_holds_rows_to_the_face_gate_the_run_claims(deduped, tmp_path):
     shutil.copytree(out, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["parameters"]["quality"]["faces"] = True  # as if the rows had passed --faces, but hold no face box
-    from facesynth.schema import features_of
+    from facesynth.folder.schema import features_of
 
     declared = features_of(parse_recipe(manifest["recipe"]["yaml"]), manifest).arrow_schema
     for name, record in manifest["shards"].items():
@@ -362,7 +362,7 @@ def test_validate_holds_rows_to_the_face_gate_the_run_claims(deduped, tmp_path):
 
 
 def test_shard_embeddings_read_back_each_row_and_its_cell(deduped):
-    from facesynth.quality import shard_embeddings
+    from facesynth.checks.quality import shard_embeddings
 
     _, out = deduped
     path = sorted((out / "data").glob("*/*.parquet"))[0]

@@ -187,7 +187,7 @@ def test_fingerprint_changes_with_content():
 
 def test_reserved_attribute_names_cover_every_built_in_column():
     from facesynth.recipe import RESERVED_ATTRIBUTES
-    from facesynth.schema import features
+    from facesynth.folder.schema import features
 
     recipe = parse_recipe(GOOD)
     built_in = set(features(recipe)) - set(recipe.attributes)

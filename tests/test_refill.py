@@ -240,7 +240,7 @@ def test_repairing_a_shard_that_holds_a_pending_rejection_makes_it_at_its_next_a
 
 
 def test_a_verdict_naming_another_rows_image_is_not_counted(reviewed, pair_file, tmp_path):
-    from facesynth.verdicts import Verdict, append_verdicts
+    from facesynth.review.verdicts import Verdict, append_verdicts
 
     base, rejected = reviewed
     out = tmp_path / "pair"

@@ -17,8 +17,9 @@ pytest.importorskip("starlette", reason="the review extra (starlette, uvicorn) i
 from conftest import invoke, reject, rows, shard_bytes  # noqa: E402
 from facesynth.errors import OutputError  # noqa: E402
 from facesynth.recipe import load_recipe  # noqa: E402
-from facesynth.review import THUMB, Gallery, ReviewServer  # noqa: E402
-from facesynth.verdicts import image_digest, read_verdicts, verdicts_path  # noqa: E402
+from facesynth.review.gallery import THUMB, Gallery  # noqa: E402
+from facesynth.review.server import ReviewServer  # noqa: E402
+from facesynth.review.verdicts import image_digest, read_verdicts, verdicts_path  # noqa: E402
 
 EMOTIONS = ["happy", "sad", "angry", "surprised"]
 
@@ -274,7 +275,8 @@ def test_malformed_verdict_bodies_are_400_and_write_nothing(server, demo_copy, b
 
 
 def test_bodies_and_row_counts_are_bounded(server, demo_copy):
-    from facesynth.review import MAX_BODY, MAX_ROWS
+    from facesynth.review.gallery import MAX_ROWS
+    from facesynth.review.server import MAX_BODY
 
     import http.client
 
@@ -419,7 +421,7 @@ def test_requests_during_reloads_see_one_consistent_snapshot(demo_copy):
     ``generate`` does): every answer is 200 (or 404 JSON for an index past the end), none fails."""
     import threading
 
-    from facesynth.writer import Manifest
+    from facesynth.folder.writer import Manifest
 
     srv = ReviewServer(demo_copy, 0).start()
     answers, stop = [], threading.Event()
@@ -452,9 +454,9 @@ def test_the_gallery_refuses_a_folder_being_written_and_keeps_its_rows_during_a_
     import os
 
     from facesynth.errors import OutputError
-    from facesynth.lock import FolderLock
-    from facesynth.review import Gallery
-    from facesynth.writer import Manifest
+    from facesynth.folder.lock import FolderLock
+    from facesynth.review.gallery import Gallery
+    from facesynth.folder.writer import Manifest
 
     with FolderLock(demo_copy):
         with pytest.raises(OutputError, match=rf"a facesynth process \(pid {os.getpid()}\) is writing it; review it"):

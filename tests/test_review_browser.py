@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")]
 
 from facesynth.generation import GenerateConfig, generate  # noqa: E402
-from facesynth.review import ReviewServer  # noqa: E402
-from facesynth.verdicts import read_verdicts  # noqa: E402
+from facesynth.review.server import ReviewServer  # noqa: E402
+from facesynth.review.verdicts import read_verdicts  # noqa: E402
 
 # Offline and quiet: no background requests to Google's hosts, no GPU, no sandbox (CI runs as root).
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

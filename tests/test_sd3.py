@@ -79,7 +79,7 @@ def test_the_flow_matching_x0_is_the_clean_latent(sd3_pipe):
 
 
 def test_t5_reads_past_clips_77_tokens(sd3_pipe):
-    from facesynth.generation.family import family_of
+    from facesynth.generation.families import family_of
 
     encoder = family_of(sd3_pipe).encoder(sd3_pipe)
     start = "portrait photo of a person, " * 4  # 112 characters: past CLIP's 77 (character-level) tokens

@@ -4,10 +4,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from facesynth.cross_order import cross_order
+from facesynth.plan.cross_order import cross_order
 from facesynth.plan import Plan, balance_report, format_balance
 from facesynth.recipe import load_recipe, parse_recipe
-from facesynth.split_order import period, search_splits, split_table, worst
+from facesynth.plan.split_order import period, search_splits, split_table, worst
 
 
 def _keeps(cells, sizes, ratios, bounds, chosen, first_rows=True, repeat=True):

@@ -365,7 +365,7 @@ def test_each_pipeline_runs_through_its_family_and_another_kind_is_one_line(tiny
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     from facesynth.errors import ModelError
-    from facesynth.generation.family import family_of
+    from facesynth.generation.families import family_of
 
     sd, xl = family_of(tiny_pipe), family_of(_tiny_sdxl())
     assert (sd.name, xl.name) == ("sd", "sdxl")

@@ -302,7 +302,7 @@ def test_a_float32_prune_at_gives_the_engine_validate_and_the_card_one_step(tmp_
 def test_validate_of_a_folder_being_written_is_one_line_naming_the_writer(demo_copy, capsys):
     from conftest import invoke
 
-    from facesynth.lock import FolderLock
+    from facesynth.folder.lock import FolderLock
 
     capsys.readouterr()
     with FolderLock(demo_copy):

@@ -6,7 +6,7 @@ import multiprocessing
 import pytest
 
 from conftest import invoke, reject, rows, shard_bytes
-from facesynth.verdicts import (Verdict, VerdictError, append_verdicts, current_rows, image_digest, pending,
+from facesynth.review.verdicts import (Verdict, VerdictError, append_verdicts, current_rows, image_digest, pending,
                                 read_verdicts, verdicts_path)
 
 
@@ -16,7 +16,7 @@ def test_the_latest_verdict_on_a_row_wins_and_restore_undoes_a_reject(tmp_path):
     lines = verdicts_path(tmp_path).read_text().splitlines()
     assert [json.loads(line)["verdict"] for line in lines] == ["reject", "reject", "restore"]  # appended, never rewritten
     assert all(json.loads(line)["time"] for line in lines)
-    from facesynth.verdicts import Row
+    from facesynth.review.verdicts import Row
 
     now = {"a": Row(0, "d1", "s"), "b": Row(0, "d2", "s")}
     assert set(pending(read_verdicts(tmp_path), now)) == {"b"}
@@ -109,7 +109,7 @@ def _short_writes(monkeypatch, fail_after=1):
     import errno
     import os
 
-    from facesynth import verdicts
+    from facesynth.review import verdicts as verdicts
 
     real, calls = os.write, {"n": 0}
 
@@ -153,7 +153,7 @@ def test_a_whole_last_line_without_its_newline_is_kept_and_a_torn_one_is_cut(tmp
 
 
 def test_a_snapshot_reads_only_the_verdicts_written_before_it(tmp_path):
-    from facesynth.verdicts import snapshot_size
+    from facesynth.review.verdicts import snapshot_size
 
     append_verdicts(tmp_path, [Verdict("a", 0, "d1", "reject")])
     size = snapshot_size(tmp_path)

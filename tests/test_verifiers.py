@@ -139,7 +139,7 @@ def test_a_face_box_is_padded_by_the_margin_and_clipped_to_the_image(classifier)
     from facesynth.recipe import load_recipe
     import torch
 
-    from facesynth.verifiers import crop_box, load_verifiers, parse_option, verify
+    from facesynth.checks.verifiers import crop_box, load_verifiers, parse_option, verify
 
     assert crop_box((10, 20, 20, 40), 64, 64, 0.25) == (5, 10, 35, 64)
     assert crop_box((0, 0, 8, 8), 64, 48, 0.5) == (0, 0, 12, 12)
@@ -164,7 +164,7 @@ def test_verifying_each_candidate_when_checked_gives_the_batched_verdicts(tiny_p
 
     from conftest import make_engine
     from facesynth.plan import Plan
-    from facesynth.verifiers import load_verifiers, parse_option
+    from facesynth.checks.verifiers import load_verifiers, parse_option
 
     attr, spec = parse_option(f"emotion={classifier},{LABELS}", emotions)
     verifiers = load_verifiers({attr: spec}, emotions, "tiny", "cpu", torch.float32)
@@ -270,7 +270,7 @@ def test_validate_reports_a_row_that_breaks_what_the_gate_promised(recorded, tmp
 
 @pytest.mark.slow
 def test_the_gallery_filters_disputed_rows_and_sorts_by_the_verifiers_probability(recorded):
-    from facesynth.review import Gallery
+    from facesynth.review.gallery import Gallery
 
     gallery = Gallery(recorded)
     table = rows(recorded, ["sample_id", "emotion", "verified_emotion", "verified_emotion_probability"])
@@ -288,7 +288,7 @@ def test_the_gallery_filters_disputed_rows_and_sorts_by_the_verifiers_probabilit
     with pytest.raises(ValueError, match="verifier: must be disagrees or agrees"):
         gallery.select({"verifier": "maybe"})
     pytest.importorskip("starlette", reason="the review extra (starlette, uvicorn) is not installed")
-    from facesynth.review import ReviewServer
+    from facesynth.review.server import ReviewServer
     from test_review import get
 
     server = ReviewServer(recorded, 0).start()
@@ -309,7 +309,7 @@ def test_a_zero_shot_verifier_records_and_reproduces(tmp_path):
     from facesynth.generation import GenerateConfig, generate
     from facesynth.publish import public_manifest
     from facesynth.reproduce import reproduce
-    from facesynth.writer import Manifest
+    from facesynth.folder.writer import Manifest
 
     clip = clip_folder(tmp_path / "clip")
     out = tmp_path / "zs"

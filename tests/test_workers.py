@@ -10,7 +10,7 @@ import torch
 
 from facesynth.cli import main
 from facesynth.errors import OutputError
-from facesynth.folder import merge
+from facesynth.folder.state import merge
 from facesynth.generation import GenerateConfig, generate
 from facesynth.validate import validate
 
@@ -110,10 +110,10 @@ def test_idle_workers_are_named_at_the_start_with_the_size_that_gives_every_work
     import re
 
     from facesynth.generation.runner import GROUP_CALLS
-    from facesynth.layout import batch_groups, layout
+    from facesynth.plan.layout import batch_groups, layout
     from facesynth.plan import Plan
     from facesynth.recipe import load_recipe
-    from facesynth.writer import rows_per_shard
+    from facesynth.folder.writer import rows_per_shard
 
     with caplog.at_level("WARNING"):
         result = generate(GenerateConfig(recipe="emotions", out=tmp_path / "w", num_samples=32, model="tiny",

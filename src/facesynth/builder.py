@@ -28,11 +28,11 @@ from datasets.builder import Key
 from datasets.naming import camelcase_to_snakecase
 
 from .errors import OutputError
-from .files import inside, safe_name
+from .folder.files import inside, safe_name
 from .recipe import parse_recipe
-from .schema import features_of
-from .schema import label_ids
-from .writer import FORMAT_VERSION, Manifest, is_facesynth_manifest
+from .folder.schema import features_of
+from .folder.schema import label_ids
+from .folder.writer import FORMAT_VERSION, Manifest, is_facesynth_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def remote_manifest(url: str) -> Manifest:
     """The manifest of a dataset behind an fsspec URL (``hf://datasets/ORG/NAME@REV``): one small read."""
     import fsspec
 
-    from .files import loads_json
+    from .folder.files import loads_json
 
     try:
         with fsspec.open(f"{url}/manifest.json", "r", encoding="utf-8") as f:
@@ -326,7 +326,7 @@ def wait_for_writer(root: Path, wait: bool | float, then: str = "load it") -> No
     ``True`` for as long as it takes): a split read then could hold only the shards finished so far."""
     import time
 
-    from .lock import FolderBusy, folder_held, holders
+    from .folder.lock import FolderBusy, folder_held, holders
 
     deadline = None if wait is True else time.monotonic() + float(wait or 0)
     while folder_held(root):

@@ -23,10 +23,10 @@ from typing import Any
 from . import __version__
 from .builder import read_manifest
 from .errors import FacesynthError
-from .files import dumps_json, inside
-from .folder import FIRST_VERSION
-from .verdicts import VERDICTS, verdicts_path
-from .writer import MANIFEST, Manifest, sha256_file
+from .folder.files import dumps_json, inside
+from .folder.state import FIRST_VERSION
+from .review.verdicts import VERDICTS, verdicts_path
+from .folder.writer import MANIFEST, Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class PushReport:
 
     @property
     def snippet(self) -> str:
-        from .escape import py
+        from .dataset_card.escape import py
 
         ref = self.tag or self.revision or self.commit
         pin = f", revision={py(ref)}" if ref else ""
@@ -230,7 +230,7 @@ def public_manifest(manifest: Manifest) -> dict[str, Any]:
 
 def _recipe_paths(data: Any) -> list[str]:
     """The model sources a recipe names that are local paths: its model, verifiers and adapters."""
-    from .pins import looks_local
+    from .folder.pins import looks_local
 
     if not isinstance(data, dict):
         return []
@@ -394,7 +394,7 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
 def _generated(root: Path, manifest: Manifest, repo_id: str, tag: str | None, gated: bool, existing: str | None,
                overwrite_card: bool) -> dict[str, bytes]:
     """The card for the repo and tag (merged into the Hub's README) and the published manifest, as bytes."""
-    from .dataset_card import build_card, merge_card
+    from .dataset_card.card import build_card, merge_card
 
     card = build_card(root, repo_id, tag, gated, write_grid=False)  # a push changes nothing in the folder
     text = merge_card(card, existing)

@@ -23,11 +23,11 @@ from PIL import Image
 
 from .builder import read_manifest, shard_paths
 from .errors import OutputError
-from .pins import recorded as recorded_input
+from .folder.pins import recorded as recorded_input
 from .plan import Plan
 from .recipe import parse_recipe
-from .schema import read_provenance, verified_columns
-from .writer import Manifest
+from .folder.schema import read_provenance, verified_columns
+from .folder.writer import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Reproducer:
         from .generation.engine import Engine, EngineOptions
         from .generation.adapters import apply as apply_adapters, from_manifest as adapters_of
         from .generation.loading import load_pipeline, resolve_device, resolve_dtype
-        from .scoring import ClipScorer
+        from .checks.scoring import ClipScorer
 
         self.root = Path(root)
         self.manifest = read_manifest(self.root, generated=True)
@@ -121,7 +121,7 @@ class Reproducer:
         plan = self.manifest["plan"]
         self.samples = {s.sample_id: s for s in Plan(self.recipe, plan["num_samples"], plan["seed"],
                                                      plan["candidates"]).samples}
-        from .verifiers import from_manifest
+        from .checks.verifiers import from_manifest
 
         params = self.manifest.get("parameters") or {}
         verifiers = from_manifest(self.manifest, self.recipe, dev, torch_dtype)

@@ -25,13 +25,13 @@ from PIL import Image
 
 from .builder import read_manifest
 from .errors import OutputError, PlanError, shorten
-from .files import inside, is_temp_file
-from .folder import check_shards
-from .layout import layout as shard_layout
+from .folder.files import inside, is_temp_file
+from .folder.state import check_shards
+from .plan.layout import layout as shard_layout
 from .plan import Plan
 from .recipe import SPEEDUPS, parse_recipe, switch_step
-from .schema import features_of, read_provenance, verified_columns
-from .verdicts import VERDICTS, VerdictError, review_state
+from .folder.schema import features_of, read_provenance, verified_columns
+from .review.verdicts import VERDICTS, VerdictError, review_state
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +162,8 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
 
 def _check_evaluation(root: Path, manifest, report: Report) -> None:
     """``evaluation.json`` and its pictures are the ones evaluate wrote, and they describe this data."""
-    from .evaluate import is_evaluation_file, stale
-    from .writer import sha256_file
+    from .dataset_card.evaluation import is_evaluation_file, stale
+    from .folder.writer import sha256_file
 
     listed = {k: v for k, v in (manifest.get("files") or {}).items() if is_evaluation_file(k)}
     for name, digest in sorted(listed.items()):
@@ -326,7 +326,7 @@ def _check_card(root: Path, report: Report) -> None:
     was cut or injected into it, and nothing changed since it was written)."""
     from huggingface_hub import DatasetCard
 
-    from .dataset_card import build_card, configs_and_infos, generated_part, summarize
+    from .dataset_card.card import build_card, configs_and_infos, generated_part, summarize
 
     path = root / "README.md"
     if not path.exists():

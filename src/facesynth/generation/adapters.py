@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ModelError, PlanError, first_line
-from ..recipe import Lora, Recipe, _first_error
-from ..writer import sha256_file
-from .loading import quiet
+from ..recipe import Lora, Recipe, first_error
+from ..folder.writer import sha256_file
+from .quiet import quiet
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def chosen(loras: Sequence[str], recipe: Recipe, recipe_file: str) -> list[tuple
         try:
             out.append((Lora.model_validate(text), f"--lora {text}"))
         except ValidationError as exc:
-            raise PlanError(f"--lora {text}: {_first_error(exc)}") from None
+            raise PlanError(f"--lora {text}: {first_error(exc)}") from None
     return out
 
 
@@ -154,7 +154,7 @@ def _check_header(path: Path, where: str) -> None:
 
 def fetch(adapters: list[Adapter], recorded: Sequence[dict[str, Any]] = ()) -> list[Adapter]:
     """Hub adapters downloaded, each at the commit the manifest recorded for it when there is one."""
-    from .. import snapshots
+    from ..folder import snapshots
 
     pins = {(r["name"], r.get("revision")): r for r in recorded if r.get("kind") == "hub"}
     for a in adapters:

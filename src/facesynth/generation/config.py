@@ -13,11 +13,11 @@ from typing import Any
 
 from .. import __version__
 from ..errors import PlanError
-from ..folder import Worker
+from ..folder.state import Worker
 from ..plan import Plan
-from ..quality import QualityOptions, require_cv2
+from ..checks.quality import QualityOptions, require_cv2
 from ..recipe import Recipe
-from ..schema import SETTING_COLUMNS
+from ..folder.schema import SETTING_COLUMNS
 from ..tiny import is_tiny
 from .adapters import Adapter
 
@@ -155,7 +155,7 @@ def _check_preset_family(preset: str | None, model: str, revision: str | None) -
 
     if preset not in PRESET_FAMILIES:
         return
-    from .family import family_named
+    from .families import family_named
     from .loading import peek_architecture
 
     family = peek_architecture(model, revision)
@@ -175,7 +175,7 @@ def local_inputs(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model: st
                  verify: dict[str, Any]) -> dict[str, Any]:
     """Every local model input of the run pinned by content (:mod:`facesynth.pins`), by role: ``model``,
     ``model_config``, ``clip_model``, ``verify.ATTR``. A path that is not there is one line, never a Hub id."""
-    from ..pins import local_path, looks_local, pin
+    from ..folder.pins import local_path, looks_local, pin
 
     origins = verify_origins(cfg, recipe)
     roles = {"model": (model, "--model", None), "model_config": (cfg.model_config, "--model-config", True),
@@ -191,7 +191,7 @@ def local_inputs(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model: st
 
 def _named(name: str | None) -> str | None:
     """A local path as its file or folder name (its content is pinned in ``inputs``); a Hub id as it is."""
-    from ..pins import looks_local
+    from ..folder.pins import looks_local
 
     return Path(name).expanduser().resolve().name if name and not is_tiny(name) and looks_local(name) else name
 
@@ -248,7 +248,7 @@ def quality_options(cfg: GenerateConfig, model: str) -> QualityOptions:
 
 def verifier_specs(cfg: GenerateConfig, recipe: Recipe) -> dict[str, Any]:
     """The verifiers this run uses (the recipe's, with ``--verify`` replacing an attribute's), checked."""
-    from ..verifiers import MODES, specs
+    from ..checks.verifiers import MODES, specs
 
     if cfg.verify_mode not in MODES:
         raise PlanError(f"--verify-mode: '{cfg.verify_mode}' is not one of {', '.join(MODES)}")
@@ -281,7 +281,7 @@ def models(cfg: GenerateConfig, recipe: Recipe) -> tuple[str, str]:
         raise PlanError(f"recipe '{recipe.name}' names no model: give --model")
     clip_model = cfg.clip_model or ("tiny" if is_tiny(model) else None)
     if clip_model is None:
-        from ..scoring import DEFAULT_CLIP
+        from ..checks.scoring import DEFAULT_CLIP
 
         clip_model = DEFAULT_CLIP
     return model, clip_model

@@ -23,12 +23,13 @@ import torch
 
 from ..plan import Sample, cell_key
 from ..errors import ModelError
-from ..quality import NON_FINITE, SAFE_TEXTS, UNSAFE_TEXTS, Gates, QualityOptions, QuotaError, Tally
+from ..checks.quality import NON_FINITE, SAFE_TEXTS, UNSAFE_TEXTS, Gates, QualityOptions, QuotaError, Tally
 from ..recipe import Recipe
-from ..scoring import ClipScorer
-from ..verifiers import Verifier, failed, verify
+from ..checks.scoring import ClipScorer
+from ..checks.verifiers import Verifier, failed, verify
 from .loading import make_scheduler
-from .family import check_size, family_of
+from .families import family_of
+from .family import check_size, to_uint8
 from .prompts import Conditioning
 from .steps import StepHook
 
@@ -104,11 +105,6 @@ class Scored:
         self.total = self.total or len(self.seeds)
         if self.finite is None:
             self.finite = np.ones(len(self.seeds), dtype=bool)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) floats in [0, 1] as (B, H, W, 3) uint8 on the CPU."""
-    return (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def candidate_scores(scored: Scored) -> list[float | None]:

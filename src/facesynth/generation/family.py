@@ -3,8 +3,8 @@
 The engine talks to a family only through :class:`Family`: it encodes each sample's prompts alone (so a
 sample's pixels never depend on its batch), hands one call's embeddings to the diffusers pipeline, which
 denoises with facesynth's step hook (``callback_on_step_end``, see :mod:`.steps`), and decodes latents to
-images. Adding a family is a module with those things and a line in :func:`_families`; the engine, the
-runner and the shards stay as they are.
+images. Adding a family is a module with those things and a line in :func:`.families._families`; the
+engine, the runner and the shards stay as they are.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ContextManager, Protocol
 
+import numpy as np
 import torch
 
 from ..errors import PlanError
@@ -71,30 +72,6 @@ def check_size(family: Family, pipe, settings: Sequence[dict[str, Any]]) -> None
                                 f"({rule.why_largest}); set --{key} or the recipe's {key}")
 
 
-def _families() -> list[Family]:
-    from . import flux, sd, sd3, sdxl
-
-    return [sd.FAMILY, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY]
-
-
-def family_for_class(name: str) -> Family | None:
-    """The family of a diffusers pipeline class name (``StableDiffusion3Pipeline``), or None: the longest
-    class-name prefix that matches (``StableDiffusionXL`` before ``StableDiffusion``)."""
-    matching = [f for f in _families() if name.startswith(f.pipeline)]
-    return max(matching, key=lambda f: len(f.pipeline), default=None)
-
-
-def family_of(pipe) -> Family:
-    """The family that runs this pipeline; one line naming what facesynth runs otherwise."""
-    from ..errors import ModelError
-
-    name = type(pipe).__name__
-    family = family_for_class(name)
-    if family is not None:
-        return family
-    runs = ", ".join(f"{f.pipeline}Pipeline" for f in _families())
-    raise ModelError(f"--model: a {name} is not a pipeline facesynth runs ({runs})")
-
-
-def family_named(name: str) -> Family:
-    return next(f for f in _families() if f.name == name)
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) floats in [0, 1] as (B, H, W, 3) uint8 on the CPU."""
+    return (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import PlanError
 from .family import SizeRule
-from .loading import quiet
+from .quiet import quiet
 from .prompts import Conditioning, PromptEncoder
 from .steps import cutting_inputs
 from .sd3 import MAX_SEQUENCE_LENGTH, StableDiffusion3

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from ..errors import ModelError, first_line
 from ..recipe import SCHEDULER_NAMES
+from .quiet import no_bars
 
 logger = logging.getLogger(__name__)
 
@@ -56,28 +56,6 @@ class ModelInfo:
     preset_settings: dict[str, Any] = field(default_factory=dict)
 
 
-@contextmanager
-def quiet() -> Iterator[None]:
-    """diffusers and transformers held to what facesynth reports itself: diffusers warns for every component an
-    adapter leaves alone and logs a failed load before raising it (the error line says it once), T5 pipelines
-    warn for every prompt CLIP truncates (T5 reads it whole), and transformers draws a progress bar for a text
-    encoder's few adapter weights."""
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    level, bars = dlogging.get_verbosity(), tlogging.is_progress_bar_enabled()
-    dlogging.set_verbosity(logging.CRITICAL)
-    tlogging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():  # PEFT warns that a second adapter joins the first: that is the point
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            yield
-    finally:
-        dlogging.set_verbosity(level)
-        if bars:
-            tlogging.enable_progress_bar()
-
-
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu."""
     if device == "auto":
@@ -113,23 +91,6 @@ def make_scheduler(name: str, base_config: dict):
     cls_name, extra = SCHEDULERS[name]
     return getattr(diffusers, cls_name).from_config(base_config, **extra)
 
-@contextmanager
-def no_bars() -> Iterator[None]:
-    """No loading bars from diffusers or transformers (``--quiet``)."""
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    bars = dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled()
-    dlogging.disable_progress_bar()
-    tlogging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for enabled, module in zip(bars, (dlogging, tlogging)):
-            if enabled:
-                module.enable_progress_bar()
-
-
 def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu", config: str | None = None, progress: bool = True):
     """Return ``(pipeline, ModelInfo)`` for ``tiny``, a Hub id, a local folder or a .safetensors file.
@@ -147,7 +108,7 @@ def load_pipeline(model: str, *, revision: str | None = None, dtype: torch.dtype
             pipe, info = _load_real(model, revision, dtype, config)
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    from .family import family_of
+    from .families import family_of
 
     info.architecture = family_of(pipe).name
     return pipe, info
@@ -191,7 +152,7 @@ def peek_architecture(model: str, revision: str | None = None) -> str | None:
     except Exception as exc:  # noqa: BLE001 - unknown here; loading the model says why
         logger.info("cannot tell the architecture of %s before loading it: %s", model, exc)
         return None
-    from .family import family_for_class
+    from .families import family_for_class
 
     family = family_for_class(name)
     return family.name if family is not None else None
@@ -204,7 +165,7 @@ UNUSED = {"safety_checker": None, "feature_extractor": None, "image_encoder": No
 def _load_real(model: str, revision: str | None, dtype: torch.dtype, config: str | None = None):
     from diffusers import AutoPipelineForText2Image
 
-    from ..pins import looks_local
+    from ..folder.pins import looks_local
 
     path = Path(model).expanduser()
     if looks_local(model) and not path.exists():
@@ -236,7 +197,7 @@ def _load_real(model: str, revision: str | None, dtype: torch.dtype, config: str
 
 
 def _sha256(path: Path) -> str:
-    from ..writer import sha256_file
+    from ..folder.writer import sha256_file
 
     return sha256_file(path)
 

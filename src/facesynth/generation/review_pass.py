@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .. import review_round as rounds
-from ..folder import Worker, cell_key
-from ..layout import ShardTask
-from ..quality import shard_embeddings
-from ..verdicts import Verdict, verdicts_path
-from ..writer import Manifest
+from ..review import rounds
+from ..folder.state import Worker, cell_key
+from ..plan.layout import ShardTask
+from ..checks.quality import shard_embeddings
+from ..review.verdicts import Verdict, verdicts_path
+from ..folder.writer import Manifest
 from .engine import Engine
 from .sink import ShardSink
 

@@ -24,23 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FacesynthError, OutputError, PlanError, WriteError
-from .. import review_round as rounds
-from ..folder import (Worker, cell_counts, check_owner, clear_listed, merge, open_folder, remove_stale_temp_files,
+from ..review import rounds
+from ..folder.state import (Worker, cell_counts, check_owner, clear_listed, merge, open_folder, remove_stale_temp_files,
                       tidy, worker_from)
-from ..layout import ShardTask, batch_groups, call_contexts, layout
-from ..lock import WORK_DIR, FolderLock
+from ..plan.layout import ShardTask, batch_groups, call_contexts, layout
+from ..folder.lock import WORK_DIR, FolderLock
 from ..plan import Plan
-from ..quality import QualityOptions, quality_report, shard_embeddings
+from ..checks.quality import QualityOptions, quality_report, shard_embeddings
 from ..recipe import Recipe, load_recipe, resolve
-from ..verdicts import Verdict, set_aside_verdicts
-from ..writer import FORMAT_VERSION, GENERATOR, Manifest, rows_per_shard
+from ..review.verdicts import Verdict, set_aside_verdicts
+from ..folder.writer import FORMAT_VERSION, GENERATOR, Manifest, rows_per_shard
 from .adapters import Adapter, apply as apply_adapters, check as check_adapters, chosen as chosen_adapters
 from .adapters import fetch as fetch_adapters
 from .config import (DEFAULT_DEDUPE, GenerateConfig, GenerateResult, check_speedups, fingerprint, library_versions,
                      local_inputs, models, quality_options, run_parameters, settings_overrides, verifier_specs,
                      verify_origins)
 from .engine import Engine, EngineOptions, NonFiniteError
-from ..pins import local_record
+from ..folder.pins import local_record
 from .review_pass import open_round, review_cells, rewrite
 from .sink import ShardSink
 
@@ -188,7 +188,7 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     if merged:
         _refresh_evaluation(out)
     if merged and cfg.write_card:
-        from ..dataset_card import foreign_readme, write_card
+        from ..dataset_card.card import foreign_readme, write_card
 
         if foreign_readme(out):  # someone's own README: never replaced behind their back
             logger.warning("'%s' has no facesynth markers and is not the card facesynth wrote: left as it is; "
@@ -223,7 +223,7 @@ def _say_idle(recipe: Recipe, plan: Plan, per_shard: int, limit: int, groups: in
 
 def _refresh_evaluation(out: Path) -> None:
     """Measure the data again when it changed under an ``evaluation.json`` (with the settings it records)."""
-    from ..evaluate import refresh
+    from ..evaluate.measure import refresh
 
     try:
         if refresh(out, locked=True, card=False):
@@ -263,14 +263,14 @@ def _threads(device) -> int | None:
 
 def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
                   quality: QualityOptions, adapters: list[Adapter]) -> Engine:
-    from ..scoring import ClipScorer
+    from ..checks.scoring import ClipScorer
     from .loading import load_pipeline, optimize_pipeline, resolve_device, resolve_dtype
 
     device = resolve_device(_device(cfg.device))
     dtype = resolve_dtype(cfg.dtype, device)
     recorded = manifest.get("model") or {}
     pinned = recorded.get("commit") if recorded.get("kind") == "hub" else None  # resume at the same commit
-    from ..verifiers import load_verifiers
+    from ..checks.verifiers import load_verifiers
 
     verifiers = load_verifiers(verifier_specs(cfg, recipe), recipe, clip_model, device, dtype,  # before the
                                manifest.get("verifiers") or (), verify_origins(cfg, recipe))  # generator: fail fast

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import PlanError
 from .family import SizeRule
-from .loading import quiet
+from .quiet import quiet
 from .prompts import Conditioning, PromptEncoder, has_weights
 from .sd import decode_latents
 from .sdxl import StableDiffusionXL

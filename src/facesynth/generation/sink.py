@@ -15,12 +15,12 @@ from typing import Any
 
 from PIL import Image
 
-from ..folder import cell_key
-from ..layout import ShardTask
-from ..quality import CellStats
+from ..folder.state import cell_key
+from ..plan.layout import ShardTask
+from ..checks.quality import CellStats
 from ..recipe import Recipe
-from ..schema import SETTING_COLUMNS, features_of, row_provenance, verified_columns
-from ..writer import ROW_GROUP_ROWS, Manifest, ShardWriter
+from ..folder.schema import SETTING_COLUMNS, features_of, row_provenance, verified_columns
+from ..folder.writer import ROW_GROUP_ROWS, Manifest, ShardWriter
 from .engine import Winner
 
 logger = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ from ..recipe import switch_step
 
 if TYPE_CHECKING:
     from ..plan import Sample
-    from ..quality import Gates, QualityOptions
-    from ..scoring import ClipScorer
+    from ..checks.quality import Gates, QualityOptions
+    from ..checks.scoring import ClipScorer
 
 
 class Engine(Protocol):
@@ -141,7 +141,7 @@ class StepHook:
         failed = ~np.isfinite(scores)  # a preview with NaN or infinity ranks after every finite one
         scores = np.where(failed, -np.inf, scores)
         if engine.gates.active:  # a preview that fails a gate ranks after every one that passes
-            from .engine import to_uint8
+            from .family import to_uint8
 
             pixels, emb_cpu = to_uint8(images), emb.float().cpu().numpy()
             unsafe = engine.unsafe(emb).float().cpu().numpy() if engine.quality.safety else None

@@ -1,0 +1,52 @@
+"""``facesynth recipes`` and ``facesynth plan``: what the shipped recipes are, and what a plan holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .core import main
+
+@main.command("recipes")
+def recipes_cmd() -> None:
+    """List the shipped recipes."""
+    from ..recipe import load_recipe, shipped_recipes
+
+    names = shipped_recipes()
+    width = max(map(len, names))
+    for name in names:
+        click.echo(f"{name:{width}s}  {load_recipe(name).description}")
+
+
+@main.command("plan")
+@click.argument("recipe")
+@click.option("--num-samples", "-n", type=int, help="Samples to plan (default: all strata of a strata recipe).")
+@click.option("--seed", type=int, help="Master seed (default: the recipe's).")
+@click.option("--candidates", type=int, default=3, show_default=True, help="Candidates per sample.")
+@click.option("--by", help="Attribute to break counts down by (default: gender if there is one, else the primary).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan as JSONL.")
+def plan_cmd(recipe: str, num_samples: int | None, seed: int | None, candidates: int, by: str | None,
+             output: Path | None) -> None:
+    """Print the counts a recipe plans, per attribute value and split.
+
+    \b
+    Examples:
+      facesynth plan agfd
+      facesynth plan emotions --num-samples 1000 --seed 7 -o plan.jsonl
+      facesynth plan my_recipe.yaml -n 200
+    """
+    from ..plan import Plan, balance_report, format_balance, format_counts
+    from ..recipe import load_recipe
+
+    r = load_recipe(recipe)
+    if by is None:
+        by = "gender" if "gender" in r.attributes and r.primary != "gender" else r.primary
+    plan = Plan(r, num_samples, seed, candidates)
+    if by not in r.attributes:
+        raise click.BadParameter(f"'{by}' is not an attribute ({', '.join(r.attributes)})", param_hint="--by")
+    click.echo(format_counts(plan, by))
+    click.echo("\n" + format_balance(balance_report(plan)))
+    if output:
+        plan.write_jsonl(output)
+        click.echo(f"wrote {len(plan)} samples to {output}")
