@@ -6,7 +6,7 @@ same rows, pixels and order), with nothing lost or duplicated.
 
     python scripts/kill_resume.py --kills 10 --num-samples 48 --work /tmp/killtest
 
-The test suite runs a bounded version of this (tests/test_crash.py).
+The test suite runs a bounded version of this (tests/generation/test_crash.py).
 """
 
 from __future__ import annotations

@@ -380,3 +380,66 @@ def check_fused_lora(build, path, model: str, **call):
     assert adapted.get_list_adapters() == {}
     assert np.abs(pixels(adapted) - pixels(plain)).max() > 0.01
     assert np.array_equal(pixels(adapted), pixels(adapted))
+
+
+# Shared by several test modules -----------------------------------------------------------
+GOOD = textwrap.dedent("""\
+    name: mini
+    primary: emotion
+    attributes:
+      emotion:
+        values:
+          happy: [smiling, joyful]
+          sad: frowning
+      gender:
+        values:
+          male:
+          female: {phrases: [woman], generation: {guidance: 9}}
+    template: "photo of a {gender}, {emotion}"
+    negative_prompt: "(blurry:1.3)"
+    generation: {steps: 10}
+    balance:
+      cross: [emotion, gender]
+    splits: {train: 0.5, validation: 0.25, test: 0.25}
+""")
+
+
+def other_clip(path):
+    """A CLIP of the tiny preset's shape with other weights, saved as a local folder (safetensors)."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    from facesynth import tiny
+
+    model, tokenizer, _ = tiny.build_clip()
+    torch.manual_seed(1)
+    CLIPModel(model.config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def get(url, host=None):
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers.get("content-type"), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("content-type"), exc.read()
+
+
+def post(url, body, content_type="application/json"):
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

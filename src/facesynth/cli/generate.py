@@ -174,7 +174,7 @@ def benchmark_cmd(recipe: str, quiet: bool, **options) -> None:
     \b
     Examples:
       facesynth benchmark emotions --model tiny --prune-at 0.5 --keep 1
-      facesynth benchmark emotions --model runwayml/stable-diffusion-v1-5 -n 48 --prune-at 0.3 --keep 1 --cfg-until 0.6
+      facesynth benchmark emotions --model stable-diffusion-v1-5/stable-diffusion-v1-5 -n 48 --prune-at 0.3 --keep 1 --cfg-until 0.6
     """
     from ..generation.agreement import benchmark
     from ..generation import GenerateConfig

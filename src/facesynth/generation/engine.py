@@ -11,10 +11,7 @@ a group of small shards, any of the group's (:meth:`Engine.batches`).
 from __future__ import annotations
 
 import logging
-import time
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +28,7 @@ from .loading import make_scheduler
 from .families import family_of
 from .family import check_size, to_uint8
 from .prompts import Conditioning
+from .candidates import Scored, Timings, Winner, candidate_scores
 from .steps import StepHook
 
 logger = logging.getLogger(__name__)
@@ -54,85 +52,6 @@ class EngineOptions:
     overrides: dict[str, Any] = field(default_factory=dict)  # settings that beat the recipe's
     verify_mode: str = "gate"  # gate: a disputed candidate is rejected; record: the verdicts are only recorded
     crop_margin: float = 0.25  # verifiers see the face box padded by this fraction of its size each side
-
-
-@dataclass
-class Winner:
-    """The kept candidate of one sample."""
-
-    sample: Sample
-    pixels: np.ndarray  # (H, W, 3) uint8
-    seed: int
-    candidate_index: int
-    candidate_scores: list[float]
-    clip_score: float
-    label_confidence: float
-    attempt: int
-    settings: dict[str, Any]
-    embedding: np.ndarray  # unit-norm CLIP image embedding
-    batch: list[str] = field(default_factory=list)  # sample ids generated in the same batch
-    unet_calls: list[int] = field(default_factory=list)  # images per UNet call of that batch
-    face_box: list[int] | None = None  # x, y, width, height of the one face (with --faces)
-    safety_score: float | None = None  # zero-shot probability of unsafe content (with --safety)
-    tally: Tally = field(default_factory=Tally)  # what the gates rejected on the way to this winner
-    verified: dict[str, tuple[int, float]] = field(default_factory=dict)  # attribute -> (verdict, p(row's value))
-
-
-@dataclass
-class Scored:
-    """All N candidates of one sample from one attempt, decoded and scored."""
-
-    sample: Sample
-    seeds: list[int]
-    pixels: np.ndarray  # (N, H, W, 3) uint8
-    scores: np.ndarray  # (N,) 100 * cos against the rerank text
-    confidence: np.ndarray  # (N,) zero-shot probability of the requested primary label
-    embeddings: np.ndarray  # (N, D) unit-norm CLIP image embeddings
-    unsafe: np.ndarray | None  # (N,) with --safety
-    best: int  # index of the highest score (the first, on ties)
-    attempt: int
-    settings: dict[str, Any]
-    batch: list[str]
-    used: list[int]
-    indices: list[int] = field(default_factory=list)  # each entry's candidate index (pruning keeps a subset)
-    total: int = 0  # candidates started (N); entries above are the ones that ran to the end
-    verified: list[dict[str, tuple[int, float]]] | None = None  # per entry, when verified with the whole image
-    finite: np.ndarray | None = None  # per entry: no NaN or infinity in its image, embedding or scores
-
-    def __post_init__(self):
-        if not self.indices:
-            self.indices = list(range(len(self.seeds)))
-        self.total = self.total or len(self.seeds)
-        if self.finite is None:
-            self.finite = np.ones(len(self.seeds), dtype=bool)
-
-
-def candidate_scores(scored: Scored) -> list[float | None]:
-    """Every candidate's final score by candidate index; None for one pruned before the end."""
-    out: list[float | None] = [None] * scored.total
-    for k, index in enumerate(scored.indices):
-        out[index] = float(scored.scores[k])
-    return out
-
-
-class Timings:
-    """Wall seconds per stage; CUDA work is synchronised so time lands in the right stage."""
-
-    def __init__(self, device: torch.device):
-        self.sync = device.type == "cuda"
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    @contextmanager
-    def stage(self, name: str):
-        if self.sync:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.sync:
-                torch.cuda.synchronize()
-            self.seconds[name] += time.perf_counter() - start
 
 
 class Engine:

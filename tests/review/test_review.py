@@ -4,8 +4,6 @@ test_review_browser.py for the page itself)."""
 import io
 import json
 import socket
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,7 +12,7 @@ from PIL import Image
 
 pytest.importorskip("starlette", reason="the review extra (starlette, uvicorn) is not installed")
 
-from conftest import invoke, reject, rows, shard_bytes  # noqa: E402
+from conftest import get, invoke, post, reject, rows, shard_bytes  # noqa: E402
 from facesynth.errors import OutputError  # noqa: E402
 from facesynth.recipe import load_recipe  # noqa: E402
 from facesynth.review.gallery import THUMB, Gallery  # noqa: E402
@@ -29,25 +27,6 @@ def server(demo_copy):
     srv = ReviewServer(demo_copy, 0).start()
     yield srv
     srv.stop()
-
-
-def get(url, host=None):
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.headers.get("content-type"), response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("content-type"), exc.read()
-
-
-def post(url, body, content_type="application/json"):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def by_shards(out):

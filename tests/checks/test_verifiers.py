@@ -47,7 +47,7 @@ def image_bytes(out):
 
 # Bad input ------------------------------------------------------------------------------
 def clip_folder(path):
-    from test_evaluate import other_clip
+    from conftest import other_clip
 
     return other_clip(path)
 
@@ -289,7 +289,7 @@ def test_the_gallery_filters_disputed_rows_and_sorts_by_the_verifiers_probabilit
         gallery.select({"verifier": "maybe"})
     pytest.importorskip("starlette", reason="the review extra (starlette, uvicorn) is not installed")
     from facesynth.review.server import ReviewServer
-    from test_review import get
+    from conftest import get
 
     server = ReviewServer(recorded, 0).start()
     try:  # what the page asks for: disputed rows, least convincing first
@@ -307,7 +307,7 @@ def test_the_gallery_filters_disputed_rows_and_sorts_by_the_verifiers_probabilit
 @pytest.mark.slow
 def test_a_zero_shot_verifier_records_and_reproduces(tmp_path):
     from facesynth.generation import GenerateConfig, generate
-    from facesynth.publish import public_manifest
+    from facesynth.folder.public import public_manifest
     from facesynth.reproduce import reproduce
     from facesynth.folder.writer import Manifest
 

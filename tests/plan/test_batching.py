@@ -14,7 +14,7 @@ from facesynth.plan import Plan
 from facesynth.recipe import load_recipe
 from facesynth.reproduce import reproduce
 
-GRID = Path(__file__).parents[1] / "benchmarks" / "recipes" / "grid.yaml"
+GRID = Path(__file__).parents[2] / "benchmarks" / "recipes" / "grid.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -1,30 +1,10 @@
-import textwrap
-
 import pytest
 
+from conftest import GOOD
 from facesynth.cli import main
 from facesynth.errors import RecipeError
 from facesynth.recipe import load_recipe, parse_recipe, shipped_recipes
 
-GOOD = textwrap.dedent("""\
-    name: mini
-    primary: emotion
-    attributes:
-      emotion:
-        values:
-          happy: [smiling, joyful]
-          sad: frowning
-      gender:
-        values:
-          male:
-          female: {phrases: [woman], generation: {guidance: 9}}
-    template: "photo of a {gender}, {emotion}"
-    negative_prompt: "(blurry:1.3)"
-    generation: {steps: 10}
-    balance:
-      cross: [emotion, gender]
-    splits: {train: 0.5, validation: 0.25, test: 0.25}
-""")
 
 
 def test_shipped_recipes_load():

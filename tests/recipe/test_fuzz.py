@@ -18,7 +18,7 @@ from facesynth.cli import main
 from facesynth.errors import FacesynthError, RecipeError
 from facesynth.plan import Plan
 from facesynth.recipe import parse_recipe
-from test_recipe import GOOD
+from conftest import GOOD
 
 # derandomized: CI runs the same examples every time (run with --hypothesis-seed to explore further)
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,

@@ -405,7 +405,7 @@ def _bench_splits():
     """``benchmarks/bench_splits.py`` as a module (the benchmarks are scripts, not a package)."""
     import importlib.util
 
-    path = Path(__file__).parents[1] / "benchmarks" / "bench_splits.py"
+    path = Path(__file__).parents[2] / "benchmarks" / "bench_splits.py"
     spec = importlib.util.spec_from_file_location("bench_splits", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -262,7 +262,7 @@ def test_full_size_sd15_single_file_checkpoint_loads_offline(tmp_path):
 
     from facesynth.tiny import build_tokenizer
 
-    configs = Path(__file__).parents[1] / "benchmarks" / "configs" / "sd15"
+    configs = Path(__file__).parents[2] / "benchmarks" / "configs" / "sd15"
 
     def load(name):
         return json.loads((configs / name).read_text())

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import invoke
+from conftest import invoke, other_clip
 
 from facesynth.generation import GenerateConfig, generate
 
@@ -283,21 +283,6 @@ def test_labels_map_by_name_by_option_or_are_ignored(coloured, tmp_path):
     assert result["rows_read"] == 14 and result["rows_used"] == 12
     assert result["counts"] == {"happy": 4, "sad": 2, "angry": 2, "surprised": 4}
     assert result["trts"] == {"skipped": "the real set needs at least 5 rows of each value it has"}
-
-
-def other_clip(path):
-    """A CLIP of the tiny preset's shape with other weights, saved as a local folder (safetensors)."""
-    import torch
-    from transformers import CLIPImageProcessor, CLIPModel
-
-    from facesynth import tiny
-
-    model, tokenizer, _ = tiny.build_clip()
-    torch.manual_seed(1)
-    CLIPModel(model.config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
 
 
 BAD = [

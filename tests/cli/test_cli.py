@@ -197,7 +197,7 @@ def test_quiet_prints_nothing_but_errors_not_even_library_bars_or_warnings(tmp_p
     import subprocess
     import sys
 
-    from test_evaluate import other_clip
+    from conftest import other_clip
 
     clip = other_clip(tmp_path / "clip")
     env = {**os.environ, "PYTHONWARNINGS": "always"}
