@@ -443,3 +443,40 @@ def post(url, body, content_type="application/json"):
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+# Identity sets ------------------------------------------------------------------------------
+def tiny_onnx_embedder(path, size: int = 32, channels: int = 3, seed: int = 0, detail: bool = False):
+    """A tiny random convolutional face embedder exported to ONNX with torch.onnx.export (as an ArcFace export
+    would be: one N x 3 x H x W input of a fixed size, one embedding output). ``detail``: a fixed Laplacian
+    instead, whose embedding is the image's fine detail, so near-copies from the tiny model differ measurably."""
+    import warnings
+
+    import torch
+
+    torch.manual_seed(seed)
+    if detail:
+        laplacian = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        with torch.no_grad():
+            laplacian.weight.copy_(torch.tensor([[0., -1, 0], [-1, 4, -1], [0, -1, 0]]).expand(channels, 1, 3, 3))
+        model = torch.nn.Sequential(laplacian, torch.nn.AvgPool2d(2), torch.nn.Flatten()).eval()
+    else:
+        model = torch.nn.Sequential(torch.nn.Conv2d(channels, 8, 5, stride=2), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.AdaptiveAvgPool2d(2),
+                                    torch.nn.Flatten(), torch.nn.Linear(64, 16)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.zeros(1, channels, size, size), str(path), dynamo=False,
+                          input_names=["image"], output_names=["embedding"], dynamic_axes={"image": {0: "batch"}})
+    return path
+
+
+def identity_recipe(text: str = None, **identities) -> str:
+    """The ``emotions`` recipe as YAML text with an ``identities:`` section (vary emotion by default)."""
+    import yaml
+
+    from facesynth.recipe import resolve
+
+    data = yaml.safe_load(resolve("emotions")[1])
+    data["identities"] = {"vary": ["emotion"], **identities}
+    return yaml.safe_dump(data, sort_keys=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "iter_sets", "load"]
 
 
 def load(dir_or_repo: str, split: str | None = None, **options):
@@ -16,3 +16,11 @@ def load(dir_or_repo: str, split: str | None = None, **options):
     from .builder import load as _load
 
     return _load(dir_or_repo, split=split, **options)
+
+
+def iter_sets(dataset, columns: list[str] | None = None):
+    """Each identity set of a loaded split as a list of rows, the reference first; see
+    :func:`facesynth.builder.iter_sets`."""
+    from .builder import iter_sets as _iter_sets
+
+    return _iter_sets(dataset, columns)

@@ -13,7 +13,6 @@ fingerprint (the sha256 of every shard), so regenerated data is never served sta
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,152 +22,25 @@ import datasets
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-from pydantic import BaseModel, ConfigDict, ValidationError
 from datasets.builder import Key
 from datasets.naming import camelcase_to_snakecase
 
 from .errors import OutputError
-from .folder.files import inside, safe_name
-from .recipe import parse_recipe
-from .folder.schema import features_of
-from .folder.schema import label_ids
-from .folder.writer import FORMAT_VERSION, Manifest, is_facesynth_manifest
+from .folder.pins import looks_local
+from .folder.reading import (check_complete, content_fingerprint, hub_url, is_url, read_manifest, remote_manifest,
+                             shard_paths, wait_for_writer)
+from .folder.schema import features_of, label_ids
+from .recipe import recipe_of
 
 logger = logging.getLogger(__name__)
-
-
-def content_fingerprint(manifest: Manifest) -> str:
-    """A hash of every shard's name and sha256: changes whenever the data does."""
-    blob = "\n".join(f"{name} {rec['sha256']}" for name, rec in sorted(manifest.shards.items()))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class _RecipeRef(_Open):
-    yaml: str
-    source: str
-
-
-class _PlanRef(_Open):
-    num_samples: int
-    seed: int
-    candidates: int
-
-
-class _Shard(_Open):
-    split: str
-    rows: int
-    bytes: int
-    sha256: str
-
-
-class _Named(_Open):
-    name: str
-
-
-class _Manifest(_Open):
-    """What readers of manifest.json rely on; anything else is kept as it is."""
-
-    recipe: _RecipeRef
-    plan: _PlanRef
-    shards: dict[str, _Shard]
-    layout: list[str]
-    complete: bool = False
-    format: int = 0
-    parameters: dict = {}
-    files: dict[str, str] = {}
-
-
-class _Generated(_Manifest):
-    model: _Named
-    clip_model: _Named
-    runtime: dict = {}
-    generation: dict = {}
-
-
-def read_manifest(root: str | Path, generated: bool = False, current: bool = False) -> Manifest:
-    """The folder's manifest, checked for the keys and types every reader relies on.
-
-    ``generated`` also requires what regenerating rows needs: the model and CLIP records;
-    ``current``, a folder made by this version's plan and layout (loading needs neither).
-    """
-    manifest = Manifest.load(Path(root))
-    if manifest is None:
-        raise OutputError(f"'{root}': no manifest.json; is this a facesynth dataset folder?")
-    return checked(manifest, root, generated, current)
-
-
-def checked(manifest: Manifest, root: str | Path, generated: bool = False, current: bool = False) -> Manifest:
-    """``manifest`` if it has the keys and types readers rely on (see :func:`read_manifest`)."""
-    if not is_facesynth_manifest(manifest.data):
-        raise OutputError(f"'{Manifest.path(root)}': not a facesynth manifest (another program's file?); "
-                          "is this a facesynth dataset folder?")
-    try:
-        (_Generated if generated else _Manifest).model_validate(manifest.data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise OutputError(f"'{Manifest.path(root)}': not a valid facesynth manifest ({where}: {err['msg']})") from None
-    where = f"'{Manifest.path(root)}'"
-    for name in [*manifest.shards, *manifest["layout"], *(manifest.get("files") or {})]:
-        safe_name(name, where)  # every file it names lies inside the folder
-    if (current or generated) and manifest.get("format", 0) != FORMAT_VERSION:
-        raise OutputError(outdated(root, manifest))
-    return manifest
-
-
-def outdated(root: str | Path, manifest: Manifest) -> str:
-    """One line for a folder made by another facesynth version's plan and layout."""
-    return (f"'{root}': made by another facesynth version (manifest format {manifest.get('format', 0)}; this "
-            f"version's is {FORMAT_VERSION}), whose plan, layout or columns differ; it still loads with load_dataset, and "
-            "the same generate command with --overwrite remakes it in this version's layout")
-
-
-def is_url(path: str) -> bool:
-    return "://" in str(path)
-
-
-def remote_manifest(url: str) -> Manifest:
-    """The manifest of a dataset behind an fsspec URL (``hf://datasets/ORG/NAME@REV``): one small read."""
-    import fsspec
-
-    from .folder.files import loads_json
-
-    try:
-        with fsspec.open(f"{url}/manifest.json", "r", encoding="utf-8") as f:
-            data = loads_json(f.read())
-    except FileNotFoundError:
-        raise OutputError(f"'{url}': no manifest.json; is this a facesynth dataset?") from None
-    except (OSError, ValueError) as exc:
-        raise OutputError(f"'{url}': cannot read manifest.json ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict):
-        raise OutputError(f"'{url}/manifest.json': not a valid manifest (not a JSON object)")
-    return checked(Manifest(data), url)
-
-
-def hub_url(repo_id: str, revision: str | None = None) -> str:
-    """The ``hf://`` URL of a dataset repo at a revision (branch, tag or commit)."""
-    from urllib.parse import quote
-
-    return f"hf://datasets/{repo_id}@{quote(revision or 'main', safe='')}"
-
-
-def shard_paths(root: str | Path, manifest: Manifest) -> dict[str, Path]:
-    """Each recorded shard's path, in name order; a missing one is an error that says what to do."""
-    paths = {name: inside(Path(root), name) for name in sorted(manifest.shards)}
-    for name, path in paths.items():
-        if not path.is_file():
-            raise OutputError(f"'{root}': shard {name} is missing; run `facesynth validate {root}`")
-    return paths
 
 
 def filter_expression(recipe, filters: dict[str, Any] | None) -> pads.Expression | None:
     """``{"emotion": "happy", "gender": ["female"]}`` -> a pyarrow expression on label ids."""
     if not filters:
         return None
+    filters = dict(filters)
+    identity = filters.pop("identity", None) if recipe.identities is not None else None
     try:
         ids = label_ids(recipe, filters)
     except KeyError as exc:
@@ -176,6 +48,12 @@ def filter_expression(recipe, filters: dict[str, Any] | None) -> pads.Expression
     expr = None
     for attr, values in ids.items():
         term = pads.field(attr).isin(values)
+        expr = term if expr is None else expr & term
+    if identity is not None:  # identity sets: the rows of these identities
+        wanted = [identity] if isinstance(identity, str) else list(identity)
+        if not wanted or not all(isinstance(i, str) for i in wanted):
+            raise OutputError(f"filters: identity: give an identity id or a list of them (got {identity!r:.60})")
+        term = pads.field("identity").isin(wanted)
         expr = term if expr is None else expr & term
     return expr
 
@@ -218,7 +96,7 @@ class Facesynth(datasets.ArrowBasedBuilder):
             wait_for_writer(self.root, False)  # a folder being written would give partial splits
         self.manifest = remote_manifest(self.root) if self.remote else read_manifest(self.root)
         check_complete(self.root, self.manifest, partial)
-        self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
+        self.recipe = recipe_of(self.manifest)
         filter_expression(self.recipe, kwargs.get("filters"))  # bad filters are one line before anything is read
         primary = self.recipe.primary
         labels = list(self.recipe.attributes[primary].values)
@@ -316,44 +194,27 @@ class Facesynth(datasets.ArrowBasedBuilder):
                     yield Key(file_idx, batch_idx), pa.Table.from_batches([batch])
 
 
-def _looks_local(name: str) -> bool:
-    """A path, not a Hub id (``ORG/NAME``): absolute, relative with ``.`` or ``~``, or with more than one ``/``."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or Path(name).exists()
-
-
-def wait_for_writer(root: Path, wait: bool | float, then: str = "load it") -> None:
-    """One line if a facesynth process is writing ``root`` (or, with ``wait``, wait up to that many seconds,
-    ``True`` for as long as it takes): a split read then could hold only the shards finished so far."""
-    import time
-
-    from .folder.lock import FolderBusy, folder_held, holders
-
-    deadline = None if wait is True else time.monotonic() + float(wait or 0)
-    while folder_held(root):
-        if deadline is not None and time.monotonic() >= deadline:
-            waited = f" after waiting {float(wait):g} s" if wait else ""
-            pids = ", ".join(holders(root)) or "unknown"
-            hint = ", or pass wait=True to wait for it" if then == "load it" else ""
-            raise FolderBusy(f"'{root}': a facesynth process (pid {pids}) is writing it{waited}; {then} when that "
-                             f"finishes{hint}")
-        time.sleep(0.2)
-
-
-def check_complete(root, manifest: Manifest, partial: bool) -> None:
-    """One line for a folder whose last run stopped before it finished (killed, or out of disk), unless
-    ``partial`` asks for the shards finished so far."""
-    if manifest.get("complete"):
-        return
-    done, planned = len(manifest.shards), len(manifest.get("layout") or [])
-    if partial and done:
-        logger.warning("%s is not complete (%d of %d shards); loading the shards finished so far", root, done,
-                       planned)
-        return
-    grow = (manifest.get("previous") or {}).get("version")
-    what = f"growing from version {grow} to {manifest.get('version')}" if grow else "its run"
-    raise OutputError(f"'{root}': not complete: {what} stopped after {done} of {planned} shards; run the same "
-                      "generate command to finish it" + (", or pass partial=True to load the finished shards" if done
-                                                         else ""))
+def iter_sets(dataset, columns: list[str] | None = None):
+    """Each identity set of a loaded split (a ``datasets.Dataset``), as a list of rows, the reference first and the
+    other members in plan order: ``for members in facesynth.iter_sets(ds["test"]): ...``."""
+    if not isinstance(dataset, datasets.Dataset):
+        raise OutputError(f"iter_sets: give a loaded split (a datasets.Dataset), not {type(dataset).__name__}; a "
+                          "streamed split's sets span several files: load it without streaming")
+    if "identity" not in dataset.column_names:
+        raise OutputError("iter_sets: this dataset has no identity sets (no identity column)")
+    keys = dataset.select_columns(["identity", "sample_id"]).to_dict()
+    order = sorted(range(len(dataset)), key=lambda i: (keys["identity"][i], keys["sample_id"][i]))
+    ordered = dataset.select(order)
+    if columns is not None:
+        ordered = ordered.select_columns(list(dict.fromkeys(["identity", "sample_id", *columns])))
+    members: list[dict] = []
+    for row in ordered:
+        if members and row["identity"] != members[0]["identity"]:
+            yield members
+            members = []
+        members.append(row)
+    if members:
+        yield members
 
 
 def load(dir_or_repo: str, split: str | None = None, streaming: bool = False, revision: str | None = None,
@@ -377,7 +238,7 @@ def load(dir_or_repo: str, split: str | None = None, streaming: bool = False, re
         raise OutputError(f"wait: True, False or seconds (got {type(wait).__name__})")
     name = str(dir_or_repo)
     local = Path(name).is_dir()
-    if not local and not is_url(name) and _looks_local(name):
+    if not local and not is_url(name) and looks_local(name):
         raise OutputError(f"'{name}': no such folder (a Hub dataset is named ORG/NAME)")
     if local:
         wait_for_writer(Path(name), wait)
@@ -398,4 +259,5 @@ def load(dir_or_repo: str, split: str | None = None, streaming: bool = False, re
         raise OutputError(f"split: '{split}' holds no row with {filters} in '{name}'") from None
 
 
-__all__ = ["Facesynth", "FacesynthConfig", "content_fingerprint", "filter_expression", "load", "shard_paths"]
+__all__ = ["Facesynth", "FacesynthConfig", "content_fingerprint", "filter_expression", "iter_sets", "load",
+           "shard_paths"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .builder import read_manifest
+from .folder.reading import read_manifest
 from .errors import FacesynthError
 from .folder.files import dumps_json, inside
 from .folder.public import public_manifest

@@ -21,11 +21,11 @@ import numpy as np
 import pyarrow.dataset as pads
 from PIL import Image
 
-from .builder import read_manifest, shard_paths
+from .folder.reading import read_manifest, shard_paths
 from .errors import OutputError
 from .folder.pins import recorded as recorded_input
 from .plan import Plan
-from .recipe import parse_recipe
+from .recipe import recipe_of
 from .folder.schema import read_provenance, verified_columns
 from .folder.writer import Manifest
 
@@ -93,7 +93,7 @@ class Reproducer:
 
         self.root = Path(root)
         self.manifest = read_manifest(self.root, generated=True)
-        self.recipe = parse_recipe(self.manifest["recipe"]["yaml"], self.manifest["recipe"]["source"])
+        self.recipe = recipe_of(self.manifest)
         model = self.manifest["model"]
         runtime = self.manifest.get("runtime", {})
         dev = resolve_device(device)

@@ -23,13 +23,13 @@ import pyarrow.parquet as pq
 from datasets import Features
 from PIL import Image
 
-from .builder import read_manifest
+from .folder.reading import read_manifest
 from .errors import OutputError, PlanError, shorten
 from .folder.files import inside, is_temp_file
 from .folder.state import check_shards
 from .plan.layout import layout as shard_layout
 from .plan import Plan
-from .recipe import SPEEDUPS, parse_recipe, switch_step
+from .recipe import SPEEDUPS, recipe_of, switch_step
 from .folder.schema import features_of, read_provenance, verified_columns
 from .review.verdicts import VERDICTS, VerdictError, review_state
 
@@ -72,12 +72,12 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
              dtype: str | None = None, progress: bool = False) -> Report:
     """Check everything; return a report listing every problem found."""
     root = Path(root)
-    from .builder import wait_for_writer
+    from .folder.reading import wait_for_writer
 
     wait_for_writer(root, False, "validate it")  # a folder being written is half-made by design: one line
     manifest = read_manifest(root, current=True)
     report = Report(root)
-    recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
+    recipe = recipe_of(manifest)
     if not manifest.get("complete"):
         report.add("manifest.json", "generation has not finished; run the same generate command to resume")
     layout = manifest.get("layout", [])
@@ -147,6 +147,8 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     for cell in sorted(set(planned) | set(cells)):
         if planned[cell] != cells[cell] and manifest.get("complete"):
             report.add(f"{cell[0]} {'/'.join(cell[1:])}", f"{cells[cell]} rows, the plan has {planned[cell]}")
+    if recipe.identities is not None:
+        _check_sets(root, files, expected, recipe.identities, report)
     _check_review(root, manifest, expected, report)
     report.shards = len([n for n in files if n not in report.unread])
     report.rows = sum(seen.values())
@@ -180,6 +182,29 @@ def _check_evaluation(root: Path, manifest, report: Report) -> None:
         why = str(exc).split(": ", 1)[-1]
     if why:
         report.add("evaluation.json", why)
+
+
+def _check_sets(root: Path, files: list[str], expected: dict, spec, report: Report) -> None:
+    """Identity sets: each row names its planned identity and reference, a set's members share their attempt
+    and seed (they were made as one set), and the similarity gate held."""
+    import pyarrow.parquet as pq
+
+    made: dict[str, set] = {}
+    for name in files:
+        table = pq.read_table(root / name, columns=["sample_id", "identity", "reference", "attempt", "seed",
+                                                    "identity_similarity"]).to_pydict()
+        for sid, identity, ref, attempt, seed, similarity in zip(*table.values()):
+            sample = expected.get(sid)
+            if sample is not None and (identity, ref) != (sample.identity, sample.reference):
+                report.add(sid, f"identity {identity} / reference {ref}, the plan has {sample.identity} / "
+                                f"{sample.reference}")
+            made.setdefault(identity, set()).add((attempt, seed))
+            if spec.min_similarity is not None and (similarity is None or similarity < spec.min_similarity):
+                report.add(sid, f"identity_similarity {similarity} is below the gate's {spec.min_similarity}")
+    for identity, versions in sorted(made.items()):
+        if len(versions) > 1:
+            report.add(identity, f"its members were made in {len(versions)} different attempts or seeds; a set is "
+                                 "made whole (run generate to finish a review round)")
 
 
 def _bar(progress: bool, total: int):

@@ -438,3 +438,10 @@ def test_the_card_declares_the_label_column_for_training_and_quotes_the_name_for
                                      "--label_column_name"] and "emotion" in line
     tick = _hostile_folder(demo_dataset, tmp_path, name="a```b")
     assert "--dataset_name DATASET --label_column_name" in (tick / "README.md").read_text()
+
+
+def test_a_folder_name_that_is_a_marker_stays_out_of_the_shell_line(demo_dataset, tmp_path):
+    root = _hostile_folder(demo_dataset, tmp_path, name="<!-- facesynth:end -->")
+    text = (root / "README.md").read_text()
+    _check_structure(text, "<!-- facesynth:end -->")
+    assert "--dataset_name DATASET --label_column_name" in text

@@ -109,7 +109,7 @@ def test_a_worker_with_other_parameters_is_refused_at_once_and_the_right_one_the
 def test_idle_workers_are_named_at_the_start_with_the_size_that_gives_every_worker_work(tmp_path, caplog):
     import re
 
-    from facesynth.generation.runner import GROUP_CALLS
+    from facesynth.generation.shards import GROUP_CALLS
     from facesynth.plan.layout import batch_groups, layout
     from facesynth.plan import Plan
     from facesynth.recipe import load_recipe

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_engine
-from facesynth.generation.runner import GROUP_CALLS
+from facesynth.generation.shards import GROUP_CALLS
 from facesynth.plan.layout import batch_groups, layout
 from facesynth.plan import Plan
 from facesynth.recipe import load_recipe

@@ -94,7 +94,7 @@ def card_cmd(directory: Path, repo_id: str | None, tag: str | None, gated: bool,
       facesynth card demo
       facesynth card demo --repo-id me/faces-demo --tag v1.0.0
     """
-    from ..builder import read_manifest
+    from ..folder.reading import read_manifest
     from ..dataset_card.card import write_card
     from ..folder.lock import FolderLock
 

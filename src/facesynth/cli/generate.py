@@ -14,6 +14,9 @@ from .core import FiniteFloat, multiple_of_8, device_options, main, model_option
 @click.option("--num-samples", "-n", type=int, help="Rows to make (default: all strata of a strata recipe).")
 @click.option("--seed", type=int, help="Master seed (default: the recipe's).")
 @model_options
+@click.option("--identities", metavar="ATTR[,ATTR]",
+              help="Identity sets: one synthetic person per set, one row per value of these attributes (the others "
+                   "fixed per person); replaces the vary of the recipe's identities section.")
 @click.option("--candidates", type=int, default=3, show_default=True, help="Candidates per sample (best-of-N).")
 @click.option("--batch-size", type=int, default=12, show_default=True, help="Images per pipeline call.")
 @device_options
@@ -78,6 +81,7 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
       facesynth generate emotions_flux --out flux                  # FLUX.1 [schnell], 4 steps
       facesynth generate emotions_flux --model stabilityai/stable-diffusion-3.5-medium --out sd35
       facesynth generate emotions -n 20000 --out big                 # grow a 10000-row dataset
+      facesynth generate emotions -n 4000 --identities emotion --out people   # each person with every emotion
       torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
       facesynth generate agfd --out agfd --worker-index 3 --num-workers 16
     """

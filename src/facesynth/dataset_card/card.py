@@ -20,12 +20,13 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image, ImageDraw
 
-from ..builder import read_manifest, shard_paths
+from ..folder.reading import read_manifest, shard_paths
 from .summary import Summary, split_balance, split_search, summarize
 from .confusion import font as picture_font
 from ..errors import OutputError
 from .escape import Markup, environment
 from .evaluation import for_card
+from .identity import PICTURE, identity_report
 from .verification import picture_name, verification, write_pictures
 from ..folder.files import atomic_write
 from ..folder.state import FIRST_VERSION
@@ -259,6 +260,8 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         grid = sample_grid(root, summary)
     recipe, manifest = summary.recipe, summary.manifest
     checked = verification(root, manifest, recipe)
+    sets = identity_report(root, manifest, recipe, write_picture=bool(write_grid) or not (root / PICTURE).is_file()
+                           and write_grid is not None)
     if write_grid:  # the verifiers' confusion matrices are refreshed with the grid
         write_pictures(root, checked)
     configs, infos = configs_and_infos(summary)
@@ -319,6 +322,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         by=by,
         by_values=by_values,
         clip_stats={v: summary.clip[v].as_dict() for v in recipe.attributes[recipe.primary].values},
+        identity=sets,
         confidence_stats={v: summary.confidence[v].as_dict() for v in recipe.attributes[recipe.primary].values},
         grid_path=grid.relative_to(root).as_posix(),
         version=manifest.get("version", FIRST_VERSION),
@@ -369,6 +373,7 @@ def write_card(root: str | Path, repo_id: str | None = None, revision: str | Non
     summary = summarize(root)
     card = build_card(root, repo_id, revision, gated, summary=summary)  # writes the grid and the pictures
     pictures = [picture_name(a) for a in verified_attributes(summary.manifest)]
+    pictures += [PICTURE] if summary.recipe.identities is not None else []
     path = root / "README.md"
     existing = path.read_text(encoding="utf-8") if path.is_file() else None
     text = merge_card(card, existing) or str(card)  # refuse_foreign_readme let only ours, or --overwrite-card, here

@@ -50,14 +50,18 @@ def py(value: Any) -> Markup:
     return Markup(_INVISIBLE.sub(lambda m: f"\\u{ord(m[0]):04x}", text))  # C1, bidi and zero-width: escaped too
 
 
+_SHELL_SAFE = re.compile(r"[\w.@%+=:,/ $()'\"*?!&;-]+")
+
+
 def sh(value: Any) -> Markup:
-    """``value`` as one shell word inside a code block: as it is when plain, else single-quoted (no ``$``,
-    backtick or glob is then read by the shell); a value with a backtick or an unprintable character, which no
-    quoting keeps both safe and inside the code block, becomes ``DATASET`` for the reader to fill in."""
+    """``value`` as one shell word inside a code block, single-quoted where it needs it (no ``$``, glob or
+    parenthesis is then read by the shell); a value with any other character (a backtick, ``<``, a control
+    character), which could end the code block or the card's markers, becomes ``DATASET`` for the reader to
+    fill in."""
     import shlex
 
     text = str(value)
-    if "`" in text or not text.isprintable() or _INVISIBLE.search(text):
+    if not _SHELL_SAFE.fullmatch(text) or _INVISIBLE.search(text):
         return Markup("DATASET")
     return Markup(shlex.quote(text))
 

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..builder import content_fingerprint
+from ..folder.reading import content_fingerprint
 from ..errors import OutputError
 from ..recipe import Recipe
 from ..folder.files import load_json

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from ..builder import read_manifest, shard_paths
+from ..folder.reading import read_manifest, shard_paths
 from ..errors import OutputError
 from ..plan import recipe_split_table
-from ..recipe import Recipe, parse_recipe
+from ..recipe import Recipe, recipe_of
 from ..folder.writer import Manifest, arrow_bytes
 
 SEARCHED_SPLITS = 8  # the manifest format from which a small cross product's splits are searched
@@ -70,7 +70,7 @@ def summarize(root: str | Path) -> Summary:
     manifest = read_manifest(root, current=True)
     if not manifest.shards:
         raise OutputError(f"'{root}': no finished shards yet, so nothing to describe; run generate first")
-    recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
+    recipe = recipe_of(manifest)
     summary = Summary(recipe, manifest)
     names = {a: list(attr.values) for a, attr in recipe.attributes.items()}
     summary.counts = {a: {v: Counter() for v in values} for a, values in names.items()}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ..builder import shard_paths
+from ..folder.reading import shard_paths
 from .confusion import confusion_png
 from ..folder.files import atomic_write
 from ..plan import cell_key

@@ -21,14 +21,14 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from . import metrics
-from ..builder import content_fingerprint, read_manifest, shard_paths
+from ..folder.reading import content_fingerprint, read_manifest, shard_paths
 from ..dataset_card.confusion import confusion_png
 from ..errors import OutputError
 from ..dataset_card.evaluation import ASSETS, EVALUATION, FORMAT, is_evaluation_file, load_evaluation, stale
 from ..folder.files import atomic_write, dumps_json
 from ..plan import cell_key
 from .real import CHECK_ROWS, RealSpec, check_same_clip, embed, open_real
-from ..recipe import Recipe, parse_recipe
+from ..recipe import Recipe, recipe_of
 from ..folder.writer import Manifest, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def evaluate(root: str | Path, real: RealSpec | None = None, folds: int = 5, see
     if not manifest.get("complete") or not manifest.shards:
         raise OutputError(f"'{root}': generation has not finished; run the same generate command to finish it, "
                           "then evaluate")
-    recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
+    recipe = recipe_of(manifest)
     if real is not None:
         attribute = real.attribute or recipe.primary
         if attribute not in recipe.attributes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from datasets import ClassLabel, Features, Image, List, Value
 
 from ..recipe import SPEEDUPS, Recipe
@@ -39,6 +41,21 @@ def features_of(recipe: Recipe, manifest) -> Features:
     return features(recipe, manifest.get("format", 0), measured_columns(quality), verified_attributes(manifest))
 
 
+def identity_columns(recipe: Recipe, verified: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The columns identity sets add after ``label_confidence`` (``identity`` and ``reference`` follow
+    ``sample_id``): each member's cosine to its reference, the fixed attributes whose verifier verdict drifted
+    from the reference's (where a fixed attribute is verified), the identity embedding (where it is not CLIP's)."""
+    spec = recipe.identities
+    if spec is None:
+        return {}
+    out: dict[str, Any] = {"identity_similarity": Value("float32")}
+    if any(a not in spec.vary for a in verified):
+        out["identity_leaks"] = Value("string")  # space-separated attribute names; "" when none drifted
+    if spec.embedder != "clip":
+        out["identity_embedding"] = List(Value("float32"))
+    return out
+
+
 def features(recipe: Recipe, format: int | None = None, measured: frozenset[str] | None = None,
              verified: list[str] | tuple[str, ...] = ()) -> Features:
     """Columns of a facesynth dataset: id, image, one ClassLabel per attribute, provenance.
@@ -53,11 +70,14 @@ def features(recipe: Recipe, format: int | None = None, measured: frozenset[str]
         out = {}
         for name, feature in cols.items():
             out[name] = feature
+            if name == "sample_id" and recipe.identities is not None:
+                out.update(identity=Value("string"), reference=Value("string"))
             if name == "label_confidence":
                 for attr in verified:
                     verdict, probability = verified_columns(attr)
                     out[verdict] = ClassLabel(names=[*recipe.attributes[attr].values, "other"])
                     out[probability] = Value("float32")
+                out.update(identity_columns(recipe, verified))
         return Features(out)
     cols: dict = {"sample_id": Value("string"), "image": Image()}
     for name, attr in recipe.attributes.items():

@@ -27,7 +27,8 @@ from .writer import MANIFEST, WORK_DIR, Manifest, sha256_file
 logger = logging.getLogger(__name__)
 
 FIRST_VERSION = "1.0.0"
-OWN_FILES = (MANIFEST, "README.md", "assets/samples.png", "evaluation.json")  # files written besides the shards
+OWN_FILES = (MANIFEST, "README.md", "assets/samples.png", "assets/identities.png",  # files written besides the shards
+             "evaluation.json")
 OWN_FOLDERS = ("assets/evaluation/", "assets/verification/")  # and the pictures evaluate writes there
 
 
@@ -188,7 +189,7 @@ def open_folder(out: Path, header: dict[str, Any], layout_ids: dict[str, str], w
     check_owner(out)
     main = Manifest.load(out) if out.exists() else None
     if main is not None and main.get("format") != header["format"] and not overwrite:
-        from ..builder import outdated
+        from .reading import outdated
 
         raise OutputError(f"--out: {outdated(out, main)}")
     if overwrite:

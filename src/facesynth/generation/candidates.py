@@ -13,7 +13,12 @@ import numpy as np
 import torch
 
 from ..checks.quality import Tally
+from ..errors import ModelError
 from ..plan import Sample
+
+
+class NonFiniteError(ModelError):
+    """Every candidate of a batch came out NaN or infinite: no refill can help."""
 
 
 @dataclass
@@ -36,6 +41,9 @@ class Winner:
     safety_score: float | None = None  # zero-shot probability of unsafe content (with --safety)
     tally: Tally = field(default_factory=Tally)  # what the gates rejected on the way to this winner
     verified: dict[str, tuple[int, float]] = field(default_factory=dict)  # attribute -> (verdict, p(row's value))
+    identity_similarity: float | None = None  # identity sets: the cosine to the reference (1 for the reference)
+    identity_embedding: np.ndarray | None = None  # where the identity embedder is not CLIP
+    leaks: list[str] = field(default_factory=list)  # fixed attributes whose verdict drifted from the reference's
 
 
 @dataclass
@@ -58,6 +66,8 @@ class Scored:
     total: int = 0  # candidates started (N); entries above are the ones that ran to the end
     verified: list[dict[str, tuple[int, float]]] | None = None  # per entry, when verified with the whole image
     finite: np.ndarray | None = None  # per entry: no NaN or infinity in its image, embedding or scores
+    similarity: np.ndarray | None = None  # identity sets: per entry, the cosine to its reference's same candidate
+    identity_embeddings: np.ndarray | None = None  # per entry, where the identity embedder is not CLIP
 
     def __post_init__(self):
         if not self.indices:

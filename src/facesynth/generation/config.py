@@ -72,6 +72,7 @@ class GenerateConfig:
     verify: tuple[str, ...] = ()  # ATTR=MODEL or ATTR=zero-shot:MODEL, replacing the recipe's verifier
     verify_mode: str = "gate"
     lora: tuple[str, ...] = ()  # SOURCE[@WEIGHT] adapters, replacing the recipe's loras
+    identities: str | None = None  # ATTR[,ATTR]: identity sets varying these (replacing the recipe's vary)
     crop_margin: float = 0.25
     quiet: bool = False
     write_card: bool = True
@@ -182,6 +183,11 @@ def local_inputs(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model: st
              "clip_model": (clip_model, "--clip-model", True)}
     roles.update({f"verify.{a}": (spec.model or spec.zero_shot, origins.get(a, f"verify.{a}"), True)
                   for a, spec in verify.items()})
+    sets = recipe.identities
+    if sets is not None and sets.embedder != "clip":
+        roles["identities.embedder"] = (sets.embedder, "identities.embedder", not sets.embedder.endswith(".onnx"))
+    if sets is not None and sets.adapter:
+        roles["identities.adapter"] = (sets.adapter, "identities.adapter", None)
     out = {}
     for role, (name, where, folder) in roles.items():
         if name and not is_tiny(name) and looks_local(name):

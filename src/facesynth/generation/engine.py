@@ -19,16 +19,19 @@ import numpy as np
 import torch
 
 from ..plan import Sample, cell_key
-from ..errors import ModelError
 from ..checks.quality import NON_FINITE, SAFE_TEXTS, UNSAFE_TEXTS, Gates, QualityOptions, QuotaError, Tally
 from ..recipe import Recipe
 from ..checks.scoring import ClipScorer
+from ..checks.identity import Embedder
 from ..checks.verifiers import Verifier, failed, verify
+from ..recipe.identities import CLIP_EMBEDDER
 from .loading import make_scheduler
 from .families import family_of
 from .family import check_size, to_uint8
 from .prompts import Conditioning
-from .candidates import Scored, Timings, Winner, candidate_scores
+from .candidates import NonFiniteError, Scored, Timings, Winner, candidate_scores
+from .set_engine import check_sets, identity_scores, run_sets, units
+from .sets import SetState, reference_rows, sharing
 from .steps import StepHook
 
 logger = logging.getLogger(__name__)
@@ -36,8 +39,6 @@ logger = logging.getLogger(__name__)
 RERANK_MODES = ("caption", "prompt")
 
 
-class NonFiniteError(ModelError):
-    """Every candidate of a batch came out NaN or infinite: no refill can help."""
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Engine:
         self.crop_faces = self.quality.faces  # verifiers see each candidate's face crop, so verify it when checked
         self.family = family_of(pipe)
         self.encoder = self.family.encoder(pipe)
+        self.embedder = Embedder(CLIP_EMBEDDER, "clip", device=pipe.device)  # identity sets' (see .checks.identity)
         self.device = pipe.device
         self.timings = Timings(self.device)
         self._base_scheduler = pipe.scheduler
@@ -93,6 +95,7 @@ class Engine:
         settings = [self.settings_for(s) for s in samples]
         self.family.check(samples, settings)
         check_size(self.family, self.pipe, settings)
+        check_sets(self, samples)
         unguided = sum(1 for s, st in zip(samples, settings) if st["guidance"] <= 1 and s.negative_prompt)
         if unguided:  # diffusers runs classifier-free guidance only above 1: no unconditional branch, no negative
             logger.warning("guidance at or below 1 for %d of %d samples: no unconditional branch runs for them, so "
@@ -124,13 +127,13 @@ class Engine:
         per_call = max(1, (batch_size or self.options.batch_size) // self.options.candidates)
         first_attempt = first_attempt or {}
         open_calls: dict[tuple, list[Sample]] = {}
-        for sample in samples:
-            key = (*self._batch_key(sample), first_attempt.get(sample.sample_id, 0))
+        for unit in units(samples):  # a set's members always share a call (a call may then hold more)
+            key = (*self._batch_key(unit[0]), first_attempt.get(unit[0].sample_id, 0))
             if not pooled and open_calls and key not in open_calls:
                 yield from ((b, k[-1]) for k, b in open_calls.items())
                 open_calls = {}
             batch = open_calls.setdefault(key, [])
-            batch.append(sample)
+            batch.extend(unit)
             if len(batch) >= per_call:
                 yield open_calls.pop(key), key[-1]
         yield from ((b, k[-1]) for k, b in open_calls.items())
@@ -148,6 +151,8 @@ class Engine:
         ``max_refills`` extra rounds) or while its label confidence is below the
         threshold (at most ``max_attempts`` rounds; the most confident winner is kept).
         """
+        if self.recipe.identities is not None:
+            return run_sets(self, samples, first_attempt)
         opts = self.options
         best: dict[str, Winner] = {}
         tallies = {s.sample_id: Tally() for s in samples}
@@ -291,6 +296,7 @@ class Engine:
             scores_cpu, conf_cpu = scores.cpu().numpy(), confidence.cpu().numpy()
             emb_cpu = img_emb.cpu().numpy().reshape(len(samples), m, -1)
             finite_cpu = finite.cpu().numpy()
+        identity = identity_scores(self, samples, pixels, emb_cpu)
         verified = None
         if self.verifiers and not self.crop_faces:  # every candidate at once; with --faces, each crop when checked
             with self.timings.stage("verify"):
@@ -301,7 +307,8 @@ class Engine:
         return [Scored(sample, [seeds[i][j] for j in kept[i]], pixels[i], scores_cpu[i], conf_cpu[i], emb_cpu[i],
                        None if unsafe is None else unsafe[i], int(best[i]), attempt, settings, batch, used,
                        indices=kept[i], total=n, verified=None if verified is None else verified[i],
-                       finite=finite_cpu[i])
+                       finite=finite_cpu[i], similarity=None if identity is None else identity[0][i],
+                       identity_embeddings=None if identity is None or identity[1] is None else identity[1][i])
                 for i, sample in enumerate(samples)]
 
     def unsafe(self, img_emb: torch.Tensor) -> torch.Tensor:
@@ -321,6 +328,8 @@ class Engine:
             face_box=None if face_box is None else [int(v) for v in face_box],
             safety_score=None if scored.unsafe is None else float(scored.unsafe[k]),
             verified=verified if verified is not None else self.verified(scored, k, face_box),
+            identity_similarity=None if scored.similarity is None else float(scored.similarity[k]),
+            identity_embedding=None if scored.identity_embeddings is None else scored.identity_embeddings[k],
         )
 
     def denoise(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any],
@@ -345,7 +354,8 @@ class Engine:
             else:
                 size = min(self.max_images or len(seeds), len(seeds) - start)
                 if samples:
-                    size = max(n, size // n * n)  # a sample's candidates are pruned together
+                    unit = n * max((len(u) for u in units(samples)), default=1)  # a set's images share a call
+                    size = max(unit, size // unit * unit)  # and a sample's candidates are pruned together
                 if self.pad_to and self.max_images is None:
                     size = max(size, self.pad_to)
             real = min(size, len(seeds) - start)
@@ -353,7 +363,7 @@ class Engine:
                 call_conds, call_seeds, group = self._padded(conds, seeds, samples, start, real, size, n)
                 latents, survivors = self._call(call_conds, call_seeds, settings, group)
             except torch.OutOfMemoryError:
-                if size <= n or forced:
+                if size <= n * max((len(u) for u in units(samples or [])), default=1) or forced:
                     raise
                 self.max_images = size // 2
                 logger.warning("out of memory at %d images per call; continuing with %d", size, self.max_images)
@@ -385,7 +395,11 @@ class Engine:
         kwargs: dict[str, Any] = self.family.call_inputs(conds)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         hook = StepHook(self, settings, samples or [], generators)
-        with hook.watching(self.pipe.scheduler), self.family.watching(self.pipe, hook):
+        spec = self.recipe.identities
+        refs = reference_rows(samples or [], len(seeds) // len(samples)) if samples and spec else None
+        if refs is not None and spec.mechanism == "shared-attention" and spec.strength > 0:
+            hook.sets = SetState(refs, spec.strength, spec.steps, settings["steps"])
+        with hook.watching(self.pipe.scheduler), self.family.watching(self.pipe, hook), sharing(self.pipe, hook.sets):
             latents = self.pipe(
                 **kwargs, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                 width=settings["width"], height=settings["height"], generator=generators, output_type="latent",

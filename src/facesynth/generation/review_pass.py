@@ -17,11 +17,24 @@ from .sink import ShardSink
 
 logger = logging.getLogger(__name__)
 
-def review_cells(out: Path, tasks: list[ShardTask]) -> dict[str, str] | None:
+class Cells(dict):
+    """sample_id -> label cell, and for identity sets ``sets``: sample_id -> every member of its set."""
+
+    sets: dict[str, list[str]] = {}
+
+
+def review_cells(out: Path, tasks: list[ShardTask]) -> Cells | None:
     """Each planned sample's label cell, for matching verdicts; None (nothing to do) without a verdict file."""
     if not verdicts_path(out).is_file():
         return None
-    return {s.sample_id: cell_key(s.labels) for t in tasks for s in t.samples}
+    cells = Cells((s.sample_id, cell_key(s.labels)) for t in tasks for s in t.samples)
+    members: dict[str, list[str]] = {}
+    for task in tasks:
+        for s in task.samples:
+            if s.identity is not None:
+                members.setdefault(s.identity, []).append(s.sample_id)
+    cells.sets = {sid: ids for ids in members.values() for sid in ids}
+    return cells
 
 
 def open_round(out: Path, manifest: Manifest, cells: dict[str, str] | None, worker: Worker, version: str | None,
@@ -38,8 +51,17 @@ def open_round(out: Path, manifest: Manifest, cells: dict[str, str] | None, work
     return found
 
 
+def remake(engine: Engine, tasks: list[ShardTask], rejected: dict[str, Verdict], manifest: Manifest) -> dict:
+    """The new winners of these tasks' rejected samples, made together (a set's members share a call), each at
+    its next attempt."""
+    samples = [s for t in tasks for s in t.samples if s.sample_id in rejected]
+    floor = rounds.floors(manifest)
+    first = {sid: floor.get(sid, v.attempt + 1) for sid, v in rejected.items()}
+    return {w.sample.sample_id: w for w in engine.run(samples, first_attempt=first)}
+
+
 def rewrite(engine: Engine, sink: ShardSink, task: ShardTask, path: Path, rejected: dict[str, Verdict],
-             manifest: Manifest, attributes: dict[str, list[str]]) -> None:
+             manifest: Manifest, attributes: dict[str, list[str]], made: dict | None = None) -> None:
     """Write a finished shard again with its rejected rows made anew (next attempt, fresh seeds, same gates).
 
     The other rows are copied as they are, in their places; the new shard replaces the old one only
@@ -52,10 +74,8 @@ def rewrite(engine: Engine, sink: ShardSink, task: ShardTask, path: Path, reject
         for sid, (cell, embedding) in zip(ids, shard_embeddings(path, attributes)):
             if sid not in rejected:
                 engine.gates.accept(cell, embedding)
-    samples = [s for s in task.samples if s.sample_id in rejected]
-    floor = rounds.floors(manifest)
-    first = {sid: floor.get(sid, v.attempt + 1) for sid, v in rejected.items()}
-    winners = {w.sample.sample_id: w for w in engine.run(samples, first_attempt=first)}
+    winners = made if made is not None else remake(engine, [task], rejected, manifest)
+    winners = {sid: w for sid, w in winners.items() if sid in rejected}
     record = manifest.shards[task.name]
     sink.start(task, record.get("quality"), record.get("calls"))  # its kept rows' calls stay its calls
     parquet = pq.ParquetFile(path)

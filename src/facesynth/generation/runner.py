@@ -27,11 +27,12 @@ from ..errors import FacesynthError, OutputError, PlanError, WriteError
 from ..review import rounds
 from ..folder.state import (Worker, cell_counts, check_owner, clear_listed, merge, open_folder, remove_stale_temp_files,
                       tidy, worker_from)
-from ..plan.layout import ShardTask, batch_groups, call_contexts, layout
+from ..plan.layout import ShardTask, call_contexts
 from ..folder.lock import WORK_DIR, FolderLock
 from ..plan import Plan
 from ..checks.quality import QualityOptions, quality_report, shard_embeddings
-from ..recipe import Recipe, load_recipe, resolve
+from ..recipe import Recipe, load_recipe, resolve, with_identities
+from ..recipe.identities import parse_option as identity_option
 from ..review.verdicts import Verdict, set_aside_verdicts
 from ..folder.writer import FORMAT_VERSION, GENERATOR, Manifest, rows_per_shard
 from .adapters import Adapter, apply as apply_adapters, check as check_adapters, chosen as chosen_adapters
@@ -41,7 +42,8 @@ from .config import (DEFAULT_DEDUPE, GenerateConfig, GenerateResult, check_speed
                      verify_origins)
 from .engine import Engine, EngineOptions, NonFiniteError
 from ..folder.pins import local_record
-from .review_pass import open_round, review_cells, rewrite
+from .review_pass import open_round, remake, review_cells, rewrite
+from .shards import shard_groups, shard_rows
 from .sink import ShardSink
 
 __all__ = ["DEFAULT_DEDUPE", "GenerateConfig", "GenerateResult", "ShardSink", "generate"]
@@ -49,7 +51,6 @@ __all__ = ["DEFAULT_DEDUPE", "GenerateConfig", "GenerateResult", "ShardSink", "g
 logger = logging.getLogger(__name__)
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-GROUP_CALLS = 32  # small shards share calls in groups of at most this many full calls' samples (layout.batch_groups)
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Generate (or resume, repair or grow) a dataset folder, or this worker's part of it.
@@ -58,6 +59,12 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     is locked for the whole run, so a second run on it is refused with the holder's pid.
     """
     recipe = load_recipe(cfg.recipe)
+    if cfg.identities:
+        try:
+            vary = identity_option(cfg.identities)
+        except ValueError as exc:
+            raise PlanError(f"--identities: {exc}") from None
+        recipe = with_identities(recipe, {**(recipe.identities.content() if recipe.identities else {}), "vary": vary})
     model, clip_model = models(cfg, recipe)
     if cfg.min_label_confidence is not None and not 0 <= cfg.min_label_confidence <= 1:
         raise PlanError("--min-label-confidence: must be between 0 and 1")
@@ -79,15 +86,11 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     if keep is not None and keep >= cfg.candidates:  # a recipe's keep, checked against this run's candidates
         raise PlanError(f"keep: the recipe keeps {keep} candidates past prune_at, which must be below --candidates "
                         f"({cfg.candidates})")
-    per_shard = cfg.rows_per_shard or rows_per_shard(max(s["width"] for s in sizes), max(s["height"] for s in sizes))
+    per_shard = shard_rows(cfg, plan, rows_per_shard(max(s["width"] for s in sizes), max(s["height"] for s in sizes)))
     inputs = local_inputs(cfg, recipe, model, clip_model, verify)
     params = run_parameters(cfg, recipe, plan, model, clip_model, overrides, per_shard, quality, verify, adapters,
                             inputs)
-    tasks = layout(plan, per_shard)
-    limit = min(per_shard, GROUP_CALLS * max(1, cfg.batch_size // cfg.candidates))
-    groups = batch_groups(tasks, per_shard, limit)
-    if len(groups) < worker.count:
-        _say_idle(recipe, plan, per_shard, limit, len(groups), worker)
+    tasks, groups = shard_groups(cfg, plan, per_shard, worker)
     source, text = resolve(cfg.recipe)
     header = {
         "generator": GENERATOR,
@@ -96,7 +99,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         "parameters": params,
         "recipe": {"name": recipe.name, "source": source, "yaml": text, "fingerprint": recipe.fingerprint()},
         "plan": {"num_samples": plan.num_samples, "seed": plan.seed, "candidates": cfg.candidates,
-                 "splits": plan.split_sizes(), "rows_per_shard": per_shard},
+                 "splits": plan.split_sizes(), "rows_per_shard": per_shard,
+                 **({"identities": recipe.identities.content()} if recipe.identities else {})},
         "layout": [t.name for t in tasks],
         "cells": cell_counts(plan.samples),
         "complete": False,
@@ -199,28 +203,6 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
                           worker, merged, manifest.data["quality"]["total"], made_again, manifest.get("version"))
 
 
-def _say_idle(recipe: Recipe, plan: Plan, per_shard: int, limit: int, groups: int, worker) -> None:
-    """At the start, before any model loads: the plan's groups of shards are fewer than the workers, so some
-    have nothing to make; name this worker's share and the size at which every worker gets work."""
-    size, most = plan.num_samples, plan.capacity or 10**7
-    while size < most:  # sizes double, then halve back: plans are prefix-stable, so more rows never mean fewer groups
-        size = min(most, size * 2)
-        if len(batch_groups(layout(Plan(recipe, size, plan.seed, plan.num_candidates), per_shard), per_shard,
-                            limit)) >= worker.count:
-            break
-    low = plan.num_samples
-    while low + 1 < size:
-        mid = (low + size) // 2
-        enough = len(batch_groups(layout(Plan(recipe, mid, plan.seed, plan.num_candidates), per_shard), per_shard,
-                                  limit)) >= worker.count
-        low, size = (low, mid) if enough else (mid, size)
-    idle = f"worker {groups}" if groups == worker.count - 1 else f"workers {groups} to {worker.count - 1}"
-    mine = " (this one among them)" if worker.index >= groups else ""
-    logger.warning("worker %d of %d: %d rows make %d group(s) of shards for %d workers, so %s will have nothing to "
-                   "make%s; every worker gets work from %d rows (--num-samples %d)", worker.index, worker.count,
-                   plan.num_samples, groups, worker.count, idle, mine, size, size)
-
-
 def _refresh_evaluation(out: Path) -> None:
     """Measure the data again when it changed under an ``evaluation.json`` (with the settings it records)."""
     from ..evaluate.measure import refresh
@@ -275,6 +257,7 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     verifiers = load_verifiers(verifier_specs(cfg, recipe), recipe, clip_model, device, dtype,  # before the
                                manifest.get("verifiers") or (), verify_origins(cfg, recipe))  # generator: fail fast
     fetch_adapters(adapters, manifest.get("loras") or ())  # each Hub adapter at the commit a resumed run recorded
+    embedder = _identity_embedder(recipe, manifest, device)  # like the verifiers: before the generator
     pipe, info = load_pipeline(model, revision=pinned or cfg.revision, dtype=dtype, device=device,
                                config=cfg.model_config, progress=not cfg.quiet)
     if pinned:
@@ -301,9 +284,23 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
                             min_label_confidence=cfg.min_label_confidence, max_attempts=cfg.max_attempts,
                             overrides=overrides, verify_mode=cfg.verify_mode, crop_margin=cfg.crop_margin)
     engine = Engine(pipe, scorer, recipe, options, quality, verifiers)
+    if embedder is not None:
+        engine.embedder = embedder
+        manifest.data["identity_embedder"] = embedder.record()
     if cfg.compile:  # one batch shape for the compiled UNet: smaller calls are padded to a full one
         engine.pad_to = max(1, cfg.batch_size // cfg.candidates) * cfg.candidates
     return engine
+
+
+def _identity_embedder(recipe: Recipe, manifest: Manifest, device):
+    """The identity sets' embedder, where it is not CLIP (a resumed run loads a Hub one at its recorded commit)."""
+    spec = recipe.identities
+    if spec is None or spec.embedder == "clip":
+        return None
+    from ..checks.identity import load_embedder
+
+    recorded = manifest.get("identity_embedder") or {}
+    return load_embedder(spec.embedder, recorded.get("commit") or spec.embedder_revision, device)
 
 
 def _run(engine: Engine, groups: list[list[ShardTask]], calls: dict[str, str], out: Path, tmp_dir: Path,
@@ -337,9 +334,12 @@ def _run(engine: Engine, groups: list[list[ShardTask]], calls: dict[str, str], o
         for group in groups:
             build = [t for t in group if t.name not in manifest.shards and t.name not in redo]
             pooled = _pooled(engine, group, build, floors, made) if len(group) > 1 and build else None
+            again = [t for t in group if t.name in redo]
+            sets = remake(engine, again, {sid: v for t in again for sid, v in redo[t.name].items()}, manifest) \
+                if recipe.identities is not None and again else None  # a set's members share their call
             for task in group:
                 if task.name in redo:
-                    rewrite(engine, sink, task, out / task.name, redo[task.name], manifest, attributes)
+                    rewrite(engine, sink, task, out / task.name, redo[task.name], manifest, attributes, sets)
                     bar.update(len(task.samples))
                     continue
                 if task.name in manifest.shards:

@@ -165,6 +165,10 @@ class ShardSink:
         row.update(row_provenance(w.batch, w.unet_calls, w.settings, self.candidates))
         for attr, (verdict, probability) in w.verified.items():
             row.update(zip(verified_columns(attr), (verdict, probability)))
+        if s.identity is not None:
+            row.update(identity=s.identity, reference=s.reference, identity_similarity=w.identity_similarity,
+                       identity_leaks=" ".join(w.leaks),
+                       identity_embedding=None if w.identity_embedding is None else w.identity_embedding.tolist())
         return {k: row[k] for k in self.features}
 
     def _flush(self) -> None:

@@ -80,6 +80,7 @@ class StepHook:
         self.seconds = 0.0  # spent on previews
         self.x0: torch.Tensor | None = None
         self.rows: torch.Tensor | None = None  # the images of the call that survived pruning, once it has run
+        self.sets = None  # identity sets' shared-attention state (.sets.SetState), when the call shares
         self._steps_seen = 0
 
     def tensor_inputs(self, pipe) -> list[str]:
@@ -120,12 +121,16 @@ class StepHook:
             self.generators[:] = [self.generators[r] for r in rows.tolist()]  # the scheduler's noise, per image
             _cut_scheduler(pipe.scheduler, rows, self.size)
             self.kept, self.size, self.rows = chosen, len(rows), rows
+            if self.sets is not None:
+                self.sets.cut(rows.cpu())
         if self.cfg is not None and i == self.cfg - 1 and guided:
             for name in tensors:
                 if name != "latents":
                     value = out.get(name, tensors[name])
                     out[name] = value[value.shape[0] // 2:]  # the conditional half
             pipe._guidance_scale = 0.0  # the pipeline stops guiding (its dynamic-CFG recipe)
+        if self.sets is not None:
+            self.sets.step_done(i)
         return out
 
     def _choose(self) -> list[list[int]]:
@@ -151,10 +156,22 @@ class StepHook:
                     reason, _ = engine.gates.check(pixels[k], emb_cpu[k], None if unsafe is None else unsafe[k],
                                                    cell_key(sample.labels))
                     failed[g, j] |= reason is not None
+        for members in _set_members(self.samples):  # a set keeps the same candidates for every member: the
+            failed[members] = failed[members].any(0)  # sets whose weakest member previews best
+            scores[members] = scores[members].min(0)
         chosen = [sorted(sorted(range(self.n), key=lambda j: (failed[g, j], -scores[g, j], j))[:self.keep])
                   for g in range(len(self.samples))]
         self.seconds += time.perf_counter() - start
         return chosen
+
+
+def _set_members(samples: Sequence["Sample"]) -> list[list[int]]:
+    """The indices of each identity set's members in a call (none for rows of their own)."""
+    sets: dict[str, list[int]] = {}
+    for g, sample in enumerate(samples):
+        if getattr(sample, "identity", None):
+            sets.setdefault(sample.identity, []).append(g)
+    return [members for members in sets.values() if len(members) > 1]
 
 
 @contextmanager

@@ -90,3 +90,25 @@ def call_contexts(groups: list[list[ShardTask]]) -> dict[str, str]:
         digest = ids_digest([s.sample_id for t in group for s in t.samples])
         out.update((t.name, digest) for t in group)
     return out
+
+
+def set_groups(tasks: list[ShardTask], plan: Plan) -> list[list[ShardTask]] | None:
+    """For identity sets whose varied attributes include the primary label: the shards that hold the same
+    identities (one per label, same split and index), which must be made together since a set is denoised in
+    one call; None for any other plan (:func:`batch_groups` then)."""
+    spec = plan.recipe.identities
+    if spec is None or plan.recipe.primary not in spec.vary:
+        return None
+    groups: dict[tuple[str, str], list[ShardTask]] = {}
+    for task in tasks:
+        groups.setdefault((task.split, task.name.rpartition("-")[2]), []).append(task)
+    return list(groups.values())
+
+
+def set_rows_per_label(plan: Plan) -> int:
+    """How many rows of one identity share a primary label: a shard holds whole multiples of this."""
+    spec = plan.recipe.identities
+    if spec is None:
+        return 1
+    values = len(plan.recipe.attributes[plan.recipe.primary].values)
+    return plan.set_size // values if plan.recipe.primary in spec.vary else plan.set_size

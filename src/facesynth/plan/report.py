@@ -20,14 +20,16 @@ def balance_report(plan: Plan) -> dict[str, Any]:
     primary label x each of them: ``splits[name] = {"value": worst, "pair": worst}``."""
     r = plan.recipe
     fixed = set() if r.balance.cross is not None else {a for s in r.strata for a, _ in s.labels}  # proportional
-    equal = [a for a in r.attributes if a not in fixed]
+    varied = set(r.identities.vary) if r.identities is not None else set()  # every set holds each value once
+    units = units_of(plan)
+    equal = [a for a in r.attributes if a not in fixed | varied]
     sizes = [len(r.attributes[a].values) for a in equal]
     ids = {a: {v: i for i, v in enumerate(r.attributes[a].values)} for a in equal}
-    cells = np.array([[ids[a][s.labels[a]] for a in equal] for s in plan.samples], np.int64).reshape(-1, len(equal))
+    cells = np.array([[ids[a][s.labels[a]] for a in equal] for s in units], np.int64).reshape(-1, len(equal))
     found = spreads(cells, sizes) if equal else {}
     worst_pair = max(((v, " x ".join(equal[i] for i in k)) for k, v in found.items() if len(k) == 2), default=None)
     names = list(r.splits)
-    split_of = np.array([names.index(s.split) for s in plan.samples], np.int64)
+    split_of = np.array([names.index(s.split) for s in units], np.int64)
     p = equal.index(r.primary) if r.primary in equal else None
     per_split: dict[str, dict[str, int | None]] = {}  # pair: None where no pair with the primary shares equally
     for k, name in enumerate(names):
@@ -37,10 +39,19 @@ def balance_report(plan: Plan) -> dict[str, Any]:
     best = bool(order and order.best_possible and worst_pair and worst_pair[0] == order.pair_bound)
     return {"attributes": equal, "axis": max((v for k, v in found.items() if len(k) == 1), default=0),
             "pair": worst_pair, "best": best, "splits": per_split, "searched": plan.split_table is not None,
-            **share_report(plan, split_of)}
+            "sets": sorted(varied, key=list(r.attributes).index) if varied else None,
+            **share_report(plan, units, split_of)}
 
 
-def share_report(plan: Plan, split_of: np.ndarray) -> dict[str, Any]:
+def units_of(plan: Plan) -> list:
+    """What balance is measured over: every row, or for identity sets one row per identity (its reference),
+    since a set's members share its split and its fixed attributes."""
+    if plan.recipe.identities is None:
+        return plan.samples
+    return [s for s in plan.samples if s.member == 0]
+
+
+def share_report(plan: Plan, units: list, split_of: np.ndarray) -> dict[str, Any]:
     """Over every attribute, proportional or equal: how far a value's rows in a split get from the split's share
     of the value's rows so far, over every prefix (``share``: rows, and where), and the values a split lacks
     although it holds as many rows as the attribute has values and the value has a row for every split
@@ -49,8 +60,9 @@ def share_report(plan: Plan, split_of: np.ndarray) -> dict[str, Any]:
     names, ratios = list(r.splits), np.array(list(r.splits.values()))
     worst, where, lacking = 0.0, None, []
     sizes = np.bincount(split_of, minlength=len(names))
-    for a in r.attributes:
-        labels = np.array([s.labels[a] for s in plan.samples])
+    varied = set(r.identities.vary) if r.identities is not None else set()
+    for a in (a for a in r.attributes if a not in varied):
+        labels = np.array([s.labels[a] for s in units])
         values = [v for v in r.attributes[a].values if (labels == v).any()]
         for v in values:
             rows = split_of[labels == v]
@@ -72,7 +84,8 @@ def format_balance(report: dict[str, Any]) -> str:
 
 def _format_shares(report: dict[str, Any]) -> str:
     gap, (split, attr, value) = report["share"][0], report["share"][1] or ("-", "-", "-")
-    line = (f"splits over every prefix: each value of every attribute within {gap:g} rows of its split's share "
+    unit = "identities" if report.get("sets") else "rows"
+    line = (f"splits over every prefix: each value of every attribute within {gap:g} {unit} of its split's share "
             f"(worst: {attr} {value} in {split})")
     if report["lacking"]:
         shown = "; ".join(f"{s} lacks {a} {v}" for s, a, v in report["lacking"][:4])
@@ -82,6 +95,14 @@ def _format_shares(report: dict[str, Any]) -> str:
 
 
 def _format_equal(report: dict[str, Any]) -> str:
+    sets = report.get("sets")
+    if sets:
+        return (f"identity sets: every set holds each value of {', '.join(sets)} once, in one split; over the "
+                "identities, " + _format_plain(report))
+    return _format_plain(report)
+
+
+def _format_plain(report: dict[str, Any]) -> str:
     if not report["attributes"]:
         return "balance: every stratum exact; prefixes proportional to the strata counts"
     line = f"balance over every prefix: each of {', '.join(report['attributes'])} within {report['axis']} of equal"

@@ -35,6 +35,7 @@ from ..errors import PlanError
 from ..folder.files import atomic_write
 from ..recipe import Recipe
 from .split_order import SplitTable, split_table
+from ..recipe.identities import combinations, set_size
 
 SEED_BITS = 63
 MAX_SAMPLES = 1_000_000  # the plan is held in memory: about 0.7 GB at this size
@@ -78,14 +79,22 @@ class Sample:
     split: str
     seeds: tuple[int, ...]
     master_seed: int = field(repr=False, default=0)
+    identity: str | None = None  # the identity set the row belongs to (see .sets); None: a row of its own
+    reference: str | None = None  # the sample id of the set's reference member
+    member: int = 0  # the row's place in its set (0: the reference)
 
     @property
     def cell(self) -> tuple[tuple[str, str], ...]:
         return tuple(sorted(self.labels.items()))
 
+    @property
+    def seed_key(self) -> str:
+        """What the seeds hash: the identity for a set's members (they share their starting noise), else the id."""
+        return self.identity or self.sample_id
+
     def candidate_seeds(self, num_candidates: int, attempt: int = 0) -> list[int]:
         """Seeds for ``num_candidates`` candidates of a given attempt."""
-        return [derive_seed(self.master_seed, self.sample_id, c, attempt) for c in range(num_candidates)]
+        return [derive_seed(self.master_seed, self.seed_key, c, attempt) for c in range(num_candidates)]
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -160,6 +169,7 @@ class Plan:
         if not 0 <= self.seed < 2**63:
             raise PlanError(f"--seed: must be between 0 and 2**63-1 (got {self.seed})")
         self.capacity = sum(s.count for s in recipe.strata) if recipe.balance.strata else None
+        self.set_size = set_size(recipe, recipe.identities) if recipe.identities is not None else 1
         if num_samples is None:
             if self.capacity is None:
                 raise PlanError(f"recipe '{recipe.name}' balances a cross product: give --num-samples")
@@ -174,6 +184,11 @@ class Plan:
         if num_samples > MAX_SAMPLES:
             raise PlanError(f"--num-samples: at most {MAX_SAMPLES} per dataset (got {num_samples}); "
                             "split larger collections into several datasets")
+        if num_samples % self.set_size:
+            low = num_samples // self.set_size * self.set_size
+            near = " or ".join(str(n) for n in (low, low + self.set_size) if n >= self.set_size)
+            raise PlanError(f"--num-samples: {num_samples} is not a whole number of identity sets of {self.set_size} "
+                            f"rows ({' x '.join(recipe.identities.vary)}); use {near}")
         self.num_samples = num_samples
         self._samples: list[Sample] | None = None
         self.cross_order: CrossOrder | None = None  # set once the samples are built, for a cross product
@@ -213,6 +228,9 @@ class Plan:
 
     def _build(self) -> Iterator[Sample]:
         r = self.recipe
+        if r.identities is not None:
+            yield from self._build_sets()
+            return
         splits = Splits(r.splits, r.primary)
         names_of_splits = list(r.splits)
         table = self.split_table = recipe_split_table(r)
@@ -224,7 +242,47 @@ class Plan:
             split = names_of_splits[table[index]] if table else splits.take(labels)
             yield self._sample(index, labels, split)
 
-    def _sample(self, index: int, labels: dict[str, str], split: str) -> Sample:
+    def _build_sets(self) -> Iterator[Sample]:
+        """Identity sets: identities are planned over the fixed attributes as rows are otherwise (cross product or
+        strata, free attributes in blocks, prefix-stable), each takes a split of its own, and each expands into
+        one row per combination of the varied values, the first being its reference."""
+        r, spec = self.recipe, self.recipe.identities
+        members = combinations(r, spec)
+        fixed = {a: list(attr.values) for a, attr in r.attributes.items() if a not in spec.vary}
+        ids = {a: {v: i for i, v in enumerate(values)} for a, values in fixed.items()}
+        rows = FreeLabels({a: len(values) for a, values in fixed.items()}, self._set_cells(ids))
+        primary = r.primary if r.primary in fixed else next(iter(fixed), "")
+        splits = Splits(r.splits, primary)
+        for k in range(self.num_samples // len(members)):
+            labels = {a: fixed[a][value] for a, value in rows[k].items()}
+            split = splits.take(labels if primary else {"": ""})
+            identity = f"{r.name}-id{k:07d}"
+            for j, varied in enumerate(members):
+                row = {a: varied.get(a) or labels[a] for a in r.attributes}
+                yield self._sample(k * len(members) + j, row, split, identity, j)
+
+    def _set_cells(self, ids: dict[str, dict[str, int]]) -> Iterator[dict[str, int]]:
+        """Each identity's cell over the fixed attributes: the cross product without the varied axes, or the
+        strata with counts in sets."""
+        r, vary = self.recipe, set(self.recipe.identities.vary)
+        if r.balance.cross is not None:
+            axes = [a for a in sorted(r.balance.cross, key=lambda a: a != r.primary) if a not in vary]
+            if not axes:
+                yield from itertools.repeat({})
+                return
+            order = cross_order(tuple(len(r.attributes[a].values) for a in axes))
+            for start in itertools.count(0, CELL_CHUNK):
+                for row in order.cells(np.arange(start, start + CELL_CHUNK)).tolist():
+                    yield dict(zip(axes, row))
+            return
+        strata = [s for s in r.strata if s.count > 0]
+        counts = [s.count // self.set_size for s in strata]
+        cells = [{a: ids[a][v] for a, v in s.labels} for s in strata]
+        for i in deficit_order(counts, caps=counts):
+            yield cells[i]
+
+    def _sample(self, index: int, labels: dict[str, str], split: str, identity: str | None = None,
+                member: int = 0) -> Sample:
         r = self.recipe
         sample_id = f"{r.name}-{index:07d}"
         phrases = {}
@@ -245,8 +303,11 @@ class Plan:
             caption=self._shared.setdefault(("caption", caption), caption),
             settings=self._share("settings", settings),
             split=split,
-            seeds=tuple(derive_seed(self.seed, sample_id, c) for c in range(self.num_candidates)),
+            seeds=tuple(derive_seed(self.seed, identity or sample_id, c) for c in range(self.num_candidates)),
             master_seed=self.seed,
+            identity=identity,
+            reference=None if identity is None else f"{r.name}-{index - member:07d}",
+            member=member,
         )
 
     def _share(self, kind: str, d: dict[str, Any]) -> dict[str, Any]:

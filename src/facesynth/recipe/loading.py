@@ -9,11 +9,13 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from ..errors import RecipeError
+from .identities import Identities, check as check_identities
 from .schema import RESERVED_CONFIGS, Recipe, _expand_strata, placeholders
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -169,6 +171,10 @@ def _cross_check(recipe: Recipe) -> str | None:
         if value in RESERVED_CONFIGS:
             return (f"attributes.{recipe.primary}.values: '{value}' is reserved for the dataset's "
                     "all-rows config; name the value otherwise")
+    if recipe.identities is not None:
+        problem = check_identities(recipe, recipe.identities)
+        if problem:
+            return problem
     for attr in recipe.verify:
         if attr not in attrs:
             return f"verify.{attr}: not an attribute ({', '.join(attrs)})"
@@ -223,3 +229,21 @@ def _check_strata(recipe: Recipe) -> str | None:
     if sum(s.count for s in _expand_strata(recipe.balance.strata or [])) == 0:
         return "balance.strata: counts add up to 0"
     return None
+
+
+def with_identities(recipe: Recipe, spec: dict[str, Any] | Identities | None, where: str = "--identities") -> Recipe:
+    """``recipe`` with its identity sets replaced by ``spec`` (``--identities``, or what a manifest recorded),
+    checked as a recipe's own would be."""
+    if spec is None:
+        return recipe
+    identities = spec if isinstance(spec, Identities) else Identities.model_validate(spec)
+    problem = check_identities(recipe, identities, where)
+    if problem:
+        raise RecipeError(problem)
+    return recipe.model_copy(update={"identities": identities})
+
+
+def recipe_of(manifest) -> Recipe:
+    """The recipe a dataset folder was made with: its YAML as recorded, with the identity sets the run used."""
+    recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
+    return with_identities(recipe, (manifest.get("plan") or {}).get("identities"), "manifest.json: plan.identities")

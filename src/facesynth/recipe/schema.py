@@ -15,6 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .identities import Identities
+
 SPLITS = ("train", "validation", "test")
 # Opt-in settings that change how many candidates finish, or the images themselves (see generation.steps).
 SPEEDUPS = ("prune_at", "keep", "cfg_until")
@@ -260,6 +262,7 @@ class Recipe(BaseModel):
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.8, "validation": 0.1, "test": 0.1})
     verify: dict[str, Verify] = Field(default_factory=dict)  # attribute -> its independent verifier
     loras: list[Lora] = Field(default_factory=list)  # LoRA adapters fused into the model, in this order
+    identities: Identities | None = None  # rows as identity sets (see .identities)
 
     _numbers = field_validator("seed", "splits", mode="before")(classmethod(lambda cls, v: _no_bool(v)))
 
@@ -321,8 +324,8 @@ class Recipe(BaseModel):
 
     def fingerprint(self) -> str:
         """A sha256 of the recipe's canonical JSON form."""
-        # a recipe without verifiers or adapters keeps the fingerprint it had before they existed
-        unset = {key for key in ("verify", "loras") if not getattr(self, key)}
+        # a recipe without verifiers, adapters or identity sets keeps the fingerprint it had before they existed
+        unset = {key for key in ("verify", "loras", "identities") if not getattr(self, key)}
         blob = json.dumps(self.model_dump(mode="json", exclude=unset or None), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

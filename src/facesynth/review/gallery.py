@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ..builder import read_manifest, shard_paths
+from ..folder.reading import read_manifest, shard_paths
 from ..errors import OutputError, shorten, visible
-from ..recipe import parse_recipe
+from ..recipe import recipe_of
 from ..folder.schema import verified_attributes, verified_columns
 from .verdicts import Verdict, append_verdicts, clean_reason, image_digest, review_state
 
@@ -120,12 +120,12 @@ class Gallery:
         self.root = Path(root)
         if not self.root.is_dir():
             raise OutputError(f"'{self.root}': not a folder")
-        from ..builder import check_complete, wait_for_writer
+        from ..folder.reading import check_complete, wait_for_writer
 
         wait_for_writer(self.root, False, "review it")  # a grow in progress would show only what it kept so far
         manifest = read_manifest(self.root)
         check_complete(self.root, manifest, partial=False)
-        self.recipe = parse_recipe(manifest["recipe"]["yaml"], manifest["recipe"]["source"])
+        self.recipe = recipe_of(manifest)
         self.attributes = {a: list(attr.values) for a, attr in self.recipe.attributes.items()}
         self.primary = self.recipe.primary
         self.splits = list(self.recipe.splits)

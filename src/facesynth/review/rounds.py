@@ -22,10 +22,12 @@ from typing import Any
 
 from ..errors import OutputError
 from ..folder.state import FIRST_VERSION, version_bump
-from .verdicts import Verdict, VerdictError, reason_counts, review_state, snapshot_size
+from .verdicts import Verdict, VerdictError, current_rows, reason_counts, review_state, snapshot_size
 from ..folder.writer import Manifest
 
 logger = logging.getLogger(__name__)
+
+SET_REASON = "made again with its identity set"  # a member whose set another member's rejection remade
 
 def floors(manifest: Manifest) -> dict[str, int]:
     """sample_id -> the first attempt it may be made at (only samples a review round moved on)."""
@@ -45,6 +47,15 @@ def find_rejected(out: Path, manifest: Manifest, cells: dict[str, str], names: l
     """Rejections in the snapshot whose rows these shards hold now (same attempt, same image): shard ->
     sample_id -> verdict."""
     waiting, rows = review_state(out, names, cells, limit)
+    sets = getattr(cells, "sets", None) or {}  # identity sets: a rejected member's set is made again whole
+    extra = [m for sid in waiting for m in sets.get(sid, ()) if m not in waiting]
+    if extra:
+        members = current_rows(out, names, extra)
+        for member in extra:
+            if member in members:
+                row = members[member]
+                waiting[member] = Verdict(member, row.attempt, row.image, "reject", SET_REASON)
+                rows[member] = row
     found: dict[str, dict[str, Verdict]] = {}
     for sid, verdict in waiting.items():
         found.setdefault(rows[sid].shard, {})[sid] = verdict
