@@ -480,3 +480,48 @@ def identity_recipe(text: str = None, **identities) -> str:
     data = yaml.safe_load(resolve("emotions")[1])
     data["identities"] = {"vary": ["emotion"], **identities}
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def tiny_ip_adapter(folder, embed_dim: int = 32, wide: bool = False):
+    """A random IP-Adapter for the tiny UNet, saved the way IP-Adapter repos hold one: ``ip-adapter.safetensors``
+    (``image_proj.*`` and ``ip_adapter.*`` tensors, as diffusers' tests build them) and a tiny CLIP image encoder in
+    ``image_encoder/`` (safetensors). ``wide``: made for a model with twice the tiny UNet's text width."""
+    from pathlib import Path
+
+    import torch
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor
+    from diffusers.models.embeddings import ImageProjection
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from facesynth import tiny
+
+    unet = tiny.build_pipeline().unet
+    cross, channels = unet.config.cross_attention_dim * (2 if wide else 1), list(unet.config.block_out_channels)
+    torch.manual_seed(7)
+    state, key = {}, 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = channels[int(name[len("down_blocks.")])]
+        weights = IPAdapterAttnProcessor(hidden_size=hidden, cross_attention_dim=cross, scale=1.0).state_dict()
+        state[f"ip_adapter.{key}.to_k_ip.weight"] = weights["to_k_ip.0.weight"] * 8
+        state[f"ip_adapter.{key}.to_v_ip.weight"] = weights["to_v_ip.0.weight"] * 8
+        key += 2
+    projection = ImageProjection(cross_attention_dim=cross, image_embed_dim=embed_dim, num_image_text_embeds=4)
+    for ours, theirs in (("proj.weight", "image_embeds.weight"), ("proj.bias", "image_embeds.bias"),
+                         ("norm.weight", "norm.weight"), ("norm.bias", "norm.bias")):
+        state[f"image_proj.{ours}"] = projection.state_dict()[theirs].contiguous()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, folder / "ip-adapter.safetensors")
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1, image_size=32, patch_size=8,
+        projection_dim=embed_dim))
+    encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
+    return folder

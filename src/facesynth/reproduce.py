@@ -115,6 +115,15 @@ class Reproducer:
         pipe, _ = load_pipeline(local["model"] or model["name"], revision=revision, dtype=torch_dtype, device=dev,
                                 config=local["model_config"])
         apply_adapters(pipe, adapters, model["name"])  # the same adapters, fused the same way
+        if self.recipe.identities is not None and self.recipe.identities.mechanism == "reference":
+            from .generation.families import family_of
+            from .generation.reference import load as load_reference
+
+            record = self.manifest.get("identity_adapter") or {}
+            spec = self.recipe.identities
+            path = recorded_input(record.get("path"), inputs, "identities.adapter", "manifest.json: identity_adapter")
+            load_reference(pipe, spec.model_copy(update={"adapter": path or spec.adapter}), family_of(pipe),
+                           record.get("commit"))
         scorer = ClipScorer.load(local["clip_model"] or clip["name"], device=dev, dtype=torch_dtype,
                                  revision=clip.get("commit"))
         generation = self.manifest.get("generation", {})

@@ -271,3 +271,82 @@ def test_an_embedder_that_is_not_an_image_model_is_one_line(tmp_path, capsys):
     assert err.startswith(f"Error: identities.embedder: 'flat.onnx' is not an image model (its input is ['batch', 1, "
                           "32, 32]") or err.startswith("Error: identities.embedder:"), err
     assert not (tmp_path / "o").exists()
+
+
+# The reference mechanism (IP-Adapter) ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    from conftest import tiny_ip_adapter
+
+    return tiny_ip_adapter(tmp_path_factory.mktemp("ipa") / "face-adapter")
+
+
+def _engine_with_adapter(tiny_scorer, adapter, scale):
+    from facesynth.generation.families import family_of
+    from facesynth.generation.loading import load_pipeline
+    from facesynth.generation.reference import load
+
+    recipe = sets_recipe(mechanism="reference", adapter=str(adapter), adapter_scale=scale)
+    pipe, _ = load_pipeline("tiny")
+    load(pipe, recipe.identities, family_of(pipe))
+    return make_engine(pipe, tiny_scorer, recipe)
+
+
+def test_the_reference_mechanism_makes_references_alone_and_conditions_members_on_them(
+        tiny_pipe, tiny_scorer, adapter):
+    """References are made as they would be alone (the adapter at scale 0); the other members change with the
+    adapter's scale, conditioned on their reference's image, and start from the same noise."""
+    samples = Plan(sets_recipe(), 8).samples[:4]
+    alone = engines_free(tiny_pipe, tiny_scorer).candidates(samples, 0)
+    weak = _engine_with_adapter(tiny_scorer, adapter, 0.0).candidates(samples, 0)
+    strong = _engine_with_adapter(tiny_scorer, adapter, 2.0).candidates(samples, 0)
+    assert np.array_equal(weak[0].pixels, alone[0].pixels) and np.array_equal(strong[0].pixels, alone[0].pixels)
+    for w, s in zip(weak[1:], strong[1:]):
+        assert np.abs(w.pixels.astype(int) - s.pixels.astype(int)).max() > 0
+
+
+def engines_free(tiny_pipe, tiny_scorer):
+    return make_engine(tiny_pipe, tiny_scorer, load_recipe("emotions"))
+
+
+def test_a_reference_run_records_the_adapter_reproduces_and_validates(tmp_path, adapter):
+    from facesynth.reproduce import reproduce
+    from facesynth.validate import validate
+
+    out = tmp_path / "out"
+    _make(out, n=8, identities={"mechanism": "reference", "adapter": str(adapter), "adapter_scale": 2.0})
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["identity_adapter"]["file"] == "ip-adapter.safetensors"
+    assert "identities.adapter" in manifest["parameters"]["inputs"]
+    assert reproduce(out, "emotions-0000002").identical and validate(out, images=False).ok
+    assert "conditioned on the reference's image through the IP-Adapter" in (out / "README.md").read_text()
+
+
+def test_bad_reference_adapters_are_one_line_and_write_nothing(tmp_path, capsys, adapter):
+    import shutil
+
+    from conftest import tiny_ip_adapter
+
+    wide = tiny_ip_adapter(tmp_path / "wide", wide=True)
+    bare = tmp_path / "bare"
+    shutil.copytree(adapter, bare)
+    shutil.rmtree(bare / "image_encoder")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "ip-adapter.bin").write_bytes(b"\x80\x04")
+    cases = [
+        ({"adapter": str(wide)}, [], "Error: identities.adapter: 'wide' does not fit the model ("),
+        ({"adapter": str(bare)}, [], f"Error: identities.adapter: '{bare}' has no image_encoder/ with safetensors"),
+        ({"adapter": str(pickled)}, [], f"Error: identities.adapter: '{pickled}' holds 0 safetensors files (none)"),
+        ({"adapter": str(adapter)}, ["--prune-at", "0.5", "--keep", "1"],
+         "Error: --prune-at/--keep: not with identities.mechanism reference"),
+    ]
+    for k, (spec, extra, line) in enumerate(cases):
+        recipe = tmp_path / f"r{k}.yaml"
+        recipe.write_text(identity_recipe(mechanism="reference", **spec))
+        capsys.readouterr()
+        code = invoke(["generate", str(recipe), "--model", "tiny", "-n", "8", "--out", str(tmp_path / "o"), "-q",
+                       *extra])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith(line.replace("'wide'", f"'{wide}'")), err
+        assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()

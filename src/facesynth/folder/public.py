@@ -26,7 +26,8 @@ def public_manifest(manifest: Manifest) -> dict[str, Any]:
     for key in ("model", "clip_model"):
         if isinstance(params.get(key), str) and (os.sep in params[key] or params[key].endswith(".safetensors")):
             params[key] = Path(params[key]).name
-    for record in [*(data.get("verifiers") or []), *(data.get("loras") or [])]:
+    for record in [*(data.get("verifiers") or []), *(data.get("loras") or []), data.get("identity_adapter") or {},
+                   data.get("identity_embedder") or {}]:
         record.pop("path", None)
     for spec in (params.get("verify") or {}).values():
         for key in ("model", "zero_shot"):

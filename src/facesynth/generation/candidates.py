@@ -14,7 +14,7 @@ import torch
 
 from ..checks.quality import Tally
 from ..errors import ModelError
-from ..plan import Sample
+from ..plan import Sample, cell_key
 
 
 class NonFiniteError(ModelError):
@@ -103,3 +103,22 @@ class Timings:
             if self.sync:
                 torch.cuda.synchronize()
             self.seconds[name] += time.perf_counter() - start
+
+
+def non_finite(scored: list[Scored], pipe) -> str:
+    """The line for a batch whose every candidate came out NaN or infinite."""
+    images = sum(len(s.finite) for s in scored)
+    half = getattr(pipe, "dtype", None) == torch.float16
+    return (f"the model made NaN or infinite images for all {images} candidates of a batch ("
+            f"{', '.join(s.sample.sample_id for s in scored[:3])}{', ...' if len(scored) > 3 else ''}), so no row "
+            "can be kept: an adapter with huge weights or a broken checkpoint"
+            f"{', or fp16 overflow (try --dtype bf16 or fp32)' if half else ''}; finished shards are kept")
+
+
+def exhausted(sample: Sample, tally: Tally) -> str:
+    """The line for a sample whose every attempt failed the gates."""
+    reasons = ", ".join(f"{r} {n}" for r, n in tally.rejected.most_common())
+    return (f"sample '{sample.sample_id}' ({cell_key(sample.labels)}): no candidate passed the quality gates "
+            f"in {tally.refills} attempts ({tally.checked} candidates: {reasons}); finished shards are kept: "
+            "run the same command with a higher --max-refills to resume (it changes only when a sample gives "
+            "up); relaxed gates are another dataset: use another folder, or --overwrite")

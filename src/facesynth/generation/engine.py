@@ -29,7 +29,8 @@ from .loading import make_scheduler
 from .families import family_of
 from .family import check_size, to_uint8
 from .prompts import Conditioning
-from .candidates import NonFiniteError, Scored, Timings, Winner, candidate_scores
+from .candidates import NonFiniteError, Scored, Timings, Winner, candidate_scores, exhausted, non_finite
+from .reference import denoise as reference_denoise
 from .set_engine import check_sets, identity_scores, run_sets, units
 from .sets import SetState, reference_rows, sharing
 from .steps import StepHook
@@ -162,7 +163,7 @@ class Engine:
             retry = []
             round_ = self.candidates(todo, attempt)
             if not any(scored.finite.any() for scored in round_):
-                raise NonFiniteError(self._non_finite(round_))
+                raise NonFiniteError(non_finite(round_, self.pipe))
             for scored in round_:
                 sid = scored.sample.sample_id
                 win = self._choose(scored, best, tallies[sid])
@@ -172,7 +173,7 @@ class Engine:
                 if kept is None:
                     tallies[sid].refills += 1
                     if tallies[sid].refills > self.quality.max_refills:
-                        raise QuotaError(self._exhausted(scored.sample, tallies[sid]))
+                        raise QuotaError(exhausted(scored.sample, tallies[sid]))
                     retry.append(scored.sample)
                 elif (opts.min_label_confidence is not None and kept.label_confidence < opts.min_label_confidence
                       and attempt + 1 - first_attempt < opts.max_attempts):
@@ -227,21 +228,6 @@ class Engine:
             return verify(self.verifiers, scored.pixels[k:k + 1], [box], [scored.sample.labels],
                           self.options.crop_margin)[0]
 
-    def _non_finite(self, scored: Sequence["Scored"]) -> str:
-        images = sum(len(s.finite) for s in scored)
-        half = getattr(self.pipe, "dtype", None) == torch.float16
-        return (f"the model made NaN or infinite images for all {images} candidates of a batch ("
-                f"{', '.join(s.sample.sample_id for s in scored[:3])}{', ...' if len(scored) > 3 else ''}), so no row "
-                "can be kept: an adapter with huge weights or a broken checkpoint"
-                f"{', or fp16 overflow (try --dtype bf16 or fp32)' if half else ''}; finished shards are kept")
-
-    def _exhausted(self, sample: Sample, tally: Tally) -> str:
-        reasons = ", ".join(f"{r} {n}" for r, n in tally.rejected.most_common())
-        return (f"sample '{sample.sample_id}' ({cell_key(sample.labels)}): no candidate passed the quality gates "
-                f"in {tally.refills} attempts ({tally.checked} candidates: {reasons}); finished shards are kept: "
-                "run the same command with a higher --max-refills to resume (it changes only when a sample gives "
-                "up); relaxed gates are another dataset: use another folder, or --overwrite")
-
     # One pipeline call ------------------------------------------------------------------
     def _scheduler(self, name: str):
         if name == "default":
@@ -269,9 +255,12 @@ class Engine:
             raise ValueError(f"keep ({settings['keep']}) must be below the number of candidates ({n})")
         conds = [self.encoder.encode(s.prompt, s.negative_prompt) for s in samples]
         seeds = [s.candidate_seeds(n, attempt) for s in samples]
+        flat_conds, flat_seeds = [c for c in conds for _ in range(n)], [x for row in seeds for x in row]
         with self.timings.stage("unet"):
-            latents, used, kept = self.denoise([c for c in conds for _ in range(n)],
-                                               [x for row in seeds for x in row], settings, calls, samples)
+            if self.recipe.identities is not None and self.recipe.identities.mechanism == "reference":
+                latents, used, kept = reference_denoise(self, flat_conds, flat_seeds, settings, calls, samples, n)
+            else:
+                latents, used, kept = self.denoise(flat_conds, flat_seeds, settings, calls, samples)
         m = len(kept[0])  # candidates per sample that ran to the end
         with self.timings.stage("vae"):
             images = self.decode(latents)
@@ -334,7 +323,7 @@ class Engine:
 
     def denoise(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any],
                 calls: Sequence[int] | None = None, samples: Sequence[Sample] | None = None,
-                ) -> tuple[torch.Tensor, list[int], list[list[int]]]:
+                ip: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int], list[list[int]]]:
         """Latents for one image per (conditioning, seed), the images per UNet call, and the survivors.
 
         ``samples`` (one per N consecutive seeds) lets ``prune_at``/``keep`` settings prune each
@@ -342,7 +331,8 @@ class Engine:
         are returned (all N without pruning). Calls hold at most ``max_images`` images (whole
         samples when pruning). On out-of-memory that is halved, logged and kept for the rest of
         the run. Batched kernels can round differently for other call sizes, so the sizes are
-        returned for the rows to record.
+        returned for the rows to record. ``ip`` gives each image an IP-Adapter image embedding (identity sets'
+        ``reference`` mechanism, :mod:`.reference`).
         """
         self.pipe.scheduler = self._scheduler(settings["scheduler"])
         n = len(seeds) // len(samples) if samples else 1
@@ -361,7 +351,9 @@ class Engine:
             real = min(size, len(seeds) - start)
             try:
                 call_conds, call_seeds, group = self._padded(conds, seeds, samples, start, real, size, n)
-                latents, survivors = self._call(call_conds, call_seeds, settings, group)
+                call_ip = None if ip is None else torch.cat([ip[start:start + real],
+                                                             ip[start + real - 1:start + real].expand(size - real, -1)])
+                latents, survivors = self._call(call_conds, call_seeds, settings, group, call_ip)
             except torch.OutOfMemoryError:
                 if size <= n * max((len(u) for u in units(samples or [])), default=1) or forced:
                     raise
@@ -390,14 +382,20 @@ class Engine:
         return call_conds, call_seeds, group
 
     def _call(self, conds: Sequence[Conditioning], seeds: Sequence[int], settings: dict[str, Any],
-              samples: Sequence[Sample] | None = None) -> tuple[torch.Tensor, list[list[int]]]:
+              samples: Sequence[Sample] | None = None, ip: torch.Tensor | None = None,
+              ) -> tuple[torch.Tensor, list[list[int]]]:
         """One pipeline call, returning the latents and each sample's surviving candidate indices."""
         kwargs: dict[str, Any] = self.family.call_inputs(conds)
+        if ip is not None:  # one image embedding per image; the unconditional half gets zeros, as diffusers does
+            embeds = ip[:, None].to(self.device, self.pipe.unet.dtype)
+            kwargs["ip_adapter_image_embeds"] = [torch.cat([torch.zeros_like(embeds), embeds])
+                                                 if settings["guidance"] > 1 else embeds]
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         hook = StepHook(self, settings, samples or [], generators)
         spec = self.recipe.identities
-        refs = reference_rows(samples or [], len(seeds) // len(samples)) if samples and spec else None
-        if refs is not None and spec.mechanism == "shared-attention" and spec.strength > 0:
+        shared = bool(samples) and spec is not None and spec.mechanism == "shared-attention" and spec.strength > 0
+        refs = reference_rows(samples, len(seeds) // len(samples)) if shared else None
+        if refs is not None:
             hook.sets = SetState(refs, spec.strength, spec.steps, settings["steps"])
         with hook.watching(self.pipe.scheduler), self.family.watching(self.pipe, hook), sharing(self.pipe, hook.sets):
             latents = self.pipe(

@@ -122,8 +122,9 @@ def denoise(engine, conds, seeds, settings, calls, samples, n: int):
     rows = lambda group: [r for g in group for r in range(g * n, g * n + n)]  # noqa: E731
     pipe, spec = engine.pipe, engine.recipe.identities
     pipe.set_ip_adapter_scale(0.0)
+    dim = int(pipe.image_encoder.config.projection_dim)
     first = engine.denoise([conds[r] for r in rows(refs)], [seeds[r] for r in rows(refs)], settings,
-                           forced[:cut] or None, [samples[g] for g in refs], ip=torch.zeros(0))
+                           forced[:cut] or None, [samples[g] for g in refs], ip=torch.zeros(len(refs) * n, dim))
     parts, used, kept = {g: first[0][k * n:(k + 1) * n] for k, g in enumerate(refs)}, list(first[1]), {}
     kept.update({g: first[2][k] for k, g in enumerate(refs)})
     if rest:

@@ -41,6 +41,7 @@ from .config import (DEFAULT_DEDUPE, GenerateConfig, GenerateResult, check_speed
                      local_inputs, models, quality_options, run_parameters, settings_overrides, verifier_specs,
                      verify_origins)
 from .engine import Engine, EngineOptions, NonFiniteError
+from .reference import check_settings as check_reference
 from ..folder.pins import local_record
 from .review_pass import open_round, remake, review_cells, rewrite
 from .shards import shard_groups, shard_rows
@@ -82,6 +83,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     overrides = settings_overrides(cfg, model)
     sizes = [{**s.settings, **overrides} for s in plan.samples]
     check_speedups(cfg, sizes)
+    for settings in sizes[:1] if recipe.identities is not None else ():
+        check_reference(recipe.identities, settings)
     keep = max((k for k in (s.get("keep") for s in sizes) if k is not None), default=None)
     if keep is not None and keep >= cfg.candidates:  # a recipe's keep, checked against this run's candidates
         raise PlanError(f"keep: the recipe keeps {keep} candidates past prune_at, which must be below --candidates "
@@ -263,6 +266,13 @@ def _build_engine(cfg, recipe, model, clip_model, overrides, manifest: Manifest,
     if pinned:
         info.revision = cfg.revision
     apply_adapters(pipe, adapters, model)
+    if recipe.identities is not None and recipe.identities.mechanism == "reference":
+        from .families import family_of
+        from .reference import load as load_reference
+
+        recorded = manifest.get("identity_adapter") or {}  # a resumed run: the Hub adapter at its recorded commit
+        manifest.data["identity_adapter"] = load_reference(pipe, recipe.identities, family_of(pipe),
+                                                           recorded.get("commit"))
     optimize_pipeline(pipe, compile=cfg.compile, channels_last=cfg.channels_last)
     scorer = ClipScorer.load(clip_model, device=device, dtype=dtype)
     manifest.data["model"] = {k: v for k, v in asdict(info).items() if k != "preset_settings"}

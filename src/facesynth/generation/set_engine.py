@@ -16,7 +16,7 @@ from ..checks.quality import NON_FINITE, QuotaError, Tally
 from ..checks.verifiers import failed
 from ..errors import PlanError
 from ..plan import Sample, cell_key
-from .candidates import NonFiniteError, Scored, Winner
+from .candidates import NonFiniteError, Scored, Winner, exhausted, non_finite
 from .sets import check_family, reference_rows
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def run_sets(engine: Any, samples: Sequence[Sample], first_attempt: int = 0) -> 
     while todo:
         scored = engine.candidates([s for g in todo for s in g], attempt)
         if not any(s.finite.any() for s in scored):
-            raise NonFiniteError(engine._non_finite(scored))
+            raise NonFiniteError(non_finite(scored, engine.pipe))
         by_id = {s.sample.sample_id: s for s in scored}
         retry = []
         for group in todo:
@@ -96,7 +96,7 @@ def run_sets(engine: Any, samples: Sequence[Sample], first_attempt: int = 0) -> 
                 if reference.refills > engine.quality.max_refills:
                     whole = Tally(sum(tallies[s.sample_id].checked for s in group),
                                   sum((tallies[s.sample_id].rejected for s in group), Counter()), reference.refills)
-                    raise QuotaError(engine._exhausted(group[0], whole).replace("sample '", "identity set of '", 1))
+                    raise QuotaError(exhausted(group[0], whole).replace("sample '", "identity set of '", 1))
                 retry.append(group)
             elif (opts.min_label_confidence is not None and _confidence(kept) < opts.min_label_confidence
                   and attempt + 1 - first_attempt < opts.max_attempts):
