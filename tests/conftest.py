@@ -297,6 +297,21 @@ def tiny_classifier(path, classes=("happy", "Sad", "anger", "surprise", "neutral
     return path
 
 
+def pickled_classifier(path):
+    """A tiny ViT image classifier saved with pickled weights only (pytorch_model.bin), as older repos hold."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1,
+                                                num_attention_heads=2, intermediate_size=32))
+    model.config.architectures = ["ViTForImageClassification"]
+    model.config.save_pretrained(path)  # a pickled checkpoint, as older repos hold
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
 def tiny_images(root, size: int = 32):
     """Every image of a dataset folder as a tensor (N, 3, size, size) in [0, 1]: calibration for tiny_classifier."""
     import io

@@ -157,6 +157,11 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     else:
         _check_card(root, report)
     _check_evaluation(root, manifest, report)
+    from .dataset_card.audit import stale as audit_stale
+
+    why = audit_stale(root, manifest)
+    if why:
+        report.add("audit/audit.json", why)
     if reproduce:
         _check_reproduction(root, manifest, sorted(seen), reproduce, seed, device, dtype, report)
     return report

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import crash_at_shard, invoke, rows, shard_bytes, tiny_classifier, tiny_images
+from conftest import crash_at_shard, invoke, pickled_classifier, rows, shard_bytes, tiny_classifier, tiny_images
 
 LABELS = "anger=angry,surprise=surprised"  # the tiny classifier's classes that do not match a value by name
 VALUES = ["happy", "sad", "angry", "surprised"]
@@ -50,20 +50,6 @@ def clip_folder(path):
     from conftest import other_clip
 
     return other_clip(path)
-
-
-def pickled_classifier(path):
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1,
-                                                num_attention_heads=2, intermediate_size=32))
-    model.config.architectures = ["ViTForImageClassification"]
-    model.config.save_pretrained(path)  # a pickled checkpoint, as older repos hold
-    torch.save(model.state_dict(), path / "pytorch_model.bin")
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
 
 
 BAD = [

@@ -219,6 +219,7 @@ def class_map(attribute: str, values: list[str], captions: dict[str, str], id2la
     missing = [v for v in values if v not in out.values()]
     if missing:
         hint = (f"map one with --verify {attribute}={model},CLASS={missing[0]}" if where.startswith("--verify")
+                else f"map one with --map CLASS={missing[0]}" if where == "--model"
                 else f"map one with labels: {{CLASS: {missing[0]}}}")
         raise ModelError(f"{where}: no class of the model maps to {', '.join(repr(v) for v in missing)} "
                          f"(classes: {', '.join(names)}); {hint}")

@@ -25,6 +25,7 @@ from .summary import Summary, split_balance, split_search, summarize
 from .confusion import font as picture_font
 from ..errors import OutputError
 from .escape import Markup, environment
+from .audit import for_card as audit_section
 from .evaluation import for_card
 from .identity import PICTURE, identity_report
 from .verification import picture_name, verification, write_pictures
@@ -323,6 +324,7 @@ def build_card(root: str | Path, repo_id: str | None = None, revision: str | Non
         by_values=by_values,
         clip_stats={v: summary.clip[v].as_dict() for v in recipe.attributes[recipe.primary].values},
         identity=sets,
+        audit=audit_section(root, manifest),
         confidence_stats={v: summary.confidence[v].as_dict() for v in recipe.attributes[recipe.primary].values},
         grid_path=grid.relative_to(root).as_posix(),
         version=manifest.get("version", FIRST_VERSION),

@@ -53,13 +53,13 @@ class RealSpec:
                 "allow_synthetic": self.allow_synthetic}
 
 
-def parse_map(items: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """``--map real_name=value`` options as a dict (one line naming the bad one)."""
+def parse_map(items: tuple[str, ...] | list[str], form: str = "REAL_NAME=VALUE") -> dict[str, str]:
+    """``--map NAME=VALUE`` options as a dict (one line naming the bad one)."""
     mapping = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name or not value:
-            raise RealDataError(f"--map: '{shorten(item, 80)}' is not REAL_NAME=VALUE")
+            raise RealDataError(f"--map: '{shorten(item, 80)}' is not {form}")
         mapping[name] = value
     return mapping
 

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 FIRST_VERSION = "1.0.0"
 OWN_FILES = (MANIFEST, "README.md", "assets/samples.png", "assets/identities.png",  # files written besides the shards
              "evaluation.json")
-OWN_FOLDERS = ("assets/evaluation/", "assets/verification/")  # and the pictures evaluate writes there
+OWN_FOLDERS = ("assets/evaluation/", "assets/verification/", "audit/")  # and what evaluate and audit write there
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,7 @@ def _base(out: Path, main: Manifest | None, header: dict[str, Any], layout_ids: 
         fresh.data["previous"] = {"version": old_version, "num_samples": old["num_samples"],
                                   "cells": main.get("cells", {})}
         fresh.shards.update(main.shards)  # kept where the layout still puts the same samples
-        for key in ("model", "clip_model", "loras", "verifiers", "attempts", "review", "files"):  # the same
+        for key in ("model", "clip_model", "loras", "verifiers", "attempts", "review", "files", "audit"):  # the same
             # commits of the model, adapters and verifiers, so old and new rows match; every sample keeps the
             # attempt review moved it to, and the review history stays
             if key in main.data:
