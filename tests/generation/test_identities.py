@@ -267,7 +267,7 @@ def test_an_embedder_that_is_not_an_image_model_is_one_line(tmp_path, capsys):
     assert invoke(["generate", str(tmp_path / "sets.yaml"), "--model", "tiny", "-n", "8", "--out",
                    str(tmp_path / "o"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("Error: identities.embedder: 'flat.onnx' is not an image model (its input is ['batch', 1, 32, 32]; "
+    assert err == (f"Error: identities.embedder: '{flat}' is not an image model (its input is ['batch', 1, 32, 32]; "
                    "an embedder takes one N x 3 x H x W image batch of a fixed size)"), err
     assert not (tmp_path / "o").exists()
 
