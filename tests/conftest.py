@@ -540,3 +540,47 @@ def tiny_ip_adapter(folder, embed_dim: int = 32, wide: bool = False):
         projection_dim=embed_dim))
     encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
     return folder
+
+
+# Object storage ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server on 127.0.0.1 (moto's server mode), reached through the clients users run."""
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, tmp_path, request):
+    """A fresh bucket on the local S3 server, credentials and endpoint in the environment as users set them;
+    returns ``s3://BUCKET``. Each test's staging folders live under its tmp_path."""
+    import re
+
+    import fsspec
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing-secret"),
+                       ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", s3_server),
+                       ("FACESYNTH_STAGE", str(tmp_path / "stages"))):
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    import hashlib
+
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached client keeps the credentials it was made with
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
+    bucket = (re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") or "bucket") + "-" + digest
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir(bucket)
+    fs.invalidate_cache()
+    return f"s3://{bucket}"

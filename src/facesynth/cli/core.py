@@ -154,6 +154,25 @@ class FacesynthCommand(click.Command):
 FacesynthGroup.command_class = FacesynthCommand
 
 
+class Location(click.ParamType):
+    """A dataset folder, or an fsspec URL of a store (``s3://bucket/prefix``, kept as text: a Path would fold
+    its ``//``)."""
+
+    name = "DIR|URL"
+
+    def convert(self, value, param, ctx):
+        from pathlib import Path
+
+        from ..folder.store import is_remote
+
+        if isinstance(value, Path) or not is_remote(value):
+            path = Path(value)
+            if path.exists() and not path.is_dir():
+                self.fail(f"Directory '{value}' is a file.", param, ctx)  # click.Path's words
+            return path
+        return str(value)
+
+
 class FiniteFloat(click.FloatRange):
     """A float range that also refuses NaN and infinity (which compare false with any bound)."""
 

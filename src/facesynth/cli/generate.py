@@ -6,11 +6,14 @@ from pathlib import Path
 
 import click
 
-from .core import FiniteFloat, multiple_of_8, device_options, main, model_options, quiet_option, speed_options
+from .core import FiniteFloat, Location, device_options, main, model_options, multiple_of_8, quiet_option, speed_options
 
 @main.command("generate")
 @click.argument("recipe")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Dataset folder.")
+@click.option("--out", "-o", required=True, type=Location(),
+              help="Dataset folder, or an fsspec URL (s3://bucket/prefix, gs://, az://, hf://buckets/...).")
+@click.option("--stage", type=click.Path(file_okay=False),
+              help="With a URL as --out: the local staging folder (default: one in facesynth's cache).")
 @click.option("--num-samples", "-n", type=int, help="Rows to make (default: all strata of a strata recipe).")
 @click.option("--seed", type=int, help="Master seed (default: the recipe's).")
 @model_options
@@ -84,6 +87,7 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
       facesynth generate emotions -n 4000 --identities emotion --out people   # each person with every emotion
       torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
       facesynth generate agfd --out agfd --worker-index 3 --num-workers 16
+      facesynth generate agfd --out s3://my-bucket/agfd --worker-index 3 --num-workers 16
     """
     from ..dataset_card.escape import py
     from ..generation import GenerateConfig, generate
@@ -105,7 +109,8 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
         click.echo(f"Quality gates rejected {gated} of {q['checked']} candidates checked ({reasons}); "
                    f"{q['refills']} refills kept every quota.")
     if result.merged:
-        click.echo(f"Load it with datasets.load_dataset({py(result.out)})")
+        loader = "facesynth.load" if isinstance(result.out, str) and "://" in result.out else "datasets.load_dataset"
+        click.echo(f"Load it with {loader}({py(result.out)})")
     else:
         click.echo("Other workers are still running; the last to finish merges (or run `facesynth merge`).")
 
@@ -137,18 +142,28 @@ def _tiny_preset_line(config) -> str | None:
 
 
 @main.command("merge")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=Location())
 @click.option("--num-workers", type=int, help="Which run's workers to merge, if several left manifests.")
 @click.option("--no-card", is_flag=True, help="Do not write the card.")
 def merge_cmd(directory: Path, num_workers: int | None, no_card: bool) -> None:
     """Join the manifests of finished workers into manifest.json, and write the card.
 
     \b
-    Example:
+    Examples:
       facesynth merge agfd
+      facesynth merge s3://my-bucket/agfd
     """
     from ..folder.state import merge
     from ..folder.lock import FolderLock
+
+    if isinstance(directory, str):  # a store
+        from ..generation.remote import merge_remote
+
+        done = merge_remote(directory, num_workers, card=not no_card)
+        click.echo(f"{directory}: merged {done['workers']} workers, {done['shards']} shards")
+        return
+    if not directory.is_dir():
+        raise click.BadParameter(f"'{directory}' is not a folder", param_hint="'DIRECTORY'")
 
     with FolderLock(directory, "DIRECTORY"):
         merged = merge(directory, num_workers)

@@ -362,7 +362,7 @@ def merge_card(card: DatasetCard, existing: str | None) -> str | None:
 
 
 def write_card(root: str | Path, repo_id: str | None = None, revision: str | None = None,
-               gated: bool = False, overwrite_card: bool = False) -> Path:
+               gated: bool = False, overwrite_card: bool = False, name: str | None = None) -> Path:
     """Write ``README.md`` and the sample grid (atomically), and list both in the manifest.
 
     Listed with their sha256, they are what ``--overwrite`` may delete later: a card
@@ -373,7 +373,7 @@ def write_card(root: str | Path, repo_id: str | None = None, revision: str | Non
     root = Path(root)
     refuse_foreign_readme(root, overwrite_card)
     summary = summarize(root)
-    card = build_card(root, repo_id, revision, gated, summary=summary)  # writes the grid and the pictures
+    card = build_card(root, repo_id, revision, gated, summary=summary, name=name)  # writes the grid and pictures
     pictures = [picture_name(a) for a in verified_attributes(summary.manifest)]
     pictures += [PICTURE] if summary.recipe.identities is not None else []
     path = root / "README.md"
@@ -386,7 +386,7 @@ def write_card(root: str | Path, repo_id: str | None = None, revision: str | Non
                               **{name: sha256_file(root / name) for name in ("README.md", "assets/samples.png",
                                                                             *pictures)}}
     # what validate rebuilds the card with (a folder copied under another name keeps its card)
-    manifest.data["card"] = {"repo_id": repo_id, "revision": revision, "gated": gated, "name": root.name}
+    manifest.data["card"] = {"repo_id": repo_id, "revision": revision, "gated": gated, "name": name or root.name}
     manifest.save(root)
     return path
 

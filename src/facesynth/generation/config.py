@@ -76,6 +76,8 @@ class GenerateConfig:
     crop_margin: float = 0.25
     quiet: bool = False
     write_card: bool = True
+    storage_options: dict[str, Any] | None = None  # for an fsspec --out (credentials, endpoint): never written
+    stage: str | None = None  # the staging folder of an fsspec --out (default: facesynth's cache)
 
 
 @dataclass

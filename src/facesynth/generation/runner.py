@@ -34,7 +34,8 @@ from ..checks.quality import QualityOptions, quality_report, shard_embeddings
 from ..recipe import Recipe, load_recipe, resolve, with_identities
 from ..recipe.identities import parse_option as identity_option
 from ..review.verdicts import Verdict, set_aside_verdicts
-from ..folder.writer import FORMAT_VERSION, GENERATOR, Manifest, rows_per_shard
+from ..folder.store import is_remote
+from ..folder.writer import FORMAT_VERSION, GENERATOR, MANIFEST, Manifest, rows_per_shard
 from .adapters import Adapter, apply as apply_adapters, check as check_adapters, chosen as chosen_adapters
 from .adapters import fetch as fetch_adapters
 from .config import (DEFAULT_DEDUPE, GenerateConfig, GenerateResult, check_speedups, fingerprint, library_versions,
@@ -53,12 +54,17 @@ logger = logging.getLogger(__name__)
 
 DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
-def generate(cfg: GenerateConfig) -> GenerateResult:
+def generate(cfg: GenerateConfig, mirror=None) -> GenerateResult:
     """Generate (or resume, repair or grow) a dataset folder, or this worker's part of it.
 
     Everything that can be checked without the model is checked first; then the folder
     is locked for the whole run, so a second run on it is refused with the holder's pid.
+    An fsspec URL as ``out`` runs through a local staging folder (:mod:`.remote`); ``mirror`` is that.
     """
+    if mirror is None and is_remote(cfg.out):
+        from .remote import generate_remote
+
+        return generate_remote(cfg, generate)
     recipe = load_recipe(cfg.recipe)
     if cfg.identities:
         try:
@@ -118,8 +124,10 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     except OSError as exc:
         raise OutputError(f"--out: cannot create '{out}': {exc.strerror or exc}") from None
     try:
+        if mirror is not None:  # the store's committed state, down to the stage, before the stage is read
+            mirror.begin(header, [MANIFEST, *(() if worker.alone else (worker.manifest_file,))])
         return _generate_locked(cfg, recipe, model, clip_model, overrides, quality, header, tasks, groups, out,
-                                worker, adapters)
+                                worker, adapters, mirror)
     finally:
         lock.release()
         tidy(out, worker, created)
@@ -128,7 +136,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
 def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model: str, overrides: dict[str, Any],
                      quality: QualityOptions, header: dict[str, Any], tasks: list[ShardTask],
                      groups: list[list[ShardTask]], out: Path, worker: Worker,
-                     adapters: list[Adapter]) -> GenerateResult:
+                     adapters: list[Adapter], mirror=None) -> GenerateResult:
     """The run, holding the folder: resume, grow, repair or replace, then the review round, then the card.
 
     Shards missing from the folder are built first (every sample from its floor attempt); then the rows that
@@ -154,6 +162,8 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     if todo or redo:  # load the model before changing anything: a model that fails to load changes nothing
         engine = _build_engine(cfg, recipe, model, clip_model, overrides, manifest, quality, adapters)
         engine.check([s for t in mine for s in t.samples])
+    if mirror is not None:
+        mirror.claim()  # the run record, before anything is written to the store
     try:
         clear_listed(out, replaced)
         if cfg.overwrite:
@@ -169,7 +179,7 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
         start = time.perf_counter()
         try:
             sink_seconds = _run(engine, my_groups, calls, out, tmp_dir, recipe, manifest, done_rows, cfg.quiet, tqdm,
-                                redo)
+                                redo, mirror)
         except NonFiniteError:
             if fresh and not manifest.shards:  # nothing was made: a new folder is left as if never started
                 (out / worker.manifest_file).unlink(missing_ok=True)
@@ -181,7 +191,7 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
             engine.gates.reset()
             rewritten = [t for t in mine if t.name in again]
             more = _run(engine, my_groups, calls, out, tmp_dir, recipe, manifest, sum(len(t.samples) for t in mine if
-                        t not in rewritten), cfg.quiet, tqdm, again)
+                        t not in rewritten), cfg.quiet, tqdm, again, mirror)
             sink_seconds = {k: sink_seconds.get(k, 0) + more.get(k, 0) for k in {*sink_seconds, *more}}
             written |= set(again)
         timings = {**engine.timings.seconds, **sink_seconds, "wall": time.perf_counter() - start,
@@ -191,7 +201,9 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     manifest.data["complete"] = True
     manifest.data["quality"] = quality_report(manifest.shards)
     manifest.save(out)
-    merged = worker.alone or _merge_if_last(out, worker)
+    if mirror is not None and not worker.alone:  # this worker's part, complete, then the others' where all are
+        mirror.finish(manifest.file, merged=False)
+    merged = worker.alone or ((mirror is None or mirror.gather(worker.count)) and _merge_if_last(out, worker))
     if merged:
         _refresh_evaluation(out)
     if merged and cfg.write_card:
@@ -201,7 +213,9 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
             logger.warning("'%s' has no facesynth markers and is not the card facesynth wrote: left as it is; "
                            "`facesynth card %s --overwrite-card` replaces it", out / "README.md", out)
         else:
-            write_card(out)
+            write_card(out, name=mirror.name if mirror is not None else None)
+    if mirror is not None:
+        mirror.finish(manifest.file, merged)
     return GenerateResult(out, sum(len(t.samples) for t in mine), len(written), len(mine) - len(written), timings,
                           worker, merged, manifest.data["quality"]["total"], made_again, manifest.get("version"))
 
@@ -315,7 +329,7 @@ def _identity_embedder(recipe: Recipe, manifest: Manifest, device):
 
 def _run(engine: Engine, groups: list[list[ShardTask]], calls: dict[str, str], out: Path, tmp_dir: Path,
          recipe: Recipe, manifest: Manifest, done_rows: int, quiet: bool, tqdm,
-         redo: dict[str, dict[str, Verdict]] | None = None) -> dict[str, float]:
+         redo: dict[str, dict[str, Verdict]] | None = None, mirror=None) -> dict[str, float]:
     """Generate this worker's unfinished shards, in layout order; return the writer thread's seconds.
     ``calls`` is each shard's group digest (:func:`~facesynth.layout.call_contexts`), recorded with it.
 
@@ -326,6 +340,8 @@ def _run(engine: Engine, groups: list[list[ShardTask]], calls: dict[str, str], o
     reaches them, so a resumed or repaired run sees exactly what an uninterrupted one saw.
     """
     sink = ShardSink(out, recipe, manifest, tmp_dir)
+    if mirror is not None:  # each finished shard goes up, then the manifest that lists it
+        sink.on_commit = lambda name: mirror.commit(name, manifest.file)
     bar = tqdm(total=sum(len(t.samples) for g in groups for t in g), initial=done_rows, unit="img",
                desc="generating", disable=quiet, dynamic_ncols=True)
     attributes = {a: list(attr.values) for a, attr in recipe.attributes.items()}

@@ -74,6 +74,7 @@ class ShardSink:
         self.calls: str | None = None
         self.stats = CellStats()
         self.label_ids = {a: {v: i for i, v in enumerate(attr.values)} for a, attr in recipe.attributes.items()}
+        self.on_commit = None  # called with each finished shard's name, after the manifest lists it
 
     def _submit(self, fn, *args) -> None:
         self.pending.append(self.pool.submit(self._guarded, fn, *args))
@@ -190,7 +191,11 @@ class ShardSink:
             self.manifest.shards[self.writer.name]["calls"] = self.calls
         self.manifest.save(self.root)
         logger.info("wrote %s (%d rows)", self.writer.name, record.rows)
-        self.writer = None
+        name, self.writer = self.writer.name, None
+        if self.on_commit is not None:
+            start = time.perf_counter()
+            self.on_commit(name)
+            self.seconds["upload"] += time.perf_counter() - start
 
     def _abort(self) -> None:
         if self.writer is not None:

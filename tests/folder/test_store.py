@@ -1,0 +1,257 @@
+"""An object store as --out: a real S3 server on 127.0.0.1 (moto) through s3fs, and memory:// for the fast
+checks. A run there equals a local run byte for byte; a worker killed between a shard's upload and its commit
+resumes to the same bytes; workers on separate stages merge in the store; bad locations are one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import invoke
+
+RUN = dict(recipe="emotions", num_samples=16, model="tiny", quiet=True, rows_per_shard=4, batch_size=12, candidates=1)
+
+
+def store_files(url: str) -> dict[str, bytes]:
+    """Every object under ``url``, by name relative to it."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return {p[len(root) + 1:]: fs.cat_file(p) for p in sorted(fs.find(root))}
+
+
+def local_files(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.relative_to(root).as_posix().startswith(".facesynth/")}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    from facesynth.generation import GenerateConfig, generate
+
+    out = tmp_path_factory.mktemp("local") / "demo"
+    generate(GenerateConfig(out=out, **RUN))
+    return out
+
+
+def same_data(stored: dict[str, bytes], local) -> None:
+    """The store holds the local run's shards, byte for byte, and a manifest that lists the same shards."""
+    here = local_files(local)
+    shards = sorted(n for n in here if n.startswith("data/"))
+    assert sorted(n for n in stored if n.startswith("data/")) == shards
+    assert all(stored[n] == here[n] for n in shards)
+    ours, theirs = json.loads(stored["manifest.json"]), json.loads(here["manifest.json"])
+    assert ours["shards"] == theirs["shards"] and ours["complete"] is True
+    assert ours["fingerprint"] == theirs["fingerprint"]
+
+
+@pytest.mark.slow
+def test_a_run_into_s3_equals_a_local_run_and_loads_from_there(s3, local_run, tmp_path):
+    import facesynth
+    from facesynth.generation import GenerateConfig, generate
+
+    url = f"{s3}/emotions/demo"
+    result = generate(GenerateConfig(out=url, **RUN))
+    assert result.out == url and result.rows == 16 and result.merged
+    stored = store_files(url)
+    same_data(stored, local_run)
+    assert {"README.md", "assets/samples.png", ".facesynth/run.json"} <= set(stored)
+    assert str(tmp_path) not in stored["README.md"].decode() and "testing-secret" not in str(stored)
+    assert not (tmp_path / "stages").exists() or not any((tmp_path / "stages").iterdir())  # the stage is gone
+    happy = facesynth.load(url, split="train", emotion="happy")
+    assert set(happy["emotion"]) == {0} and len(happy) == len(facesynth.load(str(local_run), split="train",
+                                                                               emotion="happy"))
+    assert 'load_dataset("demo")' in stored["README.md"].decode()  # named as the URL names it, not the stage
+    again = generate(GenerateConfig(out=url, **RUN))  # the same command again: nothing to make
+    now = store_files(url)
+    assert again.shards_written == 0 and {n: b for n, b in now.items() if n != "manifest.json"} == {
+        n: b for n, b in stored.items() if n != "manifest.json"}
+    assert {k: v for k, v in json.loads(now["manifest.json"]).items() if k != "updated"} == {
+        k: v for k, v in json.loads(stored["manifest.json"]).items() if k != "updated"}
+
+
+@pytest.mark.slow
+def test_load_dataset_reads_the_stored_parquet(s3, local_run, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # offline mode refuses every URL; the socket
+    # guard still lets nothing but 127.0.0.1 through
+    from facesynth.generation import GenerateConfig, generate
+
+    url = f"{s3}/demo"
+    generate(GenerateConfig(out=url, **RUN))
+    stored = datasets.load_dataset("parquet", data_files={"train": f"{url}/data/*/train-*.parquet"})
+    local = datasets.load_dataset("parquet", data_files={"train": f"{local_run}/data/*/train-*.parquet"})
+    assert stored["train"]["sample_id"] == local["train"]["sample_id"]
+
+
+KILLED = textwrap.dedent("""\
+    import os, sys
+    from facesynth.folder import store
+    from facesynth.generation import GenerateConfig, generate
+
+    uploads = []
+    real = store.Store.upload
+
+    def upload(self, local, name):
+        if name.startswith("data/"):
+            uploads.append(name)
+            if len(uploads) == int(sys.argv[2]) and sys.argv[3] == "before":
+                os._exit(9)  # killed as the shard's upload starts: nothing of it in the store
+        real(self, local, name)
+        if name.startswith("data/") and len(uploads) == int(sys.argv[2]) and sys.argv[3] == "after":
+            os._exit(9)  # killed after the shard's upload, before the manifest that commits it
+
+    store.Store.upload = upload
+    generate(GenerateConfig(recipe="emotions", out=sys.argv[1], num_samples=16, model="tiny", quiet=True,
+                            rows_per_shard=4, batch_size=12, candidates=1))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_worker_killed_mid_upload_resumes_to_the_same_bytes(s3, local_run, tmp_path, when):
+    import facesynth
+    from facesynth.errors import OutputError
+    from facesynth.generation import GenerateConfig, generate
+
+    url = f"{s3}/killed"
+    done = subprocess.run([sys.executable, "-c", KILLED, url, "3", when], capture_output=True, text=True)
+    assert done.returncode == 9, done.stderr[-2000:]
+    stored = store_files(url)
+    listed = json.loads(stored["manifest.json"])["shards"]
+    assert len(listed) == 2 and not json.loads(stored["manifest.json"])["complete"]
+    assert (len([n for n in stored if n.startswith("data/")]) == 3) == (when == "after")  # one not committed
+    with pytest.raises(OutputError, match="not complete: its run stopped after 2 of 12 shards"):
+        facesynth.load(url)
+    partial = facesynth.load(url, partial=True)
+    assert sum(len(d) for d in partial.values()) == sum(r["rows"] for r in listed.values())  # committed rows only
+    result = generate(GenerateConfig(out=url, **RUN))
+    assert result.shards_skipped == 2
+    same_data(store_files(url), local_run)
+
+
+@pytest.mark.slow
+def test_workers_on_their_own_stages_merge_in_the_store(s3, local_run, tmp_path):
+    from facesynth.generation import GenerateConfig, generate
+
+    url = f"{s3}/workers"
+    first = generate(GenerateConfig(out=url, worker_index=0, num_workers=2, stage=str(tmp_path / "a"), **RUN))
+    assert not first.merged and "manifest.json" not in store_files(url)
+    second = generate(GenerateConfig(out=url, worker_index=1, num_workers=2, stage=str(tmp_path / "b"), **RUN))
+    assert second.merged
+    stored = store_files(url)
+    same_data(stored, local_run)
+    assert json.loads(stored["manifest.json"])["workers"] == 2
+
+
+@pytest.mark.slow
+def test_merge_from_the_store(s3, local_run, tmp_path, capsys):
+    from facesynth.generation import GenerateConfig, generate
+
+    url = f"{s3}/merge"
+    for index in (0, 1):  # each on its own machine, as it were: neither sees the other finish
+        generate(GenerateConfig(out=url, worker_index=index, num_workers=2, stage=str(tmp_path / f"s{index}"),
+                                write_card=False, **RUN))
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.rm_file(f"{root}/manifest.json")  # as if the last worker had died before merging
+    capsys.readouterr()
+    assert invoke(["merge", url]) == 0
+    assert capsys.readouterr().out.strip().endswith("merged 2 workers, 12 shards")
+    same_data(store_files(url), local_run)
+
+
+@pytest.mark.slow
+def test_another_run_on_the_prefix_is_refused_and_writes_nothing(s3, tmp_path, capsys):
+    from facesynth.generation import GenerateConfig, generate
+
+    url = f"{s3}/taken"
+    generate(GenerateConfig(out=url, **RUN))
+    before = store_files(url)
+    capsys.readouterr()
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "16", "--rows-per-shard", "4", "--seed", "7",
+                   "--candidates", "1", "--out", url, "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"Error: --out: '{url}' holds a run with different seed; run that command to resume it, or use "
+                   "another prefix (nothing was changed)")
+    assert store_files(url) == before
+
+
+def test_a_prefix_with_someone_elses_files_is_refused(s3, capsys):
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(f"{s3}/theirs")
+    fs.pipe_file(f"{root}/notes.txt", b"mine")
+    capsys.readouterr()
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "8", "--out", f"{s3}/theirs", "-q"]) == 2
+    assert capsys.readouterr().err.strip() == (f"Error: --out: '{s3}/theirs' is not empty (notes.txt) and holds no "
+                                               "facesynth run; use an empty prefix (nothing was changed)")
+    assert store_files(f"{s3}/theirs") == {"notes.txt": b"mine"}
+
+
+BAD = [
+    ("nosuch://bucket/x", "Error: --out: unknown storage scheme 'nosuch://' (known: "),
+    ("gs://bucket/x", "Error: --out: 'gs://' needs a package that is not installed (gcsfs"),
+    ("{s3}-missing/x", "Error: --out: bucket '{bucket}-missing' of '{s3}-missing/x' does not exist"),
+]
+
+
+@pytest.mark.parametrize("url, line", BAD, ids=["scheme", "package", "bucket"])
+def test_bad_locations_are_one_line_before_any_model_loads(s3, url, line, capsys, monkeypatch):
+    from facesynth.generation import loading
+
+    if url.startswith("gs://"):
+        pytest.importorskip("fsspec")
+        if __import__("importlib").util.find_spec("gcsfs") is not None:
+            pytest.skip("gcsfs is installed here")
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the generator was loaded"))
+    values = {"s3": s3, "bucket": s3.split("://")[1]}
+    capsys.readouterr()
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "8", "--out", url.format(**values), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(line.format(**values)) and len(err.splitlines()) == 1, err
+
+
+def test_missing_credentials_are_named_never_printed(s3, tmp_path, capsys, monkeypatch):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    capsys.readouterr()
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "8", "--out", f"{s3}/x", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"Error: --out: no usable credentials for '{s3}/x' (NoCredentialsError)"), err
+
+
+def test_memory_store_commits_a_shard_only_with_its_manifest(tmp_path, monkeypatch):
+    """memory:// (fast): a shard object no manifest lists is not counted; the run makes it again."""
+    import fsspec
+
+    from facesynth.generation import GenerateConfig, generate
+
+    monkeypatch.setenv("FACESYNTH_STAGE", str(tmp_path / "stages"))
+    url = "memory://facesynth-test/commit"
+    fs = fsspec.filesystem("memory")
+    try:
+        generate(GenerateConfig(out=url, **{**RUN, "num_samples": 8}))
+        manifest = json.loads(fs.cat_file("/facesynth-test/commit/manifest.json"))
+        name = sorted(manifest["shards"])[0]
+        del manifest["shards"][name]
+        manifest["complete"] = False
+        fs.pipe_file("/facesynth-test/commit/manifest.json", json.dumps(manifest).encode())
+        fs.pipe_file(f"/facesynth-test/commit/{name}", b"half a shard")  # uploaded, never committed
+        result = generate(GenerateConfig(out=url, **{**RUN, "num_samples": 8}))
+        assert result.shards_written == 1
+        assert fs.cat_file(f"/facesynth-test/commit/{name}")[:4] == b"PAR1"
+    finally:
+        fs.rm("/facesynth-test", recursive=True)
