@@ -49,7 +49,7 @@ def main() -> None:
             if name not in best or speed > best[name][0]:
                 best[name] = (speed, unet)
     plain = best["independent rows"]
-    print(f"| run | kept img/s | UNet s per kept image | vs independent rows (UNet time) |\n|---|---:|---:|---:|")
+    print("| run | kept img/s | UNet s per kept image | vs independent rows (UNet time) |\n|---|---:|---:|---:|")
     for name, (speed, unet) in best.items():
         print(f"| {name} | {speed:.2f} | {unet:.4f} | {unet / plain[1]:.2f}x |")
 

@@ -194,10 +194,10 @@ def test_out_of_memory_halves_the_call_and_the_row_still_reproduces(tiny_pipe, t
     engine = make_engine(tiny_pipe, tiny_scorer, emotions)
     real_call = engine._call
 
-    def small_memory(conds, seeds, settings, samples=None):  # a device that holds at most 4 images per call
+    def small_memory(conds, seeds, settings, samples=None, ip=None):  # a device that holds at most 4 images a call
         if len(seeds) > 4:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_call(conds, seeds, settings, samples)
+        return real_call(conds, seeds, settings, samples, ip)
 
     engine._call = small_memory
     with caplog.at_level("WARNING", logger="facesynth.generation.engine"):

@@ -255,3 +255,31 @@ def test_memory_store_commits_a_shard_only_with_its_manifest(tmp_path, monkeypat
         assert fs.cat_file(f"/facesynth-test/commit/{name}")[:4] == b"PAR1"
     finally:
         fs.rm("/facesynth-test", recursive=True)
+
+
+@pytest.mark.slow
+def test_validate_card_and_evaluate_work_on_the_store(s3, tmp_path, capsys):
+    url = f"{s3}/commands"
+    capsys.readouterr()
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "16", "--rows-per-shard", "4", "--candidates",
+                   "1", "--out", url, "-q"]) == 0
+    out = capsys.readouterr().out
+    assert f'Load it with facesynth.load("{url}")' in out
+    assert invoke(["validate", url, "-q"]) == 0
+    assert capsys.readouterr().out.strip().startswith(f"{url}: valid (16 rows in 12 shards, 16 images decoded")
+    before = store_files(url)
+    assert invoke(["card", url]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {url}/README.md"
+    assert store_files(url)["README.md"] == before["README.md"]  # the same data, the same card
+    assert invoke(["evaluate", url, "-q"]) == 0
+    after = store_files(url)
+    assert "evaluation.json" in after and "## Evaluation" in after["README.md"].decode()
+    assert "evaluation.json" in json.loads(after["manifest.json"])["files"]
+    assert invoke(["validate", url, "-q"]) == 0  # the card in the store matches its data
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.rm_file(f"{root}/{sorted(n for n in after if n.startswith('data/'))[0]}")
+    capsys.readouterr()
+    assert invoke(["validate", url, "-q"]) == 1
+    assert "missing" in capsys.readouterr().out
+    assert not any((tmp_path / "stages").iterdir())  # every staging folder removed

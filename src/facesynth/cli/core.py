@@ -156,9 +156,12 @@ FacesynthGroup.command_class = FacesynthCommand
 
 class Location(click.ParamType):
     """A dataset folder, or an fsspec URL of a store (``s3://bucket/prefix``, kept as text: a Path would fold
-    its ``//``)."""
+    its ``//``). ``exists``: a folder must exist (a URL is checked when the store is opened)."""
 
     name = "DIR|URL"
+
+    def __init__(self, exists: bool = False):
+        self.exists = exists
 
     def convert(self, value, param, ctx):
         from pathlib import Path
@@ -169,8 +172,22 @@ class Location(click.ParamType):
             path = Path(value)
             if path.exists() and not path.is_dir():
                 self.fail(f"Directory '{value}' is a file.", param, ctx)  # click.Path's words
+            if self.exists and not path.exists():
+                self.fail(f"Directory '{value}' does not exist.", param, ctx)
             return path
         return str(value)
+
+
+def in_store(location, write: bool = False):
+    """A context manager giving ``(folder, mirror)``: a local folder as it is (mirror None), or a store's dataset
+    in a staging folder, written back when ``write`` and the command succeeds."""
+    import contextlib
+
+    if not isinstance(location, str):
+        return contextlib.nullcontext((location, None))
+    from ..folder.mirror import staged
+
+    return staged(location, write)
 
 
 class FiniteFloat(click.FloatRange):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from .core import EXIT_FAILURE, main, quiet_option
+from .core import EXIT_FAILURE, Location, in_store, main, quiet_option
 
 @main.command("validate")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=Location(exists=True))
 @click.option("--reproduce", "reproduce_k", type=click.IntRange(0), default=0, show_default=True,
               help="Regenerate this many random rows and compare their pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Picks the rows for --reproduce.")
@@ -28,11 +28,13 @@ def validate_cmd(directory: Path, reproduce_k: int, seed: int, no_images: bool, 
     Examples:
       facesynth validate demo
       facesynth validate demo --reproduce 5
+      facesynth validate s3://my-bucket/faces      # read into a staging folder, shard by shard
     """
     from ..validate import validate
 
-    report = validate(directory, reproduce=reproduce_k, seed=seed, images=not no_images, device=device,
-                      dtype=dtype, progress=not quiet)
+    with in_store(directory) as (root, _):
+        report = validate(root, reproduce=reproduce_k, seed=seed, images=not no_images, device=device,
+                          dtype=dtype, progress=not quiet)
     for problem in report.problems:
         click.echo(f"problem: {problem}")
     checked = f"{report.rows} rows in {report.shards} shards, {report.images} images decoded"
@@ -77,7 +79,7 @@ def reproduce_cmd(directory: Path, sample_id: str, out_png: Path | None, device:
 
 
 @main.command("card")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=Location(exists=True))
 @click.option("--repo-id", help="Write the card for this Hub repo, ORG/NAME (its load snippets and citation).")
 @click.option("--tag", help="The tag the snippets pin, e.g. v1.0.0.")
 @click.option("--gated", is_flag=True, help="Ask for gated access on the Hub (extra_gated_* fields).")
@@ -93,6 +95,7 @@ def card_cmd(directory: Path, repo_id: str | None, tag: str | None, gated: bool,
     Examples:
       facesynth card demo
       facesynth card demo --repo-id me/faces-demo --tag v1.0.0
+      facesynth card s3://my-bucket/faces
     """
     from ..folder.reading import read_manifest
     from ..dataset_card.card import write_card
@@ -100,11 +103,12 @@ def card_cmd(directory: Path, repo_id: str | None, tag: str | None, gated: bool,
 
     from ..publish import check_ref, check_repo_id
 
-    read_manifest(directory, current=True)  # a folder that is not a current dataset stays untouched
     if repo_id is not None:
         check_repo_id(repo_id)
     if tag is not None:
         check_ref(tag, "--tag")
-    with FolderLock(directory, "DIRECTORY"):
-        path = write_card(directory, repo_id, tag, gated, overwrite_card)
-    click.echo(f"wrote {path}")
+    with in_store(directory, write=True) as (root, mirror):
+        read_manifest(root, current=True)  # a folder that is not a current dataset stays untouched
+        with FolderLock(root, "DIRECTORY"):
+            path = write_card(root, repo_id, tag, gated, overwrite_card, name=mirror and mirror.name)
+    click.echo(f"wrote {path if mirror is None else directory + '/README.md'}")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from .core import main, quiet_option
+from .core import Location, in_store, main, quiet_option
 
 @main.command("evaluate")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=Location(exists=True))
 @click.option("--real", help="A dataset of real photos load_dataset reads (Hub id or local folder), to test on.")
 @click.option("--label-column", help="Its label column (needed with --real).")
 @click.option("--image-column", help="Its image column (default: the first Image column).")
@@ -44,6 +44,7 @@ def evaluate_cmd(directory: Path, real: str | None, label_column: str | None, im
       facesynth evaluate demo
       facesynth evaluate faces --real ./real-test --label-column label --map happiness=happy --ignore-label fear
       facesynth evaluate faces --real some-org/real-faces --label-column emotion --split test
+      facesynth evaluate s3://my-bucket/faces     # evaluation.json and the card go back to the store
     """
     from ..evaluate.measure import evaluate
     from ..dataset_card.evaluation import summary_lines
@@ -62,7 +63,8 @@ def evaluate_cmd(directory: Path, real: str | None, label_column: str | None, im
                                 ("--allow-synthetic-real", allow_synthetic_real)) if v]
         if given:
             raise click.UsageError(f"{given[0]} applies only with --real")
-    result = evaluate(directory, spec, folds, seed, clip_model, device, progress=not quiet)
+    with in_store(directory, write=True) as (root, _):
+        result = evaluate(root, spec, folds, seed, clip_model, device, progress=not quiet)
     for line in summary_lines(result):
         click.echo(line)
-    click.echo(f"wrote {directory / 'evaluation.json'}")
+    click.echo(f"wrote {directory}/evaluation.json")

@@ -229,7 +229,7 @@ def write_evaluation(root: Path, result: dict[str, Any], recipe: Recipe, locked:
         manifest.save(root)
         if card and (root / "README.md").is_file() and not foreign_readme(root):
             made = manifest.get("card") or {}
-            write_card(root, made.get("repo_id"), made.get("revision"), bool(made.get("gated")))
+            write_card(root, made.get("repo_id"), made.get("revision"), bool(made.get("gated")), name=made.get("name"))
 
 
 def refresh(root: Path, progress: bool = False, locked: bool = False, card: bool = True) -> bool:

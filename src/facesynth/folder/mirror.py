@@ -165,9 +165,9 @@ class Mirror:
         self.store.upload(self.stage / shard, shard)
         self.store.upload(self.stage / manifest_file, manifest_file)
 
-    def gather(self, count: int) -> bool:
+    def gather(self, count: int, shards: bool = True) -> bool:
         """Every worker's part, once all are complete in the store, brought down with the shards they list (the
-        merge and the card read them). False while a worker is unfinished."""
+        card reads them; ``shards=False`` for a merge without a card). False while a worker is unfinished."""
         listing = self.store.listing()
         names = [f"{WORKERS_DIR}/{i:05d}-of-{count:05d}.json" for i in range(count)]
         parts = {}
@@ -180,7 +180,7 @@ class Mirror:
         for name, (data, part) in parts.items():
             (self.stage / name).parent.mkdir(parents=True, exist_ok=True)
             (self.stage / name).write_bytes(data)
-            for shard, record in part.shards.items():
+            for shard, record in part.shards.items() if shards else ():
                 self._fetch(shard, record, listing)
         return True
 
@@ -196,6 +196,55 @@ class Mirror:
                 self.store.upload(self.stage / name, name)
         self.store.upload(self.stage / MANIFEST, MANIFEST)
         logger.info("%s: committed %d shards and the card", self.store.url, len(manifest.shards) if manifest else 0)
+
+
+    # a whole dataset, for the commands that read every row ------------------------------------------------
+    def pull(self, write: bool) -> None:
+        """The dataset down to the stage, shard by shard to disk (memory stays flat): its manifest, the files
+        it lists, the review log and every shard, each checked against the manifest's size. With ``write`` (a
+        command that will write back) the dataset must be finished: a run still writing it owns its manifest."""
+        listing = self.store.listing()
+        data = self.store.read_bytes(MANIFEST) if MANIFEST in listing else None
+        if data is None:
+            raise OutputError(f"'{self.store.url}': no manifest.json; is this a facesynth dataset?")
+        manifest = Manifest(loads_json(data.decode("utf-8")))
+        if write and not manifest.get("complete"):
+            raise OutputError(f"'{self.store.url}': not finished; run the same generate command to finish it first")
+        self._prepare_stage()
+        (self.stage / MANIFEST).write_bytes(data)
+        for name, record in manifest.shards.items():
+            if name in listing:  # a missing one is validate's to report
+                self._fetch(name, record, listing)
+        from ..review.verdicts import VERDICTS
+
+        for name in [*(manifest.get("files") or {}), VERDICTS]:  # the card's files and the review log
+            if name in listing:
+                self.store.download(name, self.stage / name)
+        self._drop_unlisted()
+
+
+def staged(url: str, write: bool = False, where: str = "DIRECTORY"):
+    """A context manager: the dataset at ``url`` in a fresh staging folder (yielded with its mirror); with
+    ``write``, the files the manifest lists and then the manifest go back up on success. The stage is removed
+    either way."""
+    from contextlib import contextmanager
+
+    from .store import open_store
+
+    @contextmanager
+    def run():
+        store = open_store(url, where=where, must_exist=True)
+        mirror = Mirror(store, stage_folder(f"{store.url}#pull"))
+        clear_stage(mirror.stage)
+        try:
+            mirror.pull(write)
+            yield mirror.stage, mirror
+            if write:
+                mirror.finish(MANIFEST, merged=True)
+        finally:
+            clear_stage(mirror.stage)
+
+    return run()
 
 
 def clear_stage(stage: Path) -> None:

@@ -56,7 +56,7 @@ def merge_remote(url: str, num_workers: int | None = None, card: bool = True,
     mirror = Mirror(store, stage)
     mirror._prepare_stage()
     with FolderLock(stage, "DIRECTORY"):
-        if not mirror.gather(count):
+        if not mirror.gather(count, shards=card):
             raise OutputError(f"'{store.url}': not every worker of {count} has finished; run them again (each "
                               "resumes its own shards), then merge")
         merged = merge(stage, count)
