@@ -79,6 +79,7 @@ def commands(page: Path) -> list[str]:
 def parse(line: str) -> None:
     """Parse one command line with the real command's parser and types; paths are not checked to exist."""
     from facesynth.cli import main
+    from facesynth.cli.core import Location
 
     args = shlex.split(line, comments=True)[1:]
     while args and args[0].startswith("-"):  # global flags before the command
@@ -92,7 +93,7 @@ def parse(line: str) -> None:
         value = values.get(param.name)
         if value is None or param.value_is_missing(value):
             assert not param.required, f"missing {param.opts[0]}"
-        elif not isinstance(param.type, click.Path):
+        elif not isinstance(param.type, (click.Path, Location)):
             param.type_cast_value(ctx, value)  # raises BadParameter for a value of the wrong type or choice
 
 
