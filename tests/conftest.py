@@ -584,3 +584,30 @@ def s3(s3_server, monkeypatch, tmp_path, request):
     fs.mkdir(bucket)
     fs.invalidate_cache()
     return f"s3://{bucket}"
+
+
+def store_files(url: str) -> dict[str, bytes]:
+    """Every object under ``url``, by name relative to it."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    return {p[len(root) + 1:]: fs.cat_file(p) for p in sorted(fs.find(root))}
+
+
+def local_files(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.relative_to(root).as_posix().startswith(".facesynth/")}
+
+
+def same_data(stored: dict[str, bytes], local) -> None:
+    """The store holds the local run's shards, byte for byte, and a manifest that lists the same shards."""
+    import json
+
+    here = local_files(local)
+    shards = sorted(n for n in here if n.startswith("data/"))
+    assert sorted(n for n in stored if n.startswith("data/")) == shards
+    assert all(stored[n] == here[n] for n in shards)
+    ours, theirs = json.loads(stored["manifest.json"]), json.loads(here["manifest.json"])
+    assert ours["shards"] == theirs["shards"] and ours["complete"] is True
+    assert ours["fingerprint"] == theirs["fingerprint"]

@@ -11,23 +11,9 @@ import textwrap
 
 import pytest
 
-from conftest import invoke
+from conftest import invoke, same_data, store_files
 
 RUN = dict(recipe="emotions", num_samples=16, model="tiny", quiet=True, rows_per_shard=4, batch_size=12, candidates=1)
-
-
-def store_files(url: str) -> dict[str, bytes]:
-    """Every object under ``url``, by name relative to it."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache()
-    return {p[len(root) + 1:]: fs.cat_file(p) for p in sorted(fs.find(root))}
-
-
-def local_files(root) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.relative_to(root).as_posix().startswith(".facesynth/")}
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +23,6 @@ def local_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "demo"
     generate(GenerateConfig(out=out, **RUN))
     return out
-
-
-def same_data(stored: dict[str, bytes], local) -> None:
-    """The store holds the local run's shards, byte for byte, and a manifest that lists the same shards."""
-    here = local_files(local)
-    shards = sorted(n for n in here if n.startswith("data/"))
-    assert sorted(n for n in stored if n.startswith("data/")) == shards
-    assert all(stored[n] == here[n] for n in shards)
-    ours, theirs = json.loads(stored["manifest.json"]), json.loads(here["manifest.json"])
-    assert ours["shards"] == theirs["shards"] and ours["complete"] is True
-    assert ours["fingerprint"] == theirs["fingerprint"]
 
 
 @pytest.mark.slow

@@ -61,6 +61,9 @@ from .core import FiniteFloat, Location, device_options, main, model_options, mu
 @click.option("--dataset-version", help="Version to record (default 1.0.0; growing a dataset bumps the minor).")
 @click.option("--worker-index", type=int, help="This worker's index, 0..N-1 (e.g. $SLURM_ARRAY_TASK_ID).")
 @click.option("--num-workers", type=int, help="Number of independent workers sharing --out.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run the workers as Ray tasks (one per --num-workers, default one per GPU), retried when a node "
+                   "dies; ADDRESS is the cluster's (default: the one Ray finds). Needs facesynth[ray].")
 @click.option("--compile", is_flag=True, help="torch.compile the UNet (pays off on long GPU runs).")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format for the UNet and VAE.")
 @quiet_option
@@ -88,12 +91,21 @@ def generate_cmd(recipe: str, out: Path, **options) -> None:
       torchrun --nproc_per_node 8 -m facesynth.cli generate agfd --out agfd
       facesynth generate agfd --out agfd --worker-index 3 --num-workers 16
       facesynth generate agfd --out s3://my-bucket/agfd --worker-index 3 --num-workers 16
+      facesynth generate agfd --out s3://my-bucket/agfd --ray --num-workers 16
     """
     from ..dataset_card.escape import py
     from ..generation import GenerateConfig, generate
 
+    ray_address = options.pop("ray_address")
     config = GenerateConfig(recipe=recipe, out=out, **options)
-    result = generate(config)
+    if ray_address is not None:
+        from ..generation.ray_executor import generate_on_ray
+
+        result, done = generate_on_ray(config, ray_address)
+        retried = ", ".join(str(d["worker"]) for d in done if d["shards_skipped"])
+        click.echo(f"{len(done)} Ray workers{f' (resumed: {retried})' if retried else ''}")
+    else:
+        result = generate(config)
     preset = _tiny_preset_line(config)  # after the run: bad input stays one line
     if preset:
         click.echo(preset)
