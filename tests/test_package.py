@@ -13,7 +13,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "facesynth"
 STAGES = ["recipe", "plan", "generation", "checks", "folder", "dataset_card", "review", "evaluate", "audit", "cli"]
-TOP = ["__init__", "__main__", "builder", "errors", "publish", "reproduce", "tiny", "validate"]
+TOP = ["__init__", "__main__", "builder", "errors", "hub_names", "publish", "reproduce", "tiny", "validate"]
 LONGEST = 420  # lines: "about 400"
 
 

@@ -587,3 +587,71 @@ def test_local_paths_in_the_recipe_text_are_published_as_names(tmp_path, monkeyp
     from facesynth.recipe import parse_recipe
 
     assert parse_recipe(text).verify["emotion"].model == "vit"
+
+
+def put_in_store(folder, url):
+    """A finished dataset copied into a store as a user's sync tool would (facesynth's work files left out)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and not name.startswith(".facesynth/"):
+            fs.put_file(str(path), f"{root}/{name}")
+
+
+def record_commits(api) -> list[dict[str, str]]:
+    """Each commit's operations as path -> sha256, taken when the commit is made (as the Hub client reads them)."""
+    made = []
+
+    def create_commit(**kwargs):
+        made.append({op.path_in_repo: op.upload_info.sha256.hex() for op in kwargs["operations"]})
+        return commit()
+
+    api.create_commit.side_effect = create_commit
+    return made
+
+
+@pytest.mark.slow
+def test_a_dataset_in_a_store_is_pushed_shard_by_shard(folder, s3, api, hub, capsys, monkeypatch, tmp_path):
+    url = f"{s3}/faces/demo"
+    put_in_store(folder, url)
+    made = record_commits(api)
+    code, _, err = push([str(folder), "--repo-id", REPO], capsys)  # the local push, for reference
+    assert code == 0, err
+    api.reset_mock()
+    monkeypatch.setenv("FACESYNTH_STAGE_BYTES", "1")  # a budget of one shard: the stage never holds two
+    seen = []
+
+    def preupload(additions, **repo):
+        (op,) = additions
+        seen.append((op.path_in_repo, sorted(p.name for p in (tmp_path / "stages").rglob("*.parquet")), repo))
+
+    api.preupload_lfs_files.side_effect = preupload
+    code, out, err = push([url, "--repo-id", REPO], capsys)
+    assert code == 0, err
+    assert len(made) == 2 and made[1] == made[0]  # the same commit, byte for byte, as from a local folder
+    shards = sorted(json.loads((folder / "manifest.json").read_text())["shards"])
+    assert [path for path, _, _ in seen] == shards  # each new shard pre-uploaded as it came down ...
+    assert all(staged == [Path(path).name] for path, staged, _ in seen)  # ... alone in the stage
+    assert all(repo == dict(repo_id=REPO, repo_type="dataset", revision=None, create_pr=False) for *_, repo in seen)
+    assert not list((tmp_path / "stages").rglob("*"))  # the stage is gone
+    assert str(tmp_path) not in out + err
+    code, out, err = push([url, "--repo-id", REPO, "--dry-run"], capsys)
+    assert code == 0 and all(f"upload  {name}  " in out for name in shards)
+    assert out.splitlines()[-1].startswith(f"dry run: would upload {len(shards) + 3} files")
+
+
+@pytest.mark.slow
+def test_a_damaged_shard_in_the_store_is_refused_before_any_upload(folder, s3, api, hub, capsys):
+    import fsspec
+
+    url = f"{s3}/faces/demo"
+    put_in_store(folder, url)
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.pipe_file(f"{root}/data/happy/train-00000.parquet", b"garbage")
+    code, _, err = push([url, "--repo-id", REPO], capsys)
+    assert code == 2
+    assert err.startswith(f"Error: '{url}' is not ready to publish: ") and err.endswith(
+        f"run `facesynth validate {url}`\n") and len(err.splitlines()) == 1
+    assert api.method_calls == []

@@ -5,7 +5,9 @@ what the Hub holds, at which commit; build the card for the repo and tag (merged
 the Hub's README, so what people wrote there stays); upload the card, a manifest
 without local paths, the sample grid and the new or changed shards in one commit
 that also deletes shards the new version no longer has, based on the commit that was
-compared (so two pushes cannot overwrite each other); tag that commit.
+compared (so two pushes cannot overwrite each other); tag that commit. A dataset in a store
+(``s3://...``) is read through a staging folder that holds only the shards being read
+(:mod:`.folder.lazy`): each new shard is pre-uploaded as it comes down, and the commit follows.
 Every Hub failure becomes one line that says what to do; re-running finishes the job.
 The token is passed to ``HfApi`` only: never printed, logged or written.
 """
@@ -23,6 +25,8 @@ from . import __version__
 from .folder.reading import read_manifest
 from .errors import FacesynthError
 from .folder.files import dumps_json, inside
+from .folder.lazy import has_shard, lazy_of, shard_file
+from .hub_names import check_ref, check_repo_id
 from .folder.public import public_manifest
 from .folder.state import FIRST_VERSION
 from .review.verdicts import VERDICTS, verdicts_path
@@ -113,48 +117,6 @@ def resolve_token(token: str | None) -> str | None:
     return get_token()
 
 
-def check_repo_id(repo_id: str) -> None:
-    """One line unless ``repo_id`` is a dataset repo id of the form ORG/NAME."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-        if "/" not in repo_id:
-            raise HFValidationError("no namespace")
-    except HFValidationError:
-        raise FacesynthError(f"--repo-id: '{repo_id}' is not a dataset repo id of the form ORG/NAME") from None
-
-
-_REF_FORBIDDEN = set(" ~^:?*[\\\x7f")
-
-
-def check_ref(name: str, what: str) -> None:
-    """One line unless ``name`` is a valid git ref name (``git check-ref-format`` rules), checked before
-    anything is sent: a tag or branch the Hub would refuse after the upload is refused here instead."""
-    why = None
-    if not name:
-        why = "is empty"
-    elif any(ord(c) < 32 or c in _REF_FORBIDDEN for c in name):
-        bad = next(c for c in name if ord(c) < 32 or c in _REF_FORBIDDEN)
-        why = f"holds {bad!r}, which git refs may not"
-    elif name.startswith("-"):
-        why = "starts with '-'"
-    elif name == "@" or "@{" in name:
-        why = "is '@' or holds '@{'"
-    elif ".." in name or "//" in name:
-        why = f"holds '{'..' if '..' in name else '//'}'"
-    elif name.startswith("/") or name.endswith("/") or name.endswith("."):
-        why = "starts or ends with '/', or ends with '.'"
-    elif any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
-        why = "has a part that starts with '.' or ends with '.lock'"
-    elif len(name) > 200:
-        why = "is longer than 200 characters"
-    if why:
-        shown = f"'{name}'" if name.isprintable() and len(name) <= 60 else repr(name[:60])
-        raise FacesynthError(f"{what}: {shown} is not a valid tag or branch name: it {why}")
-
-
 def transport_errors() -> tuple[type[BaseException], ...]:
     """Network failures: the HTTP client's transport errors (whichever client this huggingface_hub uses)."""
     import importlib
@@ -214,7 +176,7 @@ def local_files(root: Path, manifest: Manifest, generated: dict[str, bytes]) -> 
         path = inside(root, name)
         if name == GRID and not path.exists():
             continue
-        if not path.is_file():
+        if not (has_shard(root, name) if name in manifest.shards else path.is_file()):
             raise FacesynthError(f"'{root}': {name} is not a regular file; refused (nothing was sent)")
         files[name] = path
     return files
@@ -240,7 +202,8 @@ def plan_changes(root: Path, manifest: Manifest, files: dict[str, Path | bytes],
     changes = []
     for path, local in files.items():
         entry = remote.get(path)
-        size = len(local) if isinstance(local, bytes) else local.stat().st_size
+        size = (len(local) if isinstance(local, bytes) else manifest.shards[path]["bytes"]
+                if path in manifest.shards else local.stat().st_size)
         if entry is None:
             changes.append(FileChange(path, size, "new"))
             continue
@@ -264,8 +227,17 @@ def _git_blob_id(data: bytes) -> str:
 
 def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str | None = None,
          tag: str | None = None, create_pr: bool = False, message: str | None = None, token: str | None = None,
-         dry_run: bool = False, gated: bool = False, overwrite_card: bool = False, api=None) -> PushReport:
-    """Publish ``root`` to the dataset repo ``repo_id``; see the module docstring for the steps."""
+         dry_run: bool = False, gated: bool = False, overwrite_card: bool = False, api=None,
+         shown: str | None = None) -> PushReport:
+    """Publish ``root`` (a folder, or a store's URL) to the dataset repo ``repo_id``; see the module docstring."""
+    from .folder.store import is_remote
+
+    if isinstance(root, str) and is_remote(root):
+        from .folder.mirror import staged
+
+        with staged(root, lazy=True) as (stage, _):
+            return push(stage, repo_id, private=private, branch=branch, tag=tag, create_pr=create_pr, message=message,
+                        token=token, dry_run=dry_run, gated=gated, overwrite_card=overwrite_card, api=api, shown=root)
     root = Path(root)
     check_repo_id(repo_id)
     for value, what in ((tag, "--tag"), (branch, "--branch")):
@@ -273,7 +245,7 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
             check_ref(value, what)
     if tag and create_pr:
         raise FacesynthError("--tag: not with --create-pr; tag the commit once the pull request is merged")
-    _check_folder(root)
+    _check_folder(root, shown or str(root))
     token = resolve_token(token)
     if token is None and not dry_run:
         raise PublishError("not logged in: give --token, set HF_TOKEN, or run `hf auth login`")
@@ -303,8 +275,10 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
     version = manifest.get("version", FIRST_VERSION)
     rows = sum(r["rows"] for r in manifest.shards.values())
     with hub_errors(repo_id, "uploading"):
+        operations = _operations(files, report.changes, root, api, dict(repo_id=repo_id, repo_type="dataset",
+                                                                        revision=branch, create_pr=create_pr))
         info = api.create_commit(
-            repo_id=repo_id, repo_type="dataset", revision=branch, operations=_operations(files, report.changes),
+            repo_id=repo_id, repo_type="dataset", revision=branch, operations=operations,
             commit_message=message or f"facesynth {manifest['recipe'].get('name', '')} {version}: {rows} rows",
             create_pr=create_pr, parent_commit=head,
         )
@@ -313,7 +287,7 @@ def push(root: str | Path, repo_id: str, *, private: bool = False, branch: str |
         with hub_errors(repo_id, f"tagging {tag} (the upload is done)"):
             api.create_tag(repo_id, tag=tag, tag_message=message or f"version {version}", revision=info.oid,
                            repo_type="dataset")
-    logger.info("pushed %s to %s at %s", root, repo_id, info.oid)
+    logger.info("pushed %s to %s at %s", shown or root, repo_id, info.oid)
     return report
 
 
@@ -333,15 +307,23 @@ def _generated(root: Path, manifest: Manifest, repo_id: str, tag: str | None, ga
     return {"README.md": text.encode(), MANIFEST: dumps_json(public_manifest(manifest)).encode()}
 
 
-def _operations(files: dict[str, Path | bytes], changes: list[FileChange]) -> list:
+def _operations(files: dict[str, Path | bytes], changes: list[FileChange], root: Path, api, repo: dict) -> list:
+    """The commit's operations. A lazily staged dataset's shards are brought down and pre-uploaded one by one
+    (the commit then refers to them), so the stage never holds the whole dataset."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
+    lazy = lazy_of(root) is not None
     ops: list = []
     for change in changes:
         if change.reason in ("new", "changed"):
             local = files[change.path]
+            if lazy and change.path.startswith("data/"):
+                local = shard_file(root, change.path)
             ops.append(CommitOperationAdd(path_in_repo=change.path,
                                           path_or_fileobj=local if isinstance(local, bytes) else str(local)))
+            if lazy and change.path.startswith("data/"):
+                ops[-1].upload_info.sha256  # noqa: B018 - hashed now, while the shard is in the stage
+                api.preupload_lfs_files(additions=[ops[-1]], **repo)
         elif change.reason == "stale":
             ops.append(CommitOperationDelete(path_in_repo=change.path))
     return ops
@@ -379,14 +361,14 @@ def _quiet_hub():
         hub_logger.setLevel(level)
 
 
-def _check_folder(root: Path) -> None:
+def _check_folder(root: Path, shown: str) -> None:
     from .validate import validate
 
     report = validate(root)
     if not report.ok:
         first = report.problems[0]
-        raise FacesynthError(f"'{root}' is not ready to publish: {len(report.problems)} problem(s), first: {first}; "
-                             f"run `facesynth validate {root}`")
+        raise FacesynthError(f"'{shown}' is not ready to publish: {len(report.problems)} problem(s), first: {first}; "
+                             f"run `facesynth validate {shown}`")
 
 
 def _refuse_existing_tag(api, repo_id: str, tag: str) -> None:

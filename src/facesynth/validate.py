@@ -26,6 +26,7 @@ from PIL import Image
 from .folder.reading import read_manifest
 from .errors import OutputError, PlanError, shorten
 from .folder.files import inside, is_temp_file
+from .folder.lazy import has_shard, shard_file
 from .folder.state import check_shards
 from .plan.layout import layout as shard_layout
 from .plan import Plan
@@ -122,7 +123,7 @@ def validate(root: str | Path, reproduce: int = 0, seed: int = 0, images: bool =
     report.unread = set()
     for name in manifest.shards:
         try:
-            if not inside(root, name).is_file():
+            if not has_shard(root, name):
                 report.unread.add(name)
         except OutputError as exc:
             report.add(name, str(exc).split(": ", 1)[-1], damaged=True)
@@ -196,7 +197,7 @@ def _check_sets(root: Path, files: list[str], expected: dict, spec, report: Repo
 
     made: dict[str, set] = {}
     for name in files:
-        table = pq.read_table(root / name, columns=["sample_id", "identity", "reference", "attempt", "seed",
+        table = pq.read_table(shard_file(root, name), columns=["sample_id", "identity", "reference", "attempt", "seed",
                                                     "identity_similarity"]).to_pydict()
         for sid, identity, ref, attempt, seed, similarity in zip(*table.values()):
             sample = expected.get(sid)
@@ -221,7 +222,7 @@ def _bar(progress: bool, total: int):
 def _check_shard(root, name, record, features: Features, names, expected, seen: Counter, cells: Counter,
                  report: Report, images: bool, pool: ThreadPoolExecutor, bar, claims: dict) -> None:
     try:
-        pf = pq.ParquetFile(root / name)
+        pf = pq.ParquetFile(shard_file(root, name))
     except Exception as exc:  # noqa: BLE001 - any failure to open is the finding
         report.unread.add(name)
         if name not in report.damaged:  # a shard already reported (truncated, altered) is reported once

@@ -101,7 +101,7 @@ def card_cmd(directory: Path, repo_id: str | None, tag: str | None, gated: bool,
     from ..dataset_card.card import write_card
     from ..folder.lock import FolderLock
 
-    from ..publish import check_ref, check_repo_id
+    from ..hub_names import check_ref, check_repo_id
 
     if repo_id is not None:
         check_repo_id(repo_id)

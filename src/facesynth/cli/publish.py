@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .core import main
+from .core import Location, main
+
 
 def _size(n: float) -> str:
     if n < 1000:
@@ -19,7 +20,7 @@ def _size(n: float) -> str:
 
 
 @main.command("push")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=Location(exists=True))
 @click.option("--repo-id", required=True, help="Dataset repo, ORG/NAME (created if missing).")
 @click.option("--private", is_flag=True, help="Create the repo private.")
 @click.option("--branch", help="Push to this branch (created from main if missing).")
@@ -33,7 +34,7 @@ def _size(n: float) -> str:
               help="Replace a Hub README.md that facesynth did not write, instead of refusing.")
 def push_cmd(directory: Path, repo_id: str, private: bool, branch: str | None, tag: str | None, create_pr: bool,
              message: str | None, token: str | None, dry_run: bool, gated: bool, overwrite_card: bool) -> None:
-    """Validate DIRECTORY and publish it to the Hub as one commit; optionally tag it.
+    """Validate DIRECTORY (a folder, or a store's URL) and publish it to the Hub as one commit; optionally tag it.
 
     Shards that the previous version had and this one lacks are deleted in the same
     commit; unchanged files are not sent again. Re-run the same command after a failure.
@@ -43,6 +44,7 @@ def push_cmd(directory: Path, repo_id: str, private: bool, branch: str | None, t
       facesynth push demo --repo-id me/faces-demo --dry-run
       facesynth push demo --repo-id me/faces-demo --tag v1.0.0
       facesynth push demo --repo-id org/faces --branch dev --create-pr -m "grow to 20k"
+      facesynth push s3://my-bucket/agfd --repo-id me/agfd   # shard by shard, no full local copy
     """
     from ..publish import push
 

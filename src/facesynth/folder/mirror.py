@@ -199,10 +199,11 @@ class Mirror:
 
 
     # a whole dataset, for the commands that read every row ------------------------------------------------
-    def pull(self, write: bool) -> None:
+    def pull(self, write: bool, shards: bool = True) -> tuple[Manifest, dict[str, int]]:
         """The dataset down to the stage, shard by shard to disk (memory stays flat): its manifest, the files
-        it lists, the review log and every shard, each checked against the manifest's size. With ``write`` (a
-        command that will write back) the dataset must be finished: a run still writing it owns its manifest."""
+        it lists, the review log and every shard (``shards=False``: none, for :mod:`.lazy`), each checked
+        against the manifest's size. With ``write`` (a command that will write back) the dataset must be
+        finished: a run still writing it owns its manifest. Returns the manifest and the store's listing."""
         listing = self.store.listing()
         data = self.store.read_bytes(MANIFEST) if MANIFEST in listing else None
         if data is None:
@@ -212,7 +213,7 @@ class Mirror:
             raise OutputError(f"'{self.store.url}': not finished; run the same generate command to finish it first")
         self._prepare_stage()
         (self.stage / MANIFEST).write_bytes(data)
-        for name, record in manifest.shards.items():
+        for name, record in manifest.shards.items() if shards else ():
             if name in listing:  # a missing one is validate's to report
                 self._fetch(name, record, listing)
         from ..review.verdicts import VERDICTS
@@ -221,12 +222,13 @@ class Mirror:
             if name in listing:
                 self.store.download(name, self.stage / name)
         self._drop_unlisted()
+        return manifest, listing
 
 
-def staged(url: str, write: bool = False, where: str = "DIRECTORY"):
+def staged(url: str, write: bool = False, where: str = "DIRECTORY", lazy: bool = False):
     """A context manager: the dataset at ``url`` in a fresh staging folder (yielded with its mirror); with
-    ``write``, the files the manifest lists and then the manifest go back up on success. The stage is removed
-    either way."""
+    ``write``, the files the manifest lists and then the manifest go back up on success; with ``lazy``, the
+    shards are fetched as they are read (:mod:`.lazy`). The stage is removed either way."""
     from contextlib import contextmanager
 
     from .store import open_store
@@ -237,8 +239,14 @@ def staged(url: str, write: bool = False, where: str = "DIRECTORY"):
         mirror = Mirror(store, stage_folder(f"{store.url}#pull"))
         clear_stage(mirror.stage)
         try:
-            mirror.pull(write)
-            yield mirror.stage, mirror
+            manifest, listing = mirror.pull(write, shards=not lazy)
+            if lazy:
+                from .lazy import LazyShards
+
+                with LazyShards(store, mirror.stage, manifest, listing):
+                    yield mirror.stage, mirror
+            else:
+                yield mirror.stage, mirror
             if write:
                 mirror.finish(MANIFEST, merged=True)
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -135,13 +136,15 @@ def hub_url(repo_id: str, revision: str | None = None) -> str:
     return f"hf://datasets/{repo_id}@{quote(revision or 'main', safe='')}"
 
 
-def shard_paths(root: str | Path, manifest: Manifest) -> dict[str, Path]:
+def shard_paths(root: str | Path, manifest: Manifest) -> Mapping[str, Path]:
     """Each recorded shard's path, in name order; a missing one is an error that says what to do."""
-    paths = {name: inside(Path(root), name) for name in sorted(manifest.shards)}
-    for name, path in paths.items():
-        if not path.is_file():
+    from .lazy import LazyPaths, has_shard, lazy_of
+
+    names = sorted(manifest.shards)
+    for name in names:
+        if not has_shard(root, name):
             raise OutputError(f"'{root}': shard {name} is missing; run `facesynth validate {root}`")
-    return paths
+    return LazyPaths(root, names) if lazy_of(root) is not None else {name: inside(Path(root), name) for name in names}
 
 
 def wait_for_writer(root: Path, wait: bool | float, then: str = "load it") -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import OutputError
 from .files import inside, is_temp_file
+from .lazy import shard_file
 from .lock import WORKERS_DIR
 from ..plan import cell_key
 from ..checks.quality import quality_report
@@ -89,7 +90,7 @@ def check_shards(root: Path, manifest: Manifest, names: list[str]) -> dict[str, 
         if record is None:
             continue
         try:
-            path = inside(root, name)
+            path = shard_file(root, name)
         except OutputError as exc:
             damaged[name] = str(exc).split(": ", 1)[-1]
             continue

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, shorten, visible
+from ..folder.lazy import shard_file
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def current_rows(root: str | Path, shards: Iterable[str], sample_ids: Iterable[s
         return out
     root = Path(root)
     for name in shards:
-        table = pads.dataset(str(root / name), format="parquet").to_table(
+        table = pads.dataset(str(shard_file(root, name)), format="parquet").to_table(
             columns=["sample_id", "attempt", "image"], filter=pads.field("sample_id").isin(wanted))
         for sid, attempt, image in zip(table["sample_id"].to_pylist(), table["attempt"].to_pylist(),
                                        table["image"].to_pylist()):
