@@ -611,3 +611,14 @@ def same_data(stored: dict[str, bytes], local) -> None:
     ours, theirs = json.loads(stored["manifest.json"]), json.loads(here["manifest.json"])
     assert ours["shards"] == theirs["shards"] and ours["complete"] is True
     assert ours["fingerprint"] == theirs["fingerprint"]
+
+
+def put_in_store(folder, url):
+    """A finished dataset copied into a store as a user's sync tool would (facesynth's work files left out)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and not name.startswith(".facesynth/"):
+            fs.put_file(str(path), f"{root}/{name}")

@@ -15,6 +15,7 @@ from huggingface_hub import CommitOperationDelete, DatasetCard, HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from huggingface_hub.hf_api import CommitInfo, GitRefInfo, GitRefs, RepoFile
 
+from conftest import put_in_store
 from facesynth.cli import main
 from facesynth.publish import check_hub_resolves as RESOLVES
 from facesynth.generation import GenerateConfig, generate
@@ -587,17 +588,6 @@ def test_local_paths_in_the_recipe_text_are_published_as_names(tmp_path, monkeyp
     from facesynth.recipe import parse_recipe
 
     assert parse_recipe(text).verify["emotion"].model == "vit"
-
-
-def put_in_store(folder, url):
-    """A finished dataset copied into a store as a user's sync tool would (facesynth's work files left out)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url)
-    for path in sorted(folder.rglob("*")):
-        name = path.relative_to(folder).as_posix()
-        if path.is_file() and not name.startswith(".facesynth/"):
-            fs.put_file(str(path), f"{root}/{name}")
 
 
 def record_commits(api) -> list[dict[str, str]]:

@@ -467,3 +467,41 @@ def test_overwrite_of_a_reviewed_folder_sets_the_review_log_aside(demo_copy, cap
     assert len(aside) == 1 and "blurry" in aside[0].read_text()
     assert invoke(["push", str(demo_copy), "--repo-id", "me/x", "--dry-run"]) == 0
     assert "verdicts.jsonl" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_dataset_in_a_store_is_reviewed_read_only(demo_dataset, s3, tmp_path):
+    """``facesynth review s3://...`` as a user runs it: the gallery serves the stored rows, every verdict is a
+    JSON 403 that says why, nothing is written to the store, and Ctrl-C removes the staging folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import put_in_store, store_files
+
+    url = f"{s3}/faces/demo"
+    put_in_store(demo_dataset, url)
+    before = store_files(url)
+    proc = subprocess.Popen([sys.executable, "-m", "facesynth.cli", "review", url, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"Reviewing {url} (24 rows, 0 rejected, read-only) at http://127.0.0.1:"), \
+            line + proc.stderr.read()
+        base = line.split(" at ", 1)[1].split()[0]
+        status, _, body = get(base + "api/rows?limit=24")
+        listed = json.loads(body)["rows"]
+        assert status == 200 and len(listed) == 24
+        status, kind, _ = get(base + f"thumb/{listed[0]['i']}")  # pictures from the staged shards
+        assert status == 200 and kind == "image/jpeg"
+        status, answer = post(base + "api/verdicts", {"rows": [{"sample_id": listed[0]["sample_id"],
+                                                                "attempt": listed[0]["attempt"]}],
+                                                      "verdict": "reject", "reason": ""})
+        assert status == 403 and answer["error"].startswith(f"read-only: '{url}' is in object storage")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert store_files(url) == before  # nothing written to the store
+    assert not list((tmp_path / "stages").rglob("*.parquet"))  # the staging folder is gone

@@ -36,6 +36,12 @@ def require_server():
         raise FacesynthError("facesynth review needs the review extra: pip install 'facesynth[review]'") from None
 
 
+def read_only_store(url: str) -> str:
+    """Why a store's gallery records no verdict (its review log would need a lock the store cannot give)."""
+    return (f"read-only: '{shorten(url, 120)}' is in object storage; copy it to a folder and review that to "
+            "record verdicts")
+
+
 class BadRequest(Exception):
     """A request the server refuses: answered with its status and a JSON ``{"error": ...}``."""
 
@@ -117,13 +123,14 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(gallery: Gallery):
+def create_app(gallery: Gallery, read_only: str | None = None):
     """The Starlette app for one gallery. Handlers that read shards are plain functions, which Starlette runs
     in its thread pool, so thumbnails decode in parallel and never hold up the event loop.
 
     Every answer that is not a page or an image is JSON; every failure is a JSON ``{"error": ...}`` the page
     shows: 400 for a malformed request, 404 for no such row, 409 when the folder changed, 413 for a body
-    over ``MAX_BODY``, 415 for a body that is not JSON, 503 when the verdict cannot be written.
+    over ``MAX_BODY``, 415 for a body that is not JSON, 503 when the verdict cannot be written, 403 with
+    ``read_only`` (why verdicts cannot be recorded here) for every verdict.
     """
     import jinja2
     from starlette.applications import Starlette
@@ -189,6 +196,8 @@ def create_app(gallery: Gallery):
         return image_response(gallery.image(row_index(request, snap), snap), "image/png")
 
     async def verdicts(request: Request) -> Response:
+        if read_only:
+            raise BadRequest(403, read_only)
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise BadRequest(415, "send JSON")
         body = parse_verdict_body(await _read_body(request, MAX_BODY))
@@ -238,14 +247,14 @@ def bind(port: int) -> socket.socket:
 class ReviewServer:
     """The gallery served on 127.0.0.1; ``run()`` blocks, ``start()`` runs it on a thread (tests)."""
 
-    def __init__(self, root: str | Path, port: int = DEFAULT_PORT):
+    def __init__(self, root: str | Path, port: int = DEFAULT_PORT, read_only: str | None = None):
         require_server()
         import uvicorn
 
         self.gallery = Gallery(root)
         self.socket = bind(port)
         self.port = self.socket.getsockname()[1]
-        config = uvicorn.Config(create_app(self.gallery), log_level="warning", lifespan="off")
+        config = uvicorn.Config(create_app(self.gallery, read_only), log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
