@@ -5,6 +5,7 @@ resumes to the same bytes; workers on separate stages merge in the store; bad lo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -64,6 +65,23 @@ def test_load_dataset_reads_the_stored_parquet(s3, local_run, monkeypatch):
     local = datasets.load_dataset("parquet", data_files={"train": f"{local_run}/data/*/train-*.parquet"})
     assert stored["train"]["sample_id"] == local["train"]["sample_id"]
 
+    # pyarrow's own S3 client, with a filter pushed down to the row groups
+    import os
+    from urllib.parse import urlparse
+
+    import pyarrow.dataset as pads
+    from pyarrow import fs
+
+    endpoint = urlparse(os.environ["AWS_ENDPOINT_URL"])
+    client = fs.S3FileSystem(endpoint_override=endpoint.netloc, scheme=endpoint.scheme, region="us-east-1",
+                           access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
+    names = sorted(n for n in json.loads(store_files(url)["manifest.json"])["shards"] if "/train-" in n)
+    bucket = url.split("://", 1)[1]
+    happy = pads.dataset([f"{bucket}/{n}" for n in names], filesystem=client, format="parquet").to_table(
+        columns=["sample_id"], filter=pads.field("emotion") == 0)
+    want = [sid for sid, e in zip(local["train"]["sample_id"], local["train"]["emotion"]) if e == 0]
+    assert sorted(happy["sample_id"].to_pylist()) == sorted(want) and want
+
 
 KILLED = textwrap.dedent("""\
     import os, sys
@@ -78,6 +96,8 @@ KILLED = textwrap.dedent("""\
             uploads.append(name)
             if len(uploads) == int(sys.argv[2]) and sys.argv[3] == "before":
                 os._exit(9)  # killed as the shard's upload starts: nothing of it in the store
+            if len(uploads) == int(sys.argv[2]) and sys.argv[3] == "interrupted":
+                raise KeyboardInterrupt  # Ctrl-C as the shard's upload starts: what is up is committed
         real(self, local, name)
         if name.startswith("data/") and len(uploads) == int(sys.argv[2]) and sys.argv[3] == "after":
             os._exit(9)  # killed after the shard's upload, before the manifest that commits it
@@ -89,25 +109,28 @@ KILLED = textwrap.dedent("""\
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("when", ["before", "after", "interrupted"])
 def test_a_worker_killed_mid_upload_resumes_to_the_same_bytes(s3, local_run, tmp_path, when):
     import facesynth
     from facesynth.errors import OutputError
     from facesynth.generation import GenerateConfig, generate
 
     url = f"{s3}/killed"
-    done = subprocess.run([sys.executable, "-c", KILLED, url, "3", when], capture_output=True, text=True)
-    assert done.returncode == 9, done.stderr[-2000:]
+    every = {"FACESYNTH_COMMIT_SECONDS": "0" if when != "interrupted" else "3600"}  # interrupted: the default's way
+    done = subprocess.run([sys.executable, "-c", KILLED, url, "3", when], capture_output=True, text=True,
+                          env={**os.environ, **every})
+    assert done.returncode == (-2 if when == "interrupted" else 9), done.stderr[-2000:]  # -2: ended by SIGINT
     stored = store_files(url)
     listed = json.loads(stored["manifest.json"])["shards"]
-    assert len(listed) == 2 and not json.loads(stored["manifest.json"])["complete"]
-    assert (len([n for n in stored if n.startswith("data/")]) == 3) == (when == "after")  # one not committed
-    with pytest.raises(OutputError, match="not complete: its run stopped after 2 of 12 shards"):
+    committed = 3 if when == "interrupted" else 2  # a Ctrl-C finishes the upload it cut short, then commits
+    assert len(listed) == committed and not json.loads(stored["manifest.json"])["complete"]
+    assert len([n for n in stored if n.startswith("data/")]) == (3 if when != "before" else 2)
+    with pytest.raises(OutputError, match=f"not complete: its run stopped after {committed} of 12 shards"):
         facesynth.load(url)
     partial = facesynth.load(url, partial=True)
     assert sum(len(d) for d in partial.values()) == sum(r["rows"] for r in listed.values())  # committed rows only
     result = generate(GenerateConfig(out=url, **RUN))
-    assert result.shards_skipped == 2
+    assert result.shards_skipped == committed
     same_data(store_files(url), local_run)
 
 

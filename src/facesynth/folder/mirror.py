@@ -8,8 +8,10 @@ as it writes a local folder, so resume, repair, workers and the card work unchan
   parameters on the same prefix is refused even when both start at once. Then the committed state flows down:
   the store's manifests, and every shard they list that the stage lacks.
 - **commit**: each finished shard is uploaded under its final name, then the manifest (the worker's part, or
-  ``manifest.json`` for a single process) that lists it: a shard counts only once a manifest in the store lists
-  it, so one killed mid-upload is simply made again (the same bytes: rows are reproducible).
+  ``manifest.json`` for a single process) that lists it, at most every ``FACESYNTH_COMMIT_SECONDS`` (default
+  10; 0 after every shard): a shard counts only once a manifest in the store lists it, so one killed
+  mid-upload, or uploaded in the last seconds before a kill, is simply made again (the same bytes: rows are
+  reproducible).
 - **finish**: the worker's last manifest; the process that merges also uploads the card and the files the
   manifest lists, then ``manifest.json`` last (``load`` refuses a dataset whose manifest is not complete).
 """
@@ -20,6 +22,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from .writer import MANIFEST, Manifest, is_facesynth_manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 
+COMMIT_SECONDS = 10.0
 RUN_RECORD = f"{WORK_DIR}/run.json"
 STAGE_MARK = f"{WORK_DIR}/stage.json"
 OURS = ("data/", "assets/", "audit/", f"{WORK_DIR}/")  # what a facesynth run writes under a prefix
@@ -51,6 +55,9 @@ class Mirror:
     def __init__(self, store: Store, stage: Path):
         self.store = store
         self.stage = Path(stage)
+        self.every = float(os.environ.get("FACESYNTH_COMMIT_SECONDS") or COMMIT_SECONDS)
+        self._committed = -float("inf")  # when the manifest last went up
+        self.stored: set[str] = set()  # shards known to be in the store (committed before, or uploaded now)
         self.name = store.url.rstrip("/").rsplit("/", 1)[-1]  # what the card calls the dataset
 
     # begin ---------------------------------------------------------------------------------------------
@@ -74,6 +81,7 @@ class Mirror:
             manifest = Manifest(loads_json(data.decode("utf-8")), name)
             for shard, record in manifest.shards.items():
                 self._fetch(shard, record, listing)
+                self.stored.add(shard)
             for file, digest in (manifest.get("files") or {}).items() if name == MANIFEST else ():
                 local = self.stage / file
                 if file in listing and not (local.is_file() and sha256_file(local) == digest):
@@ -161,9 +169,27 @@ class Mirror:
 
     # commit --------------------------------------------------------------------------------------------
     def commit(self, shard: str, manifest_file: str) -> None:
-        """A finished shard, then the manifest that lists it (the commit)."""
+        """A finished shard, then (at most every ``self.every`` seconds) the manifest that lists it: the commit."""
         self.store.upload(self.stage / shard, shard)
-        self.store.upload(self.stage / manifest_file, manifest_file)
+        self.stored.add(shard)
+        if time.monotonic() - self._committed >= self.every:
+            self.store.upload(self.stage / manifest_file, manifest_file)
+            self._committed = time.monotonic()
+
+    def flush(self, manifest_file: str) -> None:
+        """Commit what is finished (a run that stops early: Ctrl-C, an error): a shard the staged manifest lists
+        whose upload was cut short goes up again, then the manifest. A store error here is logged, not raised over
+        the first one (the shards not committed are made again on resume)."""
+        try:
+            manifest = Manifest.load(self.stage, manifest_file)
+            if manifest is None:
+                return
+            for shard in sorted(set(manifest.shards) - self.stored):
+                self.store.upload(self.stage / shard, shard)
+                self.stored.add(shard)
+            self.store.upload(self.stage / manifest_file, manifest_file)
+        except OutputError as exc:
+            logger.warning("%s", exc)
 
     def gather(self, count: int, shards: bool = True) -> bool:
         """Every worker's part, once all are complete in the store, brought down with the shards they list (the

@@ -386,6 +386,8 @@ def _run(engine: Engine, groups: list[list[ShardTask]], calls: dict[str, str], o
         return dict(sink.seconds)
     except BaseException as exc:
         sink.abort()
+        if mirror is not None:  # what reached the store stays committed
+            mirror.flush(manifest.file)
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
             raise WriteError(f"--out: cannot write to '{out}': {os.strerror(exc.errno)}; the unfinished shard "
                              "was removed and finished shards are kept: free space, then run the same command "
