@@ -197,10 +197,13 @@ BAD = [
     ("nosuch://bucket/x", "Error: --out: unknown storage scheme 'nosuch://' (known: "),
     ("gs://bucket/x", "Error: --out: 'gs://' needs a package that is not installed (gcsfs"),
     ("{s3}-missing/x", "Error: --out: bucket '{bucket}-missing' of '{s3}-missing/x' does not exist"),
+    # a Hugging Face Storage Bucket is asked for as one (offline here: the line says so)
+    ("hf://buckets/me/faces/demo", "Error: --out: 'hf://buckets/me/faces/demo': OfflineModeIsEnabled: Cannot reach "
+                                   "https://huggingface.co/api/buckets/me/faces: offline mode is enabled"),
 ]
 
 
-@pytest.mark.parametrize("url, line", BAD, ids=["scheme", "package", "bucket"])
+@pytest.mark.parametrize("url, line", BAD, ids=["scheme", "package", "bucket", "hf-bucket"])
 def test_bad_locations_are_one_line_before_any_model_loads(s3, url, line, capsys, monkeypatch):
     from facesynth.generation import loading
 
@@ -281,3 +284,40 @@ def test_validate_card_and_evaluate_work_on_the_store(s3, tmp_path, capsys):
     assert invoke(["validate", url, "-q"]) == 1
     assert "missing" in capsys.readouterr().out
     assert not any((tmp_path / "stages").iterdir())  # every staging folder removed
+
+
+@pytest.fixture
+def read_only_keys(s3, s3_server, monkeypatch):
+    """Credentials that may list and read but not write, and the server enforcing them (moto's IAM); the
+    server goes back to accepting any credentials afterwards."""
+    import boto3
+    import requests
+    import s3fs
+
+    iam = boto3.client("iam", endpoint_url=s3_server, region_name="us-east-1")
+    user = f"reader-{s3.rsplit('-', 1)[-1]}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*",
+                                                "Action": ["s3:ListBucket", "s3:GetObject", "s3:HeadObject"]}]}))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    s3fs.S3FileSystem.clear_instance_cache()
+    requests.post(f"{s3_server}/moto-api/reset-auth", data=b"0").raise_for_status()
+    try:
+        yield key["SecretAccessKey"]
+    finally:
+        requests.post(f"{s3_server}/moto-api/reset-auth", data=b"inf").raise_for_status()
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_bucket_that_refuses_writes_is_one_line_before_any_model_loads(s3, read_only_keys, capsys, monkeypatch):
+    from facesynth.generation import loading
+
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the generator was loaded"))
+    capsys.readouterr()
+    assert invoke(["generate", "emotions", "--model", "tiny", "-n", "8", "--out", f"{s3}/x", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"Error: --out: '{s3}/x' refuses this (") and len(err.splitlines()) == 1, err
+    assert read_only_keys not in err

@@ -104,6 +104,15 @@ class Store:
         except FileNotFoundError:
             return None
 
+    def check_writable(self) -> None:
+        """A bucket that refuses writes, found before any model loads: a probe object written and removed (the one
+        object facesynth deletes in a store, its own)."""
+        import uuid
+
+        probe = f".facesynth/probe-{uuid.uuid4().hex}"
+        self.write_bytes(probe, b"")
+        self.delete(probe)
+
     def delete(self, name: str) -> None:
         try:
             self._call(self.fs.rm_file, self.path(name))
@@ -161,11 +170,19 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None, where: s
     return store
 
 
+def _bucket(store: Store) -> str:
+    """The part of the root that names the bucket: its first part, or ``buckets/NS/NAME`` (a Hugging Face Storage
+    Bucket; ``datasets/NS/NAME`` a Hub repo) for ``hf://``."""
+    parts = store.root.split("/")
+    hub = "hf" in (store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,))
+    return "/".join(parts[:3] if hub and parts[0] in ("buckets", "datasets", "models", "spaces") else parts[:1])
+
+
 def _check_reachable(store: Store, must_exist: bool) -> None:
     """The bucket (the URL's first part) exists and answers; with ``must_exist``, the prefix holds files."""
-    bucket = store.root.split("/", 1)[0]
+    bucket = _bucket(store)
     try:
-        store._call(store.fs.ls, bucket if "/" in store.root or not must_exist else store.root, detail=False)
+        store._call(store.fs.ls, bucket if bucket != store.root or not must_exist else store.root, detail=False)
     except FileNotFoundError:
         if store.fs.protocol in ("memory",) or (isinstance(store.fs.protocol, tuple) and
                                                  "memory" in store.fs.protocol):

@@ -27,6 +27,7 @@ def generate_remote(cfg: GenerateConfig, generate: Callable[..., GenerateResult]
         raise OutputError("--overwrite: not with an object-store --out; use a new prefix (facesynth deletes "
                           "nothing in a store)")
     store = open_store(str(cfg.out), cfg.storage_options)  # reachable, before the plan or any model
+    store.check_writable()
     worker = worker_from(cfg.worker_index, cfg.num_workers)  # each worker its own stage: it removes it when done
     stage = Path(cfg.stage) if cfg.stage else stage_folder(f"{store.url}#{worker.index}-of-{worker.count}")
     logger.info("%s: staging in %s", store.url, stage)
