@@ -31,6 +31,19 @@ socket.socket.connect = _guarded_connect
 
 
 @pytest.fixture(autouse=True)
+def _cli_logging_undone():
+    """The CLI run in-process (``invoke``) sets the root logger's level and, with ``-q``, ignores warnings, as a
+    real process may until it ends; here the next test starts as the first did."""
+    import logging
+    import warnings
+
+    level, filters = logging.getLogger().level, warnings.filters[:]
+    yield
+    logging.getLogger().setLevel(level)
+    warnings.filters[:] = filters
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each session gets its own datasets cache, so no test is served another's data."""
     cache = tmp_path_factory.getbasetemp() / "hf_datasets_cache"
