@@ -159,6 +159,11 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None, where: s
         known = ", ".join(sorted(p for p in ("s3", "gs", "az", "hf", "memory", "file")))
         raise StoreError(f"{where}: unknown storage scheme '{shorten(protocol, 20)}://' (known: {known}, and the "
                          "others fsspec lists)") from None
+    if protocol == "hf" and url.split("://", 1)[1].startswith("buckets/") and not hub_buckets():
+        import huggingface_hub
+
+        raise StoreError(f"{where}: '{shorten(url, 80)}' is a Storage Bucket, which this huggingface_hub "
+                         f"({huggingface_hub.__version__}) cannot open; pip install -U huggingface_hub")
     options = dict(storage_options or {})
     try:
         fs = cls(**options)
@@ -168,6 +173,13 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None, where: s
     store = Store(url.rstrip("/"), fs, root, where, options)
     _check_reachable(store, must_exist)
     return store
+
+
+def hub_buckets() -> bool:
+    """Whether the installed huggingface_hub's filesystem opens ``hf://buckets/...`` (newer releases do)."""
+    from huggingface_hub import hf_file_system
+
+    return hasattr(hf_file_system, "HfFileSystemResolvedBucketPath")
 
 
 def _bucket(store: Store) -> str:

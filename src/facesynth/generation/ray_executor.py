@@ -49,6 +49,7 @@ def generate_on_ray(cfg: GenerateConfig, address: str | None = None) -> tuple[Ge
     if cfg.overwrite:
         raise OutputError("--overwrite: not with --ray (one worker would delete the others' shards)")
     _check_before_ray(cfg)
+    cfg = _anywhere(cfg)
     ray = import_ray()
     if not ray.is_initialized():
         ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=not cfg.quiet)
@@ -89,6 +90,18 @@ def _check_before_ray(cfg: GenerateConfig) -> None:
         Plan(recipe, cfg.num_samples, cfg.seed, cfg.candidates)
     if is_remote(cfg.out):
         open_store(str(cfg.out), cfg.storage_options)
+
+
+def _anywhere(cfg: GenerateConfig) -> GenerateConfig:
+    """Local paths made absolute, so a task resolves them from whatever folder Ray runs it in (on other machines
+    they must be where every node sees them: a shared folder, or a store's URL)."""
+    from pathlib import Path
+
+    from ..folder.store import is_remote
+
+    out = cfg.out if is_remote(cfg.out) else Path(cfg.out).resolve()
+    recipe = str(Path(cfg.recipe).resolve()) if Path(str(cfg.recipe)).is_file() else cfg.recipe
+    return replace(cfg, out=out, recipe=recipe)
 
 
 def _merge(cfg: GenerateConfig, count: int) -> None:
