@@ -87,6 +87,10 @@ def test_ray_options_are_one_line_before_ray_starts(tmp_path, monkeypatch, capsy
     code = invoke(["generate", "emotions", "--model", "tiny", "-n", "32", "--out", str(tmp_path / "o"), "--ray"])
     out = capsys.readouterr().err
     assert code == 2 and out.strip().splitlines() == ["Error: --ray: Ray is not installed; pip install 'facesynth[ray]'"]
+    code = invoke(["generate", "emotions", "--model", "tiny", "-n", "32", "--out", str(tmp_path / "o"), "--ray",
+                   "--num-workers", "0"])
+    out = capsys.readouterr().err
+    assert code == 2 and out.strip().splitlines() == ["Error: --num-workers: must be at least 1"]
     code = invoke(["generate", "no-such-recipe", "--model", "tiny", "--out", str(tmp_path / "o"), "--ray"])
     out = capsys.readouterr().err
     assert code == 2 and "no-such-recipe" in out and len(out.strip().splitlines()) == 1  # the recipe, before Ray

@@ -48,6 +48,8 @@ def generate_on_ray(cfg: GenerateConfig, address: str | None = None) -> tuple[Ge
         raise OutputError("--worker-index: not with --ray (Ray runs every worker; give --num-workers)")
     if cfg.overwrite:
         raise OutputError("--overwrite: not with --ray (one worker would delete the others' shards)")
+    if cfg.num_workers is not None and cfg.num_workers < 1:
+        raise OutputError("--num-workers: must be at least 1")
     _check_before_ray(cfg)
     cfg = _anywhere(cfg)
     ray = import_ray()
@@ -55,8 +57,6 @@ def generate_on_ray(cfg: GenerateConfig, address: str | None = None) -> tuple[Ge
         ray.init(address=address or None, logging_level=logging.WARNING, log_to_driver=not cfg.quiet)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     count = cfg.num_workers or max(gpus, 1)
-    if count < 1:
-        raise OutputError("--num-workers: must be at least 1")
     task = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1, max_retries=RETRIES,
                       retry_exceptions=False)(run_worker)
     logger.info("running %d workers on Ray (%d GPUs in the cluster)", count, gpus)
