@@ -316,12 +316,11 @@ def _operations(files: dict[str, Path | bytes], changes: list[FileChange], root:
     ops: list = []
     for change in changes:
         if change.reason in ("new", "changed"):
-            local = files[change.path]
-            if lazy and change.path.startswith("data/"):
-                local = shard_file(root, change.path)
+            streamed = lazy and change.path.startswith("data/")
+            local = shard_file(root, change.path) if streamed else files[change.path]
             ops.append(CommitOperationAdd(path_in_repo=change.path,
                                           path_or_fileobj=local if isinstance(local, bytes) else str(local)))
-            if lazy and change.path.startswith("data/"):
+            if streamed:
                 ops[-1].upload_info.sha256  # noqa: B018 - hashed now, while the shard is in the stage
                 api.preupload_lfs_files(additions=[ops[-1]], **repo)
         elif change.reason == "stale":

@@ -165,25 +165,12 @@ def merge_cmd(directory: Path, num_workers: int | None, no_card: bool) -> None:
       facesynth merge agfd
       facesynth merge s3://my-bucket/agfd
     """
-    from ..folder.state import merge
-    from ..folder.lock import FolderLock
+    from ..generation.remote import merge_location
 
-    if isinstance(directory, str):  # a store
-        from ..generation.remote import merge_remote
-
-        done = merge_remote(directory, num_workers, card=not no_card)
-        click.echo(f"{directory}: merged {done['workers']} workers, {done['shards']} shards")
-        return
-    if not directory.is_dir():
+    if not isinstance(directory, str) and not directory.is_dir():
         raise click.BadParameter(f"'{directory}' is not a folder", param_hint="'DIRECTORY'")
-
-    with FolderLock(directory, "DIRECTORY"):
-        merged = merge(directory, num_workers)
-        if not no_card:
-            from ..dataset_card.card import write_card
-
-            write_card(directory)
-    click.echo(f"{directory}: merged {merged['workers']} workers, {len(merged.shards)} shards")
+    done = merge_location(directory, num_workers, card=not no_card)
+    click.echo(f"{directory}: merged {done['workers']} workers, {done['shards']} shards")
 
 
 @main.command("benchmark")

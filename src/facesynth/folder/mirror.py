@@ -12,8 +12,9 @@ as it writes a local folder, so resume, repair, workers and the card work unchan
   10; 0 after every shard): a shard counts only once a manifest in the store lists it, so one killed
   mid-upload, or uploaded in the last seconds before a kill, is simply made again (the same bytes: rows are
   reproducible).
-- **finish**: the worker's last manifest; the process that merges also uploads the card and the files the
-  manifest lists, then ``manifest.json`` last (``load`` refuses a dataset whose manifest is not complete).
+- **finish**: a worker's complete part (:meth:`Mirror.commit_part`); the process that merges then uploads the
+  card and the files the manifest lists, then ``manifest.json`` last (:meth:`Mirror.publish`; ``load`` refuses a
+  dataset whose manifest is not complete).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Mirror:
         self.record = {"generator": header["generator"], "fingerprint": header["fingerprint"],
                        "parameters": header["parameters"]}
         self._check_record(listing)
-        self._prepare_stage()
+        self.prepare_stage()
         for name in manifest_files:
             data = self.store.read_bytes(name) if name in listing else None
             local = self.stage / name
@@ -138,7 +139,7 @@ class Mirror:
         data = self.store.read_bytes(MANIFEST)
         return Manifest(loads_json(data.decode("utf-8"))) if data else None
 
-    def _prepare_stage(self) -> None:
+    def prepare_stage(self) -> None:
         """The stage is facesynth's cache for this URL: made if new, and refused if it is someone's folder."""
         mark = self.stage / STAGE_MARK
         if self.stage.exists() and any(p.name != WORK_DIR for p in self.stage.iterdir()) and not mark.is_file():
@@ -210,12 +211,12 @@ class Mirror:
                 self._fetch(shard, record, listing)
         return True
 
-    def finish(self, manifest_file: str, merged: bool) -> None:
-        """The worker's last manifest; after a merge, the files the manifest lists, then ``manifest.json``."""
-        if manifest_file != MANIFEST and (self.stage / manifest_file).is_file():
-            self.store.upload(self.stage / manifest_file, manifest_file)
-        if not merged:
-            return
+    def commit_part(self, manifest_file: str) -> None:
+        """A worker's complete part, whatever the commit interval."""
+        self.store.upload(self.stage / manifest_file, manifest_file)
+
+    def publish(self) -> None:
+        """After a merge (or a single process's run): the files the manifest lists, then ``manifest.json``."""
         manifest = Manifest.load(self.stage)
         for name in sorted((manifest.get("files") or {}) if manifest else {}):
             if (self.stage / name).is_file():
@@ -237,7 +238,7 @@ class Mirror:
         manifest = Manifest(loads_json(data.decode("utf-8")))
         if write and not manifest.get("complete"):
             raise OutputError(f"'{self.store.url}': not finished; run the same generate command to finish it first")
-        self._prepare_stage()
+        self.prepare_stage()
         (self.stage / MANIFEST).write_bytes(data)
         for name, record in manifest.shards.items() if shards else ():
             if name in listing:  # a missing one is validate's to report
@@ -274,7 +275,7 @@ def staged(url: str, write: bool = False, where: str = "DIRECTORY", lazy: bool =
             else:
                 yield mirror.stage, mirror
             if write:
-                mirror.finish(MANIFEST, merged=True)
+                mirror.publish()
         finally:
             clear_stage(mirror.stage)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, first_line, shorten
+from .writer import WORK_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Store:
         object facesynth deletes in a store, its own)."""
         import uuid
 
-        probe = f".facesynth/probe-{uuid.uuid4().hex}"
+        probe = f"{WORK_DIR}/probe-{uuid.uuid4().hex}"
         self.write_bytes(probe, b"")
         self.delete(probe)
 
@@ -186,8 +187,13 @@ def _bucket(store: Store) -> str:
     """The part of the root that names the bucket: its first part, or ``buckets/NS/NAME`` (a Hugging Face Storage
     Bucket; ``datasets/NS/NAME`` a Hub repo) for ``hf://``."""
     parts = store.root.split("/")
-    hub = "hf" in (store.fs.protocol if isinstance(store.fs.protocol, tuple) else (store.fs.protocol,))
+    hub = "hf" in _protocols(store)
     return "/".join(parts[:3] if hub and parts[0] in ("buckets", "datasets", "models", "spaces") else parts[:1])
+
+
+def _protocols(store: Store) -> tuple[str, ...]:
+    protocol = store.fs.protocol
+    return protocol if isinstance(protocol, tuple) else (protocol,)
 
 
 def _check_reachable(store: Store, must_exist: bool) -> None:
@@ -196,8 +202,7 @@ def _check_reachable(store: Store, must_exist: bool) -> None:
     try:
         store._call(store.fs.ls, bucket if bucket != store.root or not must_exist else store.root, detail=False)
     except FileNotFoundError:
-        if store.fs.protocol in ("memory",) or (isinstance(store.fs.protocol, tuple) and
-                                                 "memory" in store.fs.protocol):
+        if "memory" in _protocols(store):
             return  # memory:// has no buckets
         raise StoreError(f"{store.where}: bucket '{bucket}' of '{store.url}' does not exist (or these "
                          "credentials cannot see it); create it first") from None

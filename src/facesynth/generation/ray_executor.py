@@ -72,7 +72,9 @@ def generate_on_ray(cfg: GenerateConfig, address: str | None = None) -> tuple[Ge
         raise OutputError(f"--ray: a worker died {RETRIES + 1} times ({type(exc).__name__}); run the same "
                           "command again (each worker resumes its own shards)") from None
     if not any(d["merged"] for d in done):
-        _merge(cfg, count)
+        from .remote import merge_location
+
+        merge_location(cfg.out, count, storage_options=cfg.storage_options)
     rows = sum(d["rows"] for d in done)
     result = GenerateResult(out=str(cfg.out), rows=rows, shards_written=sum(d["shards_written"] for d in done),
                             shards_skipped=sum(d["shards_skipped"] for d in done), timings={}, merged=True)
@@ -102,22 +104,3 @@ def _anywhere(cfg: GenerateConfig) -> GenerateConfig:
     out = cfg.out if is_remote(cfg.out) else Path(cfg.out).resolve()
     recipe = str(Path(cfg.recipe).resolve()) if Path(str(cfg.recipe)).is_file() else cfg.recipe
     return replace(cfg, out=out, recipe=recipe)
-
-
-def _merge(cfg: GenerateConfig, count: int) -> None:
-    from ..folder.store import is_remote
-
-    if is_remote(cfg.out):
-        from .remote import merge_remote
-
-        merge_remote(str(cfg.out), count, storage_options=cfg.storage_options)
-        return
-    from pathlib import Path
-
-    from ..dataset_card.card import write_card
-    from ..folder.lock import FolderLock
-    from ..folder.state import merge
-
-    with FolderLock(Path(cfg.out), "--out"):
-        merge(Path(cfg.out), count)
-        write_card(Path(cfg.out))

@@ -55,7 +55,7 @@ def merge_remote(url: str, num_workers: int | None = None, card: bool = True,
     count = num_workers or counts[0]
     stage = stage_folder(f"{store.url}#merge")
     mirror = Mirror(store, stage)
-    mirror._prepare_stage()
+    mirror.prepare_stage()
     with FolderLock(stage, "DIRECTORY"):
         if not mirror.gather(count, shards=card):
             raise OutputError(f"'{store.url}': not every worker of {count} has finished; run them again (each "
@@ -65,6 +65,26 @@ def merge_remote(url: str, num_workers: int | None = None, card: bool = True,
             from ..dataset_card.card import write_card
 
             write_card(stage, name=mirror.name)
-        mirror.finish(f"{WORKERS_DIR}/none", merged=True)
+        mirror.publish()
     clear_stage(stage)
+    return {"workers": merged["workers"], "shards": len(merged.shards)}
+
+
+def merge_location(location: str | Path, num_workers: int | None = None, card: bool = True,
+                   storage_options: dict | None = None) -> dict:
+    """``facesynth merge`` on a folder or a store's URL: the workers' manifests joined (and the card written);
+    returns the number of workers and of shards."""
+    from ..folder.store import is_remote
+
+    if is_remote(location):
+        return merge_remote(str(location), num_workers, card, storage_options)
+    from ..folder.lock import FolderLock
+    from ..folder.state import merge
+
+    with FolderLock(Path(location), "DIRECTORY"):
+        merged = merge(Path(location), num_workers)
+        if card:
+            from ..dataset_card.card import write_card
+
+            write_card(Path(location))
     return {"workers": merged["workers"], "shards": len(merged.shards)}

@@ -202,7 +202,7 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
     manifest.data["quality"] = quality_report(manifest.shards)
     manifest.save(out)
     if mirror is not None and not worker.alone:  # this worker's part, complete, then the others' where all are
-        mirror.finish(manifest.file, merged=False)
+        mirror.commit_part(manifest.file)
     merged = worker.alone or ((mirror is None or mirror.gather(worker.count)) and _merge_if_last(out, worker))
     if merged:
         _refresh_evaluation(out)
@@ -214,8 +214,8 @@ def _generate_locked(cfg: GenerateConfig, recipe: Recipe, model: str, clip_model
                            "`facesynth card %s --overwrite-card` replaces it", out / "README.md", out)
         else:
             write_card(out, name=mirror.name if mirror is not None else None)
-    if mirror is not None:
-        mirror.finish(manifest.file, merged)
+    if mirror is not None and merged:
+        mirror.publish()
     return GenerateResult(out, sum(len(t.samples) for t in mine), len(written), len(mine) - len(written), timings,
                           worker, merged, manifest.data["quality"]["total"], made_again, manifest.get("version"))
 
